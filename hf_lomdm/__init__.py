@@ -1,0 +1,27 @@
+"""hf_lomdm: masked diffusion language models that learn their own generation order (LoMDM)."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+
+from .configuration_lomdm import LoMDMConfig
+from .modeling_lomdm import LoMDMForMaskedDiffusion, LoMDMModel, LoMDMOutput, LoMDMPreTrainedModel
+from .objective import LoMDMLossOutput, lomdm_loss
+
+__version__ = "0.1.0"
+
+AutoConfig.register("lomdm", LoMDMConfig, exist_ok=True)
+AutoModel.register(LoMDMConfig, LoMDMModel, exist_ok=True)
+AutoModelForMaskedLM.register(LoMDMConfig, LoMDMForMaskedDiffusion, exist_ok=True)
+# Saved folders then carry `auto_map` and the model files, so they also load with trust_remote_code=True.
+LoMDMConfig.register_for_auto_class()
+LoMDMModel.register_for_auto_class("AutoModel")
+LoMDMForMaskedDiffusion.register_for_auto_class("AutoModelForMaskedLM")
+
+__all__ = [
+    "LoMDMConfig",
+    "LoMDMForMaskedDiffusion",
+    "LoMDMLossOutput",
+    "LoMDMModel",
+    "LoMDMOutput",
+    "LoMDMPreTrainedModel",
+    "lomdm_loss",
+]

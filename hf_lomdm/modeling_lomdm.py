@@ -1,0 +1,462 @@
+"""LoMDM backbone, learned schedulers and the masked-diffusion head.
+
+Shapes: B = batch, L = sequence length, H = hidden size, V = vocabulary, D = head dim.
+
+`LoMDMForMaskedDiffusion.forward` returns the SUBS log-probabilities of the denoiser (arXiv 2406.07524
+§3.2: the mask token gets probability 0, unmasked tokens are copied) and the reverse exponents ê; the
+forward exponents e come from `forward_exponents`. The loss is not computed here: it needs several noisy
+samples, the clean-input features and an RLOO term, so it lives in `hf_lomdm.objective`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+from .configuration_lomdm import LoMDMConfig
+from .schedule_lomdm import exponents
+
+
+class LoMDMRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.float()  # the variance is computed in float32 (bf16 loses the mean)
+        hidden_states = hidden_states * torch.rsqrt(hidden_states.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+class LoMDMRotaryEmbedding(nn.Module):
+    """RoPE computed from `position_ids` on the fly (no cached buffer that could go stale across devices)."""
+
+    def __init__(self, config: LoMDMConfig):
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.rope_theta = config.rope_theta
+
+    @torch.no_grad()
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        exponent = torch.arange(0, self.head_dim, 2, device=position_ids.device, dtype=torch.float32) / self.head_dim
+        inv_freq = 1.0 / (self.rope_theta**exponent)  # (D/2,)
+        freqs = position_ids.float()[..., None] * inv_freq  # (B, L, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, L, D)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin):
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, L, D): broadcast over heads
+    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bidirectional attention; `attention_mask` is a bool `(B, 1, 1, L)` key mask (True = attend)."""
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, heads, L, L)
+    if attention_mask is not None:
+        attn_weights = attn_weights.masked_fill(~attention_mask, torch.finfo(attn_weights.dtype).min)
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()  # (B, L, heads, D)
+    return attn_output, attn_weights
+
+
+class LoMDMAttention(nn.Module):
+    def __init__(self, config: LoMDMConfig):
+        super().__init__()
+        self.config = config
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.dropout
+        self.is_causal = False
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+
+    def forward(self, hidden_states, attention_mask, position_embeddings):
+        batch, length, _ = hidden_states.shape
+        shape = (batch, length, self.num_heads, self.head_dim)
+        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)  # (B, heads, L, D)
+        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+
+        attention_interface = eager_attention_forward
+        if self.config._attn_implementation not in (None, "eager"):
+            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        attn_output, _ = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            is_causal=False,
+        )
+        return self.o_proj(attn_output.reshape(batch, length, -1))
+
+
+class LoMDMMLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LoMDMLayer(GradientCheckpointingLayer):
+    """Pre-norm bidirectional transformer layer (RMSNorm, RoPE attention, SwiGLU)."""
+
+    def __init__(self, config: LoMDMConfig, intermediate_size: int):
+        super().__init__()
+        self.self_attn = LoMDMAttention(config)
+        self.mlp = LoMDMMLP(config.hidden_size, intermediate_size)
+        self.input_layernorm = LoMDMRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = LoMDMRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None):
+        attn = self.self_attn(self.input_layernorm(hidden_states), attention_mask, position_embeddings)
+        hidden_states = hidden_states + self.dropout(attn)
+        mlp = self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states + self.dropout(mlp)
+
+
+class LoMDMTimeEmbedding(nn.Module):
+    """Sinusoidal embedding of t in [0, 1] followed by an MLP; used only when `time_conditioning=True`."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.linear_1 = nn.Linear(hidden_size, hidden_size)
+        self.linear_2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, timesteps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        half = self.hidden_size // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=timesteps.device) / half)
+        args = 1000.0 * timesteps.float()[:, None] * freqs  # (B, H/2); t scaled to the usual [0, 1000] range
+        emb = torch.cat([args.cos(), args.sin()], dim=-1)
+        if emb.shape[-1] < self.hidden_size:  # odd hidden size
+            emb = F.pad(emb, (0, 1))
+        return self.linear_2(F.silu(self.linear_1(emb.to(dtype))))  # (B, H)
+
+
+class LoMDMScheduler(nn.Module):
+    """A learned scheduler g (LoMDM §4): one bidirectional layer + an MLP to one score per position.
+
+    It reads stop-gradient backbone features, so its gradient never reaches the backbone. The last
+    projection starts at zero: every scheduler starts as the polynomial schedule e = c1.
+    """
+
+    def __init__(self, config: LoMDMConfig):
+        super().__init__()
+        self.layer = LoMDMLayer(config, config.scheduler_intermediate_size)
+        self.norm = LoMDMRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.head_proj = nn.Linear(config.hidden_size, config.scheduler_head_size)
+        self.score_proj = nn.Linear(config.scheduler_head_size, 1)
+
+    def forward(self, features, attention_mask, position_embeddings) -> torch.Tensor:
+        hidden = self.norm(self.layer(features.detach(), attention_mask, position_embeddings))
+        return self.score_proj(F.silu(self.head_proj(hidden))).squeeze(-1).float()  # (B, L)
+
+
+@dataclass
+class LoMDMOutput(ModelOutput):
+    """
+    Args:
+        logits (`torch.FloatTensor` of shape `(B, L, V)`): float32 SUBS log-probabilities: -inf at the mask
+            token; one-hot (0 / -inf) at unmasked input positions.
+        reverse_exponents (`torch.FloatTensor` of shape `(B, L)`): ê of the reverse process (= e for
+            state-independent schedules); `None` if `output_exponents=False`.
+        last_hidden_state (`torch.FloatTensor` of shape `(B, L, H)`): backbone features f(z).
+        hidden_states (`tuple`, *optional*): per-layer hidden states if requested.
+    """
+
+    logits: torch.FloatTensor | None = None
+    reverse_exponents: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class LoMDMPreTrainedModel(PreTrainedModel):
+    config_class = LoMDMConfig
+    config: LoMDMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LoMDMLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, LoMDMScheduler):
+            init.zeros_(module.score_proj.weight)
+            init.zeros_(module.score_proj.bias)
+        elif isinstance(module, LoMDMForMaskedDiffusion) and module.position_scores is not None:
+            init.zeros_(module.position_scores)
+
+
+def _bidirectional_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, L) 0/1 padding mask -> bool (B, 1, 1, L) key mask, or None when nothing is padded.
+
+    A row with no real token attends everywhere instead of nowhere, so no query row is ever fully
+    masked (a fully masked softmax row is how padded batches turn into NaN).
+    """
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    keys = attention_mask.bool()
+    keys = keys | ~keys.any(-1, keepdim=True)
+    return keys[:, None, None, :]
+
+
+def _position_ids(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:
+    """Positions count from each row's first real token, so left padding changes nothing."""
+    if attention_mask is None:
+        return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class LoMDMModel(LoMDMPreTrainedModel):
+    """The bidirectional transformer backbone; returns the final normalised hidden states f(z)."""
+
+    def __init__(self, config: LoMDMConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.time_embedding = LoMDMTimeEmbedding(config.hidden_size) if config.time_conditioning else None
+        self.layers = nn.ModuleList(
+            [LoMDMLayer(config, config.intermediate_size) for _ in range(config.num_hidden_layers)]
+        )
+        self.norm = LoMDMRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = LoMDMRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        timesteps: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        **kwargs,
+    ) -> BaseModelOutput:
+        if (timesteps is None) == (self.time_embedding is not None):
+            raise ValueError(
+                "`timesteps` must be given exactly when the model is time-conditioned "
+                f"(time_conditioning={self.time_embedding is not None}, timesteps given: {timesteps is not None})."
+            )
+        if position_ids is None:
+            position_ids = _position_ids(attention_mask, input_ids)
+        hidden_states = self.embed_tokens(input_ids)  # (B, L, H)
+        if self.time_embedding is not None:
+            hidden_states = hidden_states + self.time_embedding(timesteps, hidden_states.dtype)[:, None, :]
+        position_embeddings = self.rotary_emb(position_ids, hidden_states.dtype)
+        mask = _bidirectional_mask(attention_mask)
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, mask, position_embeddings)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden)
+
+
+def subs_log_probs(logits: torch.Tensor, input_ids: torch.Tensor, mask_token_id: int) -> torch.Tensor:
+    """SUBS parameterisation (MDLM §3.2): zero-masking and carry-over, as float32 log-probabilities."""
+    logits = logits.float()  # softmax in float32: bf16 log-probs lose ~2 digits
+    logits[..., mask_token_id] = -math.inf
+    log_probs = F.log_softmax(logits, dim=-1)  # (B, L, V)
+    carry = torch.full_like(log_probs, -math.inf).scatter(-1, input_ids[..., None], 0.0)
+    unmasked = (input_ids != mask_token_id)[..., None]
+    return torch.where(unmasked, carry, log_probs)
+
+
+class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel):
+    """LoMDM: backbone + output head + (schedule `lomdm`) the forward scheduler g_φ and reverse scheduler g_ψ,
+    or (schedule `per_position`) one learned score θ_ℓ per position.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: LoMDMConfig):
+        super().__init__(config)
+        self.model = LoMDMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        learned_state = config.schedule == "lomdm"
+        self.forward_scheduler = LoMDMScheduler(config) if learned_state else None
+        self.reverse_scheduler = LoMDMScheduler(config) if learned_state else None
+        self.position_scores = (
+            nn.Parameter(torch.zeros(config.max_position_embeddings)) if config.schedule == "per_position" else None
+        )
+        # Read once here; forward never reads self.config.
+        self.schedule = config.schedule
+        self.c1, self.c2 = config.c1, config.c2
+        self.mask_token_id = config.mask_token_id
+        self.vocab_size = config.vocab_size
+        self.max_length = config.max_position_embeddings
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    @property
+    def is_time_conditioned(self) -> bool:
+        return self.model.time_embedding is not None
+
+    def _check_inputs(self, input_ids, attention_mask, noise_mask, timesteps) -> None:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise ValueError(f"`input_ids` must be a (batch, length) tensor, got {type(input_ids).__name__} "
+                             f"of shape {getattr(input_ids, 'shape', None)}.")
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+            raise ValueError(f"`input_ids` must hold integer token ids, got dtype {input_ids.dtype}.")
+        if input_ids.shape[1] > self.max_length:
+            raise ValueError(
+                f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings={self.max_length}."
+            )
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size):
+            raise ValueError(
+                f"token ids must be in [0, vocab_size={self.vocab_size}), got values in "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]."
+            )
+        for name, mask in (("attention_mask", attention_mask), ("noise_mask", noise_mask)):
+            if mask is not None and mask.shape != input_ids.shape:
+                raise ValueError(f"`{name}` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
+                                 f"got {tuple(mask.shape)}.")
+        if timesteps is not None and timesteps.shape != input_ids.shape[:1]:
+            raise ValueError(f"`timesteps` must have shape ({input_ids.shape[0]},), got {tuple(timesteps.shape)}.")
+
+    def _exponents(self, scheduler, features, input_ids, noise_mask, position_ids, key_mask) -> torch.Tensor:
+        """Exponents of one direction; `scheduler` is g_φ (forward) or g_ψ (reverse) for `lomdm`."""
+        if self.schedule == "linear":
+            return torch.ones(input_ids.shape, device=input_ids.device)
+        if self.schedule == "polynomial":
+            return torch.full(input_ids.shape, self.c1, device=input_ids.device)
+        if self.schedule == "per_position":
+            scores = self.position_scores[position_ids]  # (B, L)
+        else:
+            position_embeddings = self.model.rotary_emb(position_ids, features.dtype)
+            scores = scheduler(features, _bidirectional_mask(key_mask), position_embeddings)
+        return exponents(scores, noise_mask, self.c1, self.c2)  # e: (B, L)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        noise_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        timesteps: torch.Tensor | None = None,
+        output_exponents: bool = True,
+        output_hidden_states: bool = False,
+        **kwargs,
+    ) -> LoMDMOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(B, L)`): the noisy sequence z_t (mask token = masked).
+            attention_mask (`torch.Tensor` of shape `(B, L)`, *optional*): 1 for real tokens, 0 for padding.
+            noise_mask (`torch.Tensor` of shape `(B, L)`, *optional*): the set M (positions that may be
+                noised / generated); NormSig is taken over it. Defaults to `attention_mask`.
+            position_ids (`torch.LongTensor`, *optional*): defaults to counting from each row's first real token.
+            timesteps (`torch.Tensor` of shape `(B,)`, *optional*): t, required iff `time_conditioning`.
+            output_exponents (`bool`): also compute the reverse exponents ê (one scheduler block for `lomdm`).
+        """
+        self._check_inputs(input_ids, attention_mask, noise_mask, timesteps)
+        if position_ids is None:
+            position_ids = _position_ids(attention_mask, input_ids)
+        outputs = self.model(input_ids, attention_mask, position_ids, timesteps, output_hidden_states)
+        features = outputs.last_hidden_state  # f(z): (B, L, H)
+        log_probs = subs_log_probs(self.lm_head(features), input_ids, self.mask_token_id)  # (B, L, V)
+        reverse_exponents = None
+        if output_exponents:
+            noise_mask = _default_noise_mask(noise_mask, attention_mask, input_ids)
+            reverse_exponents = self._exponents(
+                self.reverse_scheduler, features, input_ids, noise_mask, position_ids, attention_mask
+            )
+        return LoMDMOutput(
+            logits=log_probs,
+            reverse_exponents=reverse_exponents,
+            last_hidden_state=features,
+            hidden_states=outputs.hidden_states,
+        )
+
+    def forward_exponents(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        noise_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        """Forward exponents e of the clean sequence x, `(B, L)`.
+
+        For `lomdm` this runs the backbone on x without gradient (f(x) is stop-gradient) and g_φ with
+        gradient; for the other schedules it needs no backbone pass.
+        """
+        self._check_inputs(input_ids, attention_mask, noise_mask, None)
+        if position_ids is None:
+            position_ids = _position_ids(attention_mask, input_ids)
+        noise_mask = _default_noise_mask(noise_mask, attention_mask, input_ids)
+        features = None
+        if self.schedule == "lomdm":
+            with torch.no_grad():
+                timesteps = torch.zeros(input_ids.shape[0], device=input_ids.device) if self.is_time_conditioned else None
+                features = self.model(input_ids, attention_mask, position_ids, timesteps).last_hidden_state
+        return self._exponents(self.forward_scheduler, features, input_ids, noise_mask, position_ids, attention_mask)
+
+
+def _default_noise_mask(noise_mask, attention_mask, input_ids) -> torch.Tensor:
+    if noise_mask is not None:
+        return noise_mask.bool()
+    if attention_mask is not None:
+        return attention_mask.bool()
+    return torch.ones_like(input_ids, dtype=torch.bool)
+
+
+__all__ = ["LoMDMForMaskedDiffusion", "LoMDMModel", "LoMDMOutput", "LoMDMPreTrainedModel", "subs_log_probs"]

@@ -1,0 +1,223 @@
+"""The velocity-matched NELBO of LoMDM and its RLOO gradient estimator (SPEC §1, LoMDM Eq. 10-11).
+
+Per-sample loss at one time t and one noisy sample z_t ~ q(. | x):
+
+    L(x, z_t, t) = sum_{i in M, z_t^i = m} [ -A^i log p_θ^i(x^i | z_t)                      (L_main)
+                                            + A^i (log A^i - log Â^i) - (A^i - Â^i) ]      (L_velocity)
+
+with A^i = e_i / t and Â^i = ê_i / t, so L = (1/t) * S(x, z_t) with S free of t. The time integral over
+(0, 1] is estimated by importance sampling from the mixture q(t) of `schedule_lomdm.sample_log_times`;
+each row then carries the factor 1 / (t q(t)), computed in log space so that tiny times stay exact.
+
+Shapes: B = batch, L = length, V = vocabulary, K = noise samples per sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .schedule_lomdm import (
+    log_q,
+    log_time_density,
+    mask_prob,
+    sample_log_times,
+    smallest_exponent,
+    velocity_matching,
+)
+
+Estimator = Literal["rloo", "plain"]
+TimeSampling = Literal["importance", "uniform_eps"]
+
+
+@dataclass
+class LoMDMLossOutput:
+    """Result of `lomdm_loss`.
+
+    Args:
+        loss: scalar surrogate to backpropagate: sum over the batch of the per-sequence surrogate divided
+            by the total number of noisable tokens (per-token scale). Includes the RLOO term.
+        nelbo: `(B,)` detached per-sequence NELBO estimate (sum over M, mean over the K samples).
+        main, velocity: `(B,)` the L_main and L_velocity parts of `nelbo`.
+        num_tokens: `(B,)` |M| per sequence.
+        t: `(B,)` the times used (may underflow to 0 for the smallest importance samples; see `log_t`).
+        log_t: `(B,)` float64 log-times.
+        forward_exponents: `(B, L)` detached e (values outside M are not meaningful).
+        noise_mask: `(B, L)` bool, the set M.
+        confidence: `(B, L)` detached p_θ(x^i | z^1) of the first sample at its masked positions, NaN elsewhere.
+    """
+
+    loss: torch.Tensor
+    nelbo: torch.Tensor
+    main: torch.Tensor
+    velocity: torch.Tensor
+    num_tokens: torch.Tensor
+    t: torch.Tensor
+    log_t: torch.Tensor
+    forward_exponents: torch.Tensor
+    noise_mask: torch.Tensor
+    confidence: torch.Tensor
+
+
+def _noise_mask(input_ids, attention_mask, labels, mask_token_id) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets x and the set M = attention_mask & (labels != -100); validates both."""
+    noise_mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    targets = input_ids
+    if labels is not None:
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"`labels` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
+                             f"got {tuple(labels.shape)}.")
+        if bool((labels == mask_token_id).any()):
+            raise ValueError(f"`labels` contain the mask token id {mask_token_id}; the mask token is never a target.")
+        noise_mask = noise_mask & (labels != -100)
+        targets = torch.where(labels == -100, input_ids, labels)
+    if bool((targets[noise_mask] == mask_token_id).any()):
+        raise ValueError(f"the clean `input_ids` contain the mask token id {mask_token_id} at noisable positions.")
+    return targets, noise_mask
+
+
+def _sample_times(
+    batch: int, *, t, schedule_floor: float, time_sampling: TimeSampling, uniform_weight: float, eps: float,
+    generator, device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (log t, log of the per-row factor 1/(t q(t)) or 1/t), both float64 `(B,)`."""
+    if t is not None:
+        t = torch.as_tensor(t, dtype=torch.float64, device=device)
+        if t.shape != (batch,) or bool(((t <= 0) | (t > 1)).any()):
+            raise ValueError(f"`t` must be a ({batch},) tensor with values in (0, 1], got {t}.")
+        log_t = t.log()
+        return log_t, -log_t  # the integrand at the given t: no importance weight
+    # Antithetic draws u_b = (u_0 + b / B) mod 1 cover [0, 1) evenly within the batch.
+    u0 = torch.rand(1, generator=generator, dtype=torch.float64, device=generator.device if generator else device)
+    u = ((u0.to(device) + torch.arange(batch, dtype=torch.float64, device=device) / batch) % 1.0)
+    if time_sampling == "uniform_eps":
+        # MDLM's rule: t ~ U(eps, 1), weight 1. Drops [0, eps): NOT a bound for learned exponents.
+        log_t = torch.log(eps + (1.0 - eps) * u)
+        return log_t, -log_t
+    a = schedule_floor / 2.0
+    log_t = sample_log_times(u, a, uniform_weight)
+    return log_t, -log_t - log_time_density(log_t, a, uniform_weight)
+
+
+def lomdm_loss(
+    model,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor | None = None,
+    labels: torch.LongTensor | None = None,
+    t: torch.Tensor | None = None,
+    *,
+    num_samples: int = 2,
+    estimator: Estimator = "rloo",
+    time_sampling: TimeSampling = "importance",
+    uniform_weight: float = 0.5,
+    eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> LoMDMLossOutput:
+    """Velocity-matched NELBO of LoMDM with the RLOO gradient estimator.
+
+    Steps (keep in sync with the body):
+        1. M = attention_mask & (labels != -100); forward exponents e = model.forward_exponents(x).
+        2. One time per row: importance-sampled from the mixture q(t) (antithetic), MDLM's U(eps, 1)
+           (`uniform_eps`, not a bound), or the given `t` (no weight: `nelbo` is then the integrand).
+        3. K noisy samples z^k: masked with probability t**e_i on M; log q(z^k | x).
+        4. One denoiser pass per sample: log p_θ(x | z^k) and ê(z^k); L_k = L_main + L_velocity, weighted.
+        5. surrogate = mean_k L_k + mean_k log q(z^k|x) * sg(L_k - mean_{j != k} L_j)  (RLOO), or mean_k L_k
+           (`plain`, the MDLM estimator).
+
+    Random numbers are drawn from `generator` in this order: u_0 `(1,)` (only when `t` is None), then the
+    mask uniforms `(K, B, L)`.
+
+    Args:
+        model: a `LoMDMForMaskedDiffusion` (or a PEFT wrapper of one).
+        input_ids: `(B, L)` clean tokens x.
+        attention_mask: `(B, L)` 1 for real tokens; all ones if None.
+        labels: `(B, L)` targets; positions with -100 are never noised and do not count. Elsewhere the
+            label is the target token (normally equal to `input_ids`).
+        t: optional `(B,)` times in (0, 1].
+        num_samples: K >= 1 noise samples per sequence (RLOO needs K >= 2).
+        estimator: `rloo` or `plain`.
+        time_sampling: `importance` (an unbiased bound) or `uniform_eps` (MDLM's ε-truncated rule).
+        uniform_weight: weight of the uniform part of the time mixture (SPEC §1: ½).
+        eps: lower time limit of `uniform_eps`.
+        generator: optional `torch.Generator` for reproducibility.
+    """
+    if num_samples < 1:
+        raise ValueError(f"`num_samples` must be >= 1, got {num_samples}.")
+    if estimator not in ("rloo", "plain"):
+        raise ValueError(f"`estimator` must be 'rloo' or 'plain', got {estimator!r}.")
+    if estimator == "rloo" and num_samples < 2:
+        raise ValueError("the RLOO estimator needs `num_samples` >= 2; use estimator='plain' for K = 1.")
+    if time_sampling not in ("importance", "uniform_eps"):
+        raise ValueError(f"`time_sampling` must be 'importance' or 'uniform_eps', got {time_sampling!r}.")
+    config = model.config
+    mask_id = config.mask_token_id
+
+    # 1. The set M and the forward exponents e of the clean sequence.
+    targets, noise_mask = _noise_mask(input_ids, attention_mask, labels, mask_id)
+    e = model.forward_exponents(targets, attention_mask=attention_mask, noise_mask=noise_mask).float()  # (B, L)
+    batch, length = targets.shape
+    device = targets.device
+
+    # 2. Times and the per-row log factor.
+    log_t, log_factor = _sample_times(
+        batch, t=t, schedule_floor=smallest_exponent(config.schedule, config.c1, config.c2),
+        time_sampling=time_sampling, uniform_weight=uniform_weight, eps=eps, generator=generator, device=device,
+    )
+    factor = torch.exp(log_factor).float()[:, None]  # (B, 1): 1/(t q(t)) is finite even when t underflows
+    log_t_col = log_t.float()[:, None]  # (B, 1)
+
+    # 3. K noisy samples (mask draws carry no gradient; log q carries φ's score).
+    draw_device = generator.device if generator is not None else device
+    uniforms = torch.rand((num_samples, batch, length), generator=generator, device=draw_device).to(device)
+    p_mask = mask_prob(log_t_col, e).detach()  # (B, L)
+    timesteps = torch.exp(log_t).float() if model.is_time_conditioned else None
+
+    losses, log_qs, mains, velocities = [], [], [], []
+    confidence = None
+    for k in range(num_samples):
+        z_is_mask = (uniforms[k] < p_mask) & noise_mask  # (B, L)
+        z_t = torch.where(z_is_mask, torch.full_like(targets, mask_id), targets)
+
+        # 4. Denoiser pass on z_t: log p_θ(x^i | z_t) and ê(z_t).
+        out = model(z_t, attention_mask=attention_mask, noise_mask=noise_mask, timesteps=timesteps)
+        log_p = out.logits.gather(-1, targets[..., None]).squeeze(-1)  # (B, L)
+        log_p = torch.where(z_is_mask, log_p, torch.zeros_like(log_p))  # only masked positions count
+        e_hat = out.reverse_exponents.float()
+        weight = z_is_mask.float()
+        loss_main = (e * -log_p * weight).sum(-1) * factor[:, 0]  # sum_i A^i (-log p) with A = e/t
+        loss_velocity = (velocity_matching(e, e_hat) * weight).sum(-1) * factor[:, 0]
+        losses.append(loss_main + loss_velocity)
+        mains.append(loss_main)
+        velocities.append(loss_velocity)
+        log_qs.append(log_q(z_is_mask, log_t_col, e, noise_mask))
+        if k == 0:
+            confidence = torch.where(z_is_mask, log_p.detach().exp(), torch.full_like(log_p, math.nan))
+
+    # 5. Surrogate: the pathwise part plus (RLOO) the score-function part with a leave-one-out baseline.
+    per_sample = torch.stack(losses)  # (K, B)
+    surrogate = per_sample.mean(0)
+    if estimator == "rloo":
+        scores = torch.stack(log_qs)  # (K, B)
+        detached = per_sample.detach()
+        baseline = (detached.sum(0, keepdim=True) - detached) / (num_samples - 1)
+        surrogate = surrogate + (scores * (detached - baseline)).mean(0)
+
+    num_tokens = noise_mask.sum(-1)
+    return LoMDMLossOutput(
+        loss=surrogate.sum() / num_tokens.sum().clamp(min=1),
+        nelbo=per_sample.detach().mean(0),
+        main=torch.stack(mains).detach().mean(0),
+        velocity=torch.stack(velocities).detach().mean(0),
+        num_tokens=num_tokens,
+        t=torch.exp(log_t),
+        log_t=log_t,
+        forward_exponents=e.detach(),
+        noise_mask=noise_mask,
+        confidence=confidence,
+    )
+
+
+__all__ = ["LoMDMLossOutput", "lomdm_loss"]
