@@ -174,6 +174,10 @@ class LoMDMTimeEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(emb.to(dtype))))  # (B, H)
 
 
+class LoMDMScoreProjection(nn.Linear):
+    """Last layer of a scheduler; zero-initialised (see `LoMDMPreTrainedModel._init_weights`)."""
+
+
 class LoMDMScheduler(nn.Module):
     """A learned scheduler g (LoMDM §4): one bidirectional layer + an MLP to one score per position.
 
@@ -186,7 +190,7 @@ class LoMDMScheduler(nn.Module):
         self.layer = LoMDMLayer(config, config.scheduler_intermediate_size)
         self.norm = LoMDMRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.head_proj = nn.Linear(config.hidden_size, config.scheduler_head_size)
-        self.score_proj = nn.Linear(config.scheduler_head_size, 1)
+        self.score_proj = LoMDMScoreProjection(config.scheduler_head_size, 1)
 
     def forward(self, features, attention_mask, position_embeddings) -> torch.Tensor:
         hidden = self.norm(self.layer(features.detach(), attention_mask, position_embeddings))
@@ -222,11 +226,12 @@ class LoMDMPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
 
     def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, LoMDMScheduler):
-            init.zeros_(module.score_proj.weight)
-            init.zeros_(module.score_proj.bias)
-        elif isinstance(module, LoMDMForMaskedDiffusion) and module.position_scores is not None:
+        if isinstance(module, LoMDMScoreProjection):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+        if isinstance(module, LoMDMForMaskedDiffusion) and module.position_scores is not None:
             init.zeros_(module.position_scores)
 
 

@@ -1,0 +1,117 @@
+"""Properties of the schedule formulas (schedule_lomdm.py), cross-checked against autograd and sampling."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hf_lomdm import schedule_lomdm as S
+
+
+def test_velocity_equals_minus_dalpha_over_one_minus_alpha():
+    t = torch.tensor([0.01, 0.2, 0.5, 0.93], dtype=torch.float64, requires_grad=True)
+    e = torch.tensor([0.05, 0.3, 1.0, 1.35], dtype=torch.float64)
+    alpha = S.alpha(t.log(), e)
+    (dalpha,) = torch.autograd.grad(alpha.sum(), t)
+    expected = -dalpha / (1 - alpha)
+    torch.testing.assert_close(S.velocity(t.log(), e), expected.detach())
+
+
+def test_normsig_has_zero_mean_over_noise_mask_and_is_zero_outside():
+    scores = torch.randn(3, 7)
+    noise_mask = torch.rand(3, 7) > 0.3
+    noise_mask[:, 0] = True
+    ns = S.normsig(scores, noise_mask)
+    means = (ns * noise_mask).sum(-1) / noise_mask.sum(-1)
+    torch.testing.assert_close(means, torch.zeros(3), atol=1e-6, rtol=0)
+    assert torch.all(ns[~noise_mask] == 0)
+
+
+def test_exponents_stay_in_open_interval_c1_minus_c2_c1_plus_c2():
+    scores = torch.randn(4, 50) * 30  # saturated sigmoids are the worst case
+    e = S.exponents(scores, torch.ones(4, 50, dtype=torch.bool), c1=0.7, c2=0.65)
+    assert e.min() >= 0.05 and e.max() <= 1.35
+
+
+def test_c2_zero_recovers_polynomial_schedule():
+    e = S.exponents(torch.randn(2, 5), torch.ones(2, 5, dtype=torch.bool), c1=0.7, c2=0.0)
+    torch.testing.assert_close(e, torch.full((2, 5), 0.7))
+
+
+def test_log_q_matches_independent_bernoulli_log_likelihood():
+    torch.manual_seed(0)
+    e = torch.rand(2, 6, dtype=torch.float64) + 0.1
+    t = torch.tensor([[0.3], [0.8]], dtype=torch.float64)
+    z_is_mask = torch.rand(2, 6) > 0.5
+    noise_mask = torch.ones(2, 6, dtype=torch.bool)
+    noise_mask[1, -2:] = False
+    p = t**e  # P(mask) written out, independently of schedule_lomdm
+    expected = (torch.where(z_is_mask, p.log(), (1 - p).log()) * noise_mask).sum(-1)
+    torch.testing.assert_close(S.log_q(z_is_mask, t.log(), e, noise_mask), expected)
+
+
+def test_log_q_gradient_is_finite_at_t_equal_one():
+    e = torch.full((1, 3), 0.7, requires_grad=True)
+    z_is_mask = torch.ones(1, 3, dtype=torch.bool)  # at t = 1 every token is masked
+    S.log_q(z_is_mask, torch.zeros(1, 1), e, torch.ones(1, 3, dtype=torch.bool)).sum().backward()
+    assert torch.isfinite(e.grad).all()
+
+
+def test_unmask_prob_is_ratio_of_mask_probabilities():
+    e = torch.tensor([0.2, 1.0, 1.3])
+    log_s, log_t = torch.tensor(math.log(0.3)), torch.tensor(math.log(0.7))
+    expected = 1 - S.mask_prob(log_s, e) / S.mask_prob(log_t, e)
+    torch.testing.assert_close(S.unmask_prob(log_s, log_t, e), expected)
+    # the last step of any grid (s = 0) reveals everything
+    assert torch.all(S.unmask_prob(torch.tensor(-math.inf), log_t, e) == 1)
+
+
+def test_first_hitting_time_has_the_reverse_step_distribution():
+    # P(reveal time in [s, t)) must equal unmask_prob(s, t, e) for the exact first-hitting sampler.
+    generator = torch.Generator().manual_seed(0)
+    n, e = 200_000, torch.tensor(0.4, dtype=torch.float64)
+    log_t, log_s = torch.tensor(math.log(0.9), dtype=torch.float64), torch.tensor(math.log(0.5), dtype=torch.float64)
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    revealed = (S.reveal_log_time(log_t, u, e) >= log_s).double().mean()
+    p = float(S.unmask_prob(log_s, log_t, e))
+    assert abs(float(revealed) - p) < 5 * math.sqrt(p * (1 - p) / n)
+
+
+@pytest.mark.parametrize("uniform_weight", [0.0, 0.5, 1.0])
+def test_sample_log_times_inverts_the_mixture_cdf(uniform_weight):
+    u = torch.tensor([1e-12, 1e-4, 0.1, 0.5, 0.999], dtype=torch.float64)
+    a = 0.025
+    log_t = S.sample_log_times(u, a, uniform_weight)
+    cdf = uniform_weight * log_t.exp() + (1 - uniform_weight) * (a * log_t).exp()
+    torch.testing.assert_close(cdf, u, rtol=1e-9, atol=0)
+
+
+def test_sample_log_times_handles_times_below_float64_range():
+    # a = 0.025 and u = 1e-12: t = (2e-12)**40 ~ 1e-466, far below float64's smallest normal.
+    log_t = S.sample_log_times(torch.tensor([1e-12], dtype=torch.float64), 0.025, 0.5)
+    assert torch.isfinite(log_t).all() and log_t.item() < -1000
+
+
+def test_importance_sampler_integrates_reveal_density_to_one():
+    # The reveal-time density of a token, e t^(e-1), integrates to 1 on (0, 1]; estimate it as E_q[f / q].
+    generator = torch.Generator().manual_seed(0)
+    n, a, w = 400_000, 0.025, 0.5
+    log_t = S.sample_log_times(torch.rand(n, generator=generator, dtype=torch.float64), a, w)
+    for e in (0.05, 0.3, 1.0):
+        ratio = torch.exp(math.log(e) + (e - 1) * log_t - S.log_time_density(log_t, a, w))
+        assert abs(ratio.mean().item() - 1.0) < 5 * ratio.std().item() / math.sqrt(n)
+
+
+def test_velocity_matching_is_nonnegative_and_zero_iff_rates_match():
+    e = torch.rand(1000, dtype=torch.float64) + 0.05
+    e_hat = torch.rand(1000, dtype=torch.float64) + 0.05
+    assert torch.all(S.velocity_matching(e, e_hat) >= 0)
+    assert torch.all(S.velocity_matching(e, e) == 0)
+
+
+def test_smallest_exponent_per_schedule():
+    assert S.smallest_exponent("linear", 0.7, 0.65) == 1.0
+    assert S.smallest_exponent("polynomial", 0.7, 0.65) == 0.7
+    assert S.smallest_exponent("lomdm", 0.7, 0.65) == pytest.approx(0.05)
