@@ -112,3 +112,40 @@ def test_generative_perplexity_bad_arguments():
         generative_perplexity(judge=judge)
     with pytest.raises(ValueError, match="judge_tokenizer"):
         generative_perplexity(["hello"], judge=judge)
+
+
+def test_evaluate_metric_modules_load_offline_and_agree_with_functions():
+    import evaluate
+
+    from hf_lomdm.metrics import metric_path
+
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(20, generator=generator), 0)
+    judge = UnigramJudge(probs)
+
+    class CharTokenizer:  # one token per character, ids 0..19
+        bos_token_id = None
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) - ord("a") for c in text]}
+
+    texts = ["abcabcabd", "hgfedcbaa"]
+    gen = evaluate.load(metric_path("generative_perplexity")).compute(
+        predictions=texts, judge=judge, judge_tokenizer=CharTokenizer()
+    )
+    direct = generative_perplexity(texts, judge=judge, judge_tokenizer=CharTokenizer())
+    assert gen["gen_ppl"] == pytest.approx(direct.gen_ppl) and gen["entropy"] == pytest.approx(direct.entropy)
+
+    model = tiny_model()
+
+    class IdTokenizer:  # "5 17 42" -> [5, 17, 42]
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [int(tok) for tok in text.split()]}
+
+    texts = ["5 17 42 9 11", "8 8 9 30"]
+    nelbo = evaluate.load(metric_path("nelbo_perplexity")).compute(
+        predictions=texts, model=model, tokenizer=IdTokenizer(), time_samples=4, seed=3
+    )
+    direct = nelbo_perplexity(model, texts, tokenizer=IdTokenizer(), time_samples=4,
+                              generator=torch.Generator().manual_seed(3))
+    assert nelbo["nelbo"] == pytest.approx(direct.nelbo) and nelbo["ppl_bound"] == pytest.approx(direct.ppl_bound)
