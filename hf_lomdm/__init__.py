@@ -3,6 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 from .configuration_lomdm import LoMDMConfig
+from .generation_lomdm import LoMDMGenerateOutput, LoMDMGenerationConfig, LoMDMGenerationMixin, LoMDMSampler
 from .modeling_lomdm import LoMDMForMaskedDiffusion, LoMDMModel, LoMDMOutput, LoMDMPreTrainedModel
 from .objective import LoMDMLossOutput, lomdm_loss
 
@@ -19,9 +20,13 @@ LoMDMForMaskedDiffusion.register_for_auto_class("AutoModelForMaskedLM")
 __all__ = [
     "LoMDMConfig",
     "LoMDMForMaskedDiffusion",
+    "LoMDMGenerateOutput",
+    "LoMDMGenerationConfig",
+    "LoMDMGenerationMixin",
     "LoMDMLossOutput",
     "LoMDMModel",
     "LoMDMOutput",
     "LoMDMPreTrainedModel",
+    "LoMDMSampler",
     "lomdm_loss",
 ]

@@ -24,6 +24,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_lomdm import LoMDMConfig
+from .generation_lomdm import LoMDMGenerationConfig, LoMDMGenerationMixin
 from .schedule_lomdm import exponents
 
 
@@ -316,12 +317,13 @@ def subs_log_probs(logits: torch.Tensor, input_ids: torch.Tensor, mask_token_id:
     return torch.where(unmasked, carry, log_probs)
 
 
-class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel):
+class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
     """LoMDM: backbone + output head + (schedule `lomdm`) the forward scheduler g_φ and reverse scheduler g_ψ,
     or (schedule `per_position`) one learned score θ_ℓ per position.
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    generation_config_class = LoMDMGenerationConfig
 
     def __init__(self, config: LoMDMConfig):
         super().__init__(config)

@@ -1,0 +1,311 @@
+"""Properties of `model.generate` and the LoMDM sampler (SPEC §2)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM, LogitsProcessor, LogitsProcessorList
+from transformers.generation.streamers import BaseStreamer
+
+from hf_lomdm import LoMDMGenerationConfig, LoMDMSampler
+from hf_lomdm.generation_lomdm import sample_categorical
+from hf_lomdm.schedule_lomdm import unmask_prob
+
+from conftest import MASK_ID
+
+EOS_ID, PAD_ID = 3, 1
+
+# (order, steps, extra settings): every sampler family, including threshold and semi-AR blocks.
+SAMPLERS = [
+    ("learned", None, {}),
+    ("learned", 8, {}),
+    ("random", 5, {}),
+    ("confidence", None, {}),
+    ("margin", 3, {}),
+    ("entropy", 6, {}),
+    ("left_to_right", 2, {}),
+    ("confidence", None, {"threshold": 0.02}),
+    ("learned", 4, {"block_length": 3}),
+]
+SAMPLER_IDS = [f"{order}-{steps}-{'-'.join(extra) or 'plain'}" for order, steps, extra in SAMPLERS]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny models run 10-40x faster on one thread when the CPU is shared (no oversubscription spin-waits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def generators(*seeds: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+
+def two_position_model(make_model):
+    """`per_position` schedule with scores +4 / -4 at positions 3 / 4 (the two generated after a 3-token prompt).
+
+    ê = c1 + c2 (σ(v) - mean_M σ) = 0.7 ± 0.65 (0.9820 - 0.5) = 1.0133 / 0.3867, so the exact sampler reveals
+    position 3 first with probability 1.0133 / (1.0133 + 0.3867) = 0.7238.
+    """
+    model = make_model(schedule="per_position", randomize_schedule=False)
+    with torch.no_grad():
+        model.position_scores[3] = 4.0
+        model.position_scores[4] = -4.0
+    return model
+
+
+def first_reveal_rate(model, num_rows: int, steps: int | None, seed: int) -> tuple[float, float]:
+    """Fraction of rows revealing position 3 strictly before 4, and fraction revealing both in one pass."""
+    prompt = torch.full((num_rows, 3), 10)
+    out = model.generate(prompt, max_new_tokens=2, steps=steps, order="learned", return_dict_in_generate=True,
+                         output_order=True, generator=torch.Generator().manual_seed(seed))
+    first, second = out.order[:, 3], out.order[:, 4]
+    return (first < second).double().mean().item(), (first == second).double().mean().item()
+
+
+@pytest.mark.parametrize(("order", "steps", "extra"), SAMPLERS, ids=SAMPLER_IDS)
+def test_padded_row_matches_prompt_alone(make_model, order, steps, extra):
+    model = make_model()
+    short, long = torch.tensor([[5, 6]]), torch.tensor([[7, 8, 9, 10]])
+    batch = torch.tensor([[PAD_ID, PAD_ID, 5, 6], [7, 8, 9, 10]])
+    attention_mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    settings = dict(max_new_tokens=6, steps=steps, order=order, return_dict_in_generate=True, output_order=True,
+                    **extra)
+    both = model.generate(batch, attention_mask=attention_mask, generator=generators(11, 12), **settings)
+    alone_short = model.generate(short, generator=generators(11), **settings)
+    alone_long = model.generate(long, generator=generators(12), **settings)
+    assert torch.equal(both.sequences[0, 2:], alone_short.sequences[0])
+    assert torch.equal(both.order[0, 2:], alone_short.order[0])
+    assert torch.equal(both.sequences[1], alone_long.sequences[0])
+    assert torch.equal(both.nfe, torch.cat([alone_short.nfe, alone_long.nfe]))
+
+
+def test_exact_sampler_reveals_first_in_proportion_to_reverse_exponents(make_model):
+    model = two_position_model(make_model)
+    e_hat = model(torch.tensor([[10, 10, 10, MASK_ID, MASK_ID]])).reverse_exponents[0, 3:]
+    expected = (e_hat[0] / e_hat.sum()).item()
+    assert expected == pytest.approx(0.7238, abs=1e-3)  # the docstring's hand computation
+    num_rows = 3000
+    rate, ties = first_reveal_rate(model, num_rows, steps=None, seed=0)
+    assert ties == 0.0  # the exact sampler reveals one token per pass
+    standard_error = math.sqrt(expected * (1 - expected) / num_rows)
+    assert abs(rate - expected) < 4 * standard_error, (rate, expected)
+
+
+def test_tau_grid_with_many_steps_matches_exact_first_reveal_statistics(make_model):
+    model = two_position_model(make_model)
+    num_rows = 3000
+    exact, _ = first_reveal_rate(model, num_rows, steps=None, seed=1)
+    grid, ties = first_reveal_rate(model, num_rows, steps=200, seed=2)
+    grid_without_ties = grid / (1 - ties)
+    assert ties < 0.02
+    standard_error = math.sqrt(2 * exact * (1 - exact) / num_rows)
+    assert abs(grid_without_ties - exact) < 4 * standard_error, (grid_without_ties, exact)
+
+
+def test_tau_grid_step_reveals_at_unmask_prob_rate():
+    # One step t = 1 -> s = 3/4 of a 4-step grid: P(reveal) = 1 - (3/4)**ê = 0.25 for ê = 1, 0.0827 for ê = 0.3.
+    config = LoMDMGenerationConfig(order="learned", steps=4, mask_token_id=MASK_ID)
+    sampler = LoMDMSampler(config, generator=torch.Generator().manual_seed(0))
+    num_rows, vocab = 20000, 5
+    state = sampler.initialize(torch.zeros(num_rows, 0, dtype=torch.long), torch.zeros(num_rows, 0, dtype=torch.long), 2)
+    sampler.begin_block(state, 0)
+    e_hat = torch.tensor([1.0, 0.3]).expand(num_rows, 2)
+    sampler.record_pass(state, torch.arange(num_rows), torch.full((num_rows, 2, vocab), -math.log(vocab - 1)).index_fill(
+        -1, torch.tensor([MASK_ID]), -math.inf), e_hat)
+    revealed = sampler.step(state).double().mean(0)
+    expected = unmask_prob(torch.tensor(math.log(0.75)), torch.tensor(0.0), e_hat[0])
+    assert expected.tolist() == pytest.approx([0.25, 0.0827], abs=1e-4)
+    standard_error = (expected * (1 - expected) / num_rows).sqrt()
+    assert ((revealed - expected).abs() < 4 * standard_error).all(), (revealed, expected)
+
+
+@pytest.mark.parametrize("order", ["learned", "random", "confidence", "left_to_right"])
+def test_infilling_never_changes_non_mask_tokens(make_model, order):
+    model = make_model()
+    text = torch.tensor([[2, 11, MASK_ID, MASK_ID, 12, 13, MASK_ID, 14]])
+    out = model.generate(text, order=order, return_dict_in_generate=True, output_order=True,
+                         eos_token_id=[], generator=generators(0))
+    holes = text == MASK_ID
+    assert torch.equal(out.sequences[~holes], text[~holes])
+    assert not bool((out.sequences == MASK_ID).any())
+    assert torch.equal(out.order >= 0, holes)
+
+
+@pytest.mark.parametrize(("order", "steps", "extra"), SAMPLERS, ids=SAMPLER_IDS)
+def test_prompt_kept_and_order_covers_exactly_generated_positions(make_model, order, steps, extra):
+    model = make_model()
+    prompt = torch.tensor([[2, 20, 21, 22], [PAD_ID, 2, 23, 24]])
+    attention_mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]])
+    out = model.generate(prompt, attention_mask=attention_mask, max_new_tokens=6, steps=steps, order=order,
+                         eos_token_id=[], return_dict_in_generate=True, output_order=True, **extra)
+    assert torch.equal(out.sequences[:, :4], prompt)
+    assert torch.equal(out.order[:, :4], torch.full((2, 4), -1))
+    assert bool((out.order[:, 4:] >= 0).all()) and bool((out.order[:, 4:] < out.nfe[:, None]).all())
+    assert not bool((out.sequences == MASK_ID).any())
+
+
+@pytest.mark.parametrize("order", ["learned", "random", "confidence", "left_to_right"])
+@pytest.mark.parametrize("steps", [3, 8, 20])
+def test_nfe_never_exceeds_steps(make_model, order, steps):
+    out = make_model().generate(torch.tensor([[2, 5, 6]]), max_new_tokens=8, steps=steps, order=order,
+                                return_dict_in_generate=True, generator=generators(0))
+    assert 1 <= out.nfe.item() <= steps
+
+
+def test_exact_sampler_takes_one_pass_per_token(make_model):
+    out = make_model().generate(torch.tensor([[2, 5, 6]]), max_new_tokens=7, return_dict_in_generate=True,
+                                output_order=True, eos_token_id=[])
+    assert out.nfe.item() == 7
+    assert sorted(out.order[0, 3:].tolist()) == list(range(7))
+
+
+@pytest.mark.parametrize("order", ["learned", "random", "confidence"])
+def test_cache_changes_nothing_but_nfe(make_model, order):
+    model = make_model()
+    prompt = torch.tensor([[PAD_ID, 2, 5], [2, 7, 8]])
+    attention_mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    settings = dict(max_new_tokens=5, steps=20, order=order, return_dict_in_generate=True, output_order=True)
+    cached = model.generate(prompt, attention_mask=attention_mask, generator=generators(3, 4), **settings)
+    uncached = model.generate(prompt, attention_mask=attention_mask, generator=generators(3, 4), use_cache=False,
+                              **settings)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    assert (cached.nfe <= 5).all() and (uncached.nfe > 5).all()
+
+
+def test_time_conditioned_model_gets_grid_time_at_every_pass(make_model):
+    model = make_model(time_conditioning=True)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["timesteps"].item()),
+                                    with_kwargs=True)
+    steps = 10
+    out = model.generate(torch.tensor([[2, 5]]), max_new_tokens=3, steps=steps, order="learned",
+                         return_dict_in_generate=True, generator=generators(0))
+    assert len(seen) == out.nfe.item()  # no pass is reused: the backbone depends on t
+    assert seen == pytest.approx([1 - k / steps for k in range(len(seen))], abs=1e-6)
+
+
+class RecordingStreamer(BaseStreamer):
+    def __init__(self):
+        self.puts: list[list[int]] = []
+        self.ended = False
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts.append(value.flatten().tolist())
+
+    def end(self) -> None:
+        self.ended = True
+
+
+def test_streamer_receives_every_revealed_token_once_in_reading_order(make_model):
+    model = make_model(eos_token_id=None)
+    streamer = RecordingStreamer()
+    prompt = torch.tensor([[2, 5, 6]])
+    out = model.generate(prompt, max_new_tokens=8, order="learned", streamer=streamer, generator=generators(0))
+    assert streamer.puts[0] == [2, 5, 6] and streamer.ended
+    streamed = [token for put in streamer.puts[1:] for token in put]
+    assert streamed == out[0, 3:].tolist()
+    assert len(streamer.puts) > 2  # revealed out of order, streamed in several runs
+
+
+def test_generated_positions_after_eos_become_padding(make_model):
+    class ForceEos(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(scores, -math.inf).index_fill(-1, torch.tensor([EOS_ID]), 0.0)
+
+    model = make_model()
+    out = model.generate(torch.tensor([[2, 5]]), max_new_tokens=6, steps=6, block_length=2, order="learned",
+                         logits_processor=LogitsProcessorList([ForceEos()]), return_dict_in_generate=True,
+                         output_order=True)
+    assert out.sequences[0].tolist() == [2, 5, EOS_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]
+    assert out.order[0, 4:].tolist() == [-1, -1, -1, -1]  # the row stopped after its first block
+
+
+def test_top_k_one_equals_greedy(make_model):
+    model = make_model()
+    prompt = torch.tensor([[2, 5, 6]])
+    # Same seed, so the same positions are revealed at the same passes; only the token rule differs.
+    greedy = model.generate(prompt, max_new_tokens=6, steps=6, temperature=0.0, generator=generators(9))
+    top1 = model.generate(prompt, max_new_tokens=6, steps=6, top_k=1, generator=generators(9))
+    assert torch.equal(greedy, top1)
+
+
+def test_num_return_sequences_gives_independent_rows_per_prompt(make_model):
+    model = make_model()
+    out = model.generate(torch.tensor([[2, 5], [2, 6]]), max_new_tokens=6, num_return_sequences=3,
+                         generator=generators(*range(6)))
+    assert out.shape == (6, 8)
+    assert torch.equal(out[:3, :2], torch.tensor([[2, 5]] * 3)) and torch.equal(out[3:, :2], torch.tensor([[2, 6]] * 3))
+    assert len({tuple(row) for row in out[:3, 2:].tolist()}) > 1
+
+
+def test_diffusion_generate_accepts_dream_names(make_model):
+    model = make_model()
+    prompt = torch.tensor([[2, 5, 6]])
+    dream = model.diffusion_generate(prompt, max_new_tokens=4, steps=4, alg="maskgit_plus", temperature=0.5,
+                                     top_p=0.9, output_history=True, return_dict_in_generate=True,
+                                     eos_token_id=[], generator=generators(1))
+    ours = model.generate(prompt, max_new_tokens=4, steps=4, order="confidence", temperature=0.5, top_p=0.9,
+                          eos_token_id=[], generator=generators(1))
+    assert torch.equal(dream.sequences, ours)
+    assert len(dream.history) == 4 and torch.equal(dream.history[-1], ours)
+    with pytest.raises(ValueError, match="alg"):
+        model.diffusion_generate(prompt, max_new_tokens=4, alg="bogus")
+
+
+def test_unconditional_generation_starts_from_bos(make_model):
+    out = make_model().generate(max_new_tokens=5)
+    assert out.shape == (1, 6) and out[0, 0].item() == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"num_beams": 2}, {"do_sample": True}, {"order": "bogus"}, {"steps": 0}, {"threshold": 0.5},
+     {"temperature": -1.0}, {"top_p": 1.5}, {"output_order": True}, {"generator": generators(1, 2, 3)},
+     {"block_length": 4}],
+)
+def test_bad_generate_argument_raises(make_model, kwargs):
+    with pytest.raises(ValueError):
+        make_model().generate(torch.tensor([[2, 5], [2, 6]]), max_new_tokens=6, **kwargs)
+
+
+def test_bad_inputs_raise(make_model):
+    model = make_model()
+    with pytest.raises(ValueError, match="left padding"):
+        model.generate(torch.tensor([[2, 5, PAD_ID]]), attention_mask=torch.tensor([[1, 1, 0]]), max_new_tokens=2)
+    with pytest.raises(ValueError, match="nothing to generate"):
+        model.generate(torch.tensor([[2, 5]]))
+    with pytest.raises(ValueError, match="unknown"):
+        LoMDMGenerationConfig(foo=1)
+
+
+def test_generation_config_round_trips_as_lomdm_class(make_model, tmp_path):
+    model = make_model()
+    model.generation_config.update(steps=16, order="margin", top_k=5, block_length=4)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "generation_config.json").is_file() and (tmp_path / "generation_lomdm.py").is_file()
+    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path)
+    assert type(loaded.generation_config) is LoMDMGenerationConfig
+    assert loaded.generation_config == model.generation_config
+    assert LoMDMGenerationConfig.from_pretrained(tmp_path).order == "margin"
+
+
+def test_categorical_sampling_reaches_tail_only_in_float64():
+    # p = (1 - 1e-12, 1e-12): u above 1 - 1e-12 must pick token 1; in float32 the CDF is 1.0 after token 0.
+    scores = torch.tensor([[0.0, math.log(1e-12)]])
+    assert sample_categorical(scores, torch.tensor([1.0 - 5e-13], dtype=torch.float64)).item() == 1
+    assert sample_categorical(scores, torch.tensor([0.5], dtype=torch.float64)).item() == 0
+
+
+def test_categorical_sampling_matches_probabilities():
+    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    num_draws = 20000
+    u = 1.0 - torch.rand(num_draws, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    draws = sample_categorical(probs.log().expand(num_draws, 4), u)
+    frequencies = torch.bincount(draws, minlength=4).double() / num_draws
+    assert frequencies[3] == 0  # a zero-probability token (like the mask under SUBS) is never drawn
+    assert frequencies.tolist() == pytest.approx(probs.tolist(), abs=4 * math.sqrt(0.25 / num_draws))
