@@ -87,7 +87,14 @@ class LoMDMTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        if self.ddp_find_unused_parameters is None:
+            # Every parameter gets a gradient each step; and the forward scheduler runs in `forward_exponents`,
+            # outside DDP's forward, where DDP's unused-parameter search would wrongly mark it unused.
+            self.ddp_find_unused_parameters = False
         super().__post_init__()
+        if self.ddp_find_unused_parameters:
+            raise ValueError("`ddp_find_unused_parameters=True` is not supported: the forward scheduler runs outside "
+                             "DDP's forward (in `forward_exponents`) and would be marked ready twice.")
         if self.num_noise_samples < 1:
             raise ValueError(f"`num_noise_samples` must be >= 1, got {self.num_noise_samples}.")
         if self.estimator not in ("rloo", "plain"):
@@ -448,8 +455,11 @@ class LoMDMTrainer(Trainer):
                 stats = self.accelerator.reduce(stats, reduction="sum")
             logs.update(_summarize(stats))
             self._train_stats = None
-            if self._scheduler_group is not None and self.lr_scheduler is not None:
-                logs["scheduler_learning_rate"] = self.lr_scheduler.get_last_lr()[self._scheduler_group]
+            if self._scheduler_group is not None and "learning_rate" in logs:
+                # Trainer logs the rate the step used; every group follows the same multiplicative schedule.
+                groups = self.optimizer.param_groups
+                ratio = groups[self._scheduler_group]["initial_lr"] / groups[0]["initial_lr"]
+                logs["scheduler_learning_rate"] = logs["learning_rate"] * ratio
         super().log(logs, start_time)
 
 
