@@ -1,5 +1,7 @@
 """hf_lomdm: masked diffusion language models that learn their own generation order (LoMDM)."""
 
+import importlib
+
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 from .configuration_lomdm import LoMDMConfig
@@ -17,7 +19,18 @@ LoMDMConfig.register_for_auto_class()
 LoMDMModel.register_for_auto_class("AutoModel")
 LoMDMForMaskedDiffusion.register_for_auto_class("AutoModelForMaskedLM")
 
+# Training classes load on first use, so `import hf_lomdm` does not import Trainer, accelerate and datasets.
+_LAZY = {"LoMDMTrainer": "trainer", "LoMDMTrainingArguments": "trainer", "DataCollatorForMaskedDiffusion": "data"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "DataCollatorForMaskedDiffusion",
     "LoMDMConfig",
     "LoMDMForMaskedDiffusion",
     "LoMDMGenerateOutput",
@@ -28,5 +41,7 @@ __all__ = [
     "LoMDMOutput",
     "LoMDMPreTrainedModel",
     "LoMDMSampler",
+    "LoMDMTrainer",
+    "LoMDMTrainingArguments",
     "lomdm_loss",
 ]

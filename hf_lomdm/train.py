@@ -27,12 +27,25 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from transformers import AutoModelForMaskedLM, AutoTokenizer, HfArgumentParser, PreTrainedTokenizerBase, set_seed
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    HfArgumentParser,
+    PreTrainedTokenizerBase,
+    set_seed,
+)
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from .configuration_lomdm import LoMDMConfig
-from .data import DataArguments, DataCollatorForMaskedDiffusion, group_texts, load_text_datasets, train_bpe_tokenizer
+from .data import (
+    SPECIAL_TOKENS,
+    DataArguments,
+    DataCollatorForMaskedDiffusion,
+    group_texts,
+    load_text_datasets,
+    train_bpe_tokenizer,
+)
 from .modeling_lomdm import LoMDMForMaskedDiffusion
 from .trainer import LoMDMTrainer, LoMDMTrainingArguments
 
@@ -128,9 +141,17 @@ def _resume_checkpoint(args: LoMDMTrainingArguments) -> str | None:
 def _tokenizer(
     model_args: ModelArguments, training_args: LoMDMTrainingArguments, texts: list[str], checkpoint: str | None
 ) -> PreTrainedTokenizerBase:
-    source = model_args.tokenizer_name_or_path or model_args.model_name_or_path or checkpoint
-    if source is not None:
-        return AutoTokenizer.from_pretrained(source)
+    """The checkpoint's or model's tokenizer; else `tokenizer_name_or_path` (missing mask / pad / bos / eos
+    tokens are added, e.g. to GPT-2's); else a byte-level BPE trained on `texts`."""
+    if checkpoint is not None or model_args.model_name_or_path is not None:
+        return AutoTokenizer.from_pretrained(checkpoint or model_args.model_name_or_path)
+    if model_args.tokenizer_name_or_path is not None:
+        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path)
+        missing = {name: token for name, token in SPECIAL_TOKENS.items() if getattr(tokenizer, name) is None}
+        if missing:
+            logger.info(f"Adding special tokens {missing} to {model_args.tokenizer_name_or_path}.")
+            tokenizer.add_special_tokens(missing)
+        return tokenizer
     # The local main process trains and saves it; the others wait and load the same files.
     with training_args.main_process_first(desc="training the tokenizer"):
         if training_args.local_process_index == 0:

@@ -225,7 +225,7 @@ class ExponentialMovingAverage:
         devices = {name: p.device for name, p in self._parameters(model)}
         with safe_open(path, framework="pt") as f:
             self.num_updates = int(f.metadata()["num_updates"])
-            self.shadow = {name: f.get_tensor(name).to(devices[name]) for name in f.keys()}
+            self.shadow = {name: f.get_tensor(name).to(devices[name]) for name in f}
 
 
 class _EMACallback(TrainerCallback):
@@ -273,7 +273,7 @@ class LoMDMTrainer(Trainer):
         kwargs.setdefault("compute_metrics", nelbo_metrics)
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, LoMDMTrainingArguments):
-            raise ValueError(f"`args` must be LoMDMTrainingArguments, got {type(self.args).__name__}.")
+            raise TypeError(f"`args` must be LoMDMTrainingArguments, got {type(self.args).__name__}.")
         if self.args.n_gpu > 1:
             raise ValueError(f"torch.nn.DataParallel over {self.args.n_gpu} GPUs is not supported; "
                              "launch one process per GPU with `accelerate launch` (DDP) instead.")
