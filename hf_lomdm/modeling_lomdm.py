@@ -179,6 +179,20 @@ class LoMDMScoreProjection(nn.Linear):
     """Last layer of a scheduler; zero-initialised (see `LoMDMPreTrainedModel._init_weights`)."""
 
 
+class LoMDMPositionScores(nn.Module):
+    """θ of the `per_position` schedule (MDM(LS)): one learned score per position, zero-initialised.
+
+    A module rather than a bare parameter so that PEFT can list it in `modules_to_save`.
+    """
+
+    def __init__(self, max_positions: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(max_positions))
+
+    def forward(self, position_ids: torch.LongTensor) -> torch.Tensor:
+        return self.weight[position_ids]  # (B, L)
+
+
 class LoMDMScheduler(nn.Module):
     """A learned scheduler g (LoMDM §4): one bidirectional layer + an MLP to one score per position.
 
@@ -230,10 +244,10 @@ class LoMDMPreTrainedModel(PreTrainedModel):
         if isinstance(module, LoMDMScoreProjection):
             init.zeros_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, LoMDMPositionScores):
+            init.zeros_(module.weight)
         else:
             super()._init_weights(module)
-        if isinstance(module, LoMDMForMaskedDiffusion) and module.position_scores is not None:
-            init.zeros_(module.position_scores)
 
 
 def _bidirectional_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -333,7 +347,7 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         self.forward_scheduler = LoMDMScheduler(config) if learned_state else None
         self.reverse_scheduler = LoMDMScheduler(config) if learned_state else None
         self.position_scores = (
-            nn.Parameter(torch.zeros(config.max_position_embeddings)) if config.schedule == "per_position" else None
+            LoMDMPositionScores(config.max_position_embeddings) if config.schedule == "per_position" else None
         )
         # Read once here; forward never reads self.config.
         self.schedule = config.schedule
@@ -388,7 +402,7 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         if self.schedule == "polynomial":
             return torch.full(input_ids.shape, self.c1, device=input_ids.device)
         if self.schedule == "per_position":
-            scores = self.position_scores[position_ids]  # (B, L)
+            scores = self.position_scores(position_ids)  # (B, L)
         else:
             position_embeddings = self.model.rotary_emb(position_ids, features.dtype)
             scores = scheduler(features, _bidirectional_mask(key_mask), position_embeddings)

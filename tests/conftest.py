@@ -32,7 +32,7 @@ def tiny_model(seed: int = 0, randomize_schedule: bool = True, **overrides) -> L
                     scheduler.score_proj.weight.normal_(0.0, 2.0)
                     scheduler.score_proj.bias.normal_(0.0, 1.0)
             if model.position_scores is not None:
-                model.position_scores.normal_(0.0, 2.0)
+                model.position_scores.weight.normal_(0.0, 2.0)
     return model
 
 

@@ -57,9 +57,9 @@ def two_position_model(make_model):
     """
     model = make_model(schedule="per_position", randomize_schedule=False)
     with torch.no_grad():
-        model.position_scores[:3] = -6.0
-        model.position_scores[3] = 4.0
-        model.position_scores[4] = -2.0
+        model.position_scores.weight[:3] = -6.0
+        model.position_scores.weight[3] = 4.0
+        model.position_scores.weight[4] = -2.0
     return model
 
 

@@ -59,7 +59,7 @@ def test_nelbo_estimate_is_unbiased_against_mask_enumeration(schedule):
 def _scheduler_params(model, schedule):
     if schedule == "lomdm":
         return list(model.forward_scheduler.parameters())
-    return [model.position_scores]
+    return [model.position_scores.weight]
 
 
 def _mc_gradients(model, params, x, t, *, estimator, chunks=24, chunk_size=400, num_samples=2, seed=0):
