@@ -1,7 +1,8 @@
 """Sampling speed of LoMDM's `generate` against `LlamaForCausalLM.generate` (KV cache), same width and depth.
 
-    python benchmarks/sampling.py            # full grid (CPU: tens of minutes)
-    python benchmarks/sampling.py --quick    # 32 new tokens, batch 1 and 4
+    python benchmarks/sampling.py --threads 1   # full grid (hours on 2 shared CPU cores; the JSON is rewritten
+                                                # after every measurement, so a stopped run keeps its rows)
+    python benchmarks/sampling.py --quick       # 32 new tokens, batch 1 and 4
 
 Prints a table and writes benchmarks/results/sampling.json: tokens/s and nfe for every order, with and without
 the cache, steps in {L/4, L, 4L} (plus the exact sampler, threshold decoding and steps = 1000 for the cache
