@@ -55,6 +55,11 @@ class DataArguments:
         default=None, metadata={"help": "Local files used as the validation split (same format as `train_files`)."}
     )
     text_column: str = field(default="text", metadata={"help": "Column that holds the documents."})
+    prompt_column: str | None = field(
+        default=None,
+        metadata={"help": "Supervised fine-tuning: column of prompts; `text_column` then holds the responses. Each "
+                          "row is <bos> prompt <eos> response <eos> and only the response is noised (labels -100)."},
+    )
     text_sample_by: Literal["line", "paragraph", "document"] = field(
         default="paragraph", metadata={"help": "What one document is in a .txt file: a line, a paragraph or the file."}
     )
@@ -239,6 +244,57 @@ def group_texts(
     )
 
 
+def prompt_response_rows(
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    block_size: int,
+    prompt_column: str = "prompt",
+    response_column: str = "text",
+) -> Dataset:
+    """Supervised fine-tuning rows `<bos> prompt <eos> response <eos>` (columns `input_ids`, `labels`).
+
+    `labels` are -100 on `<bos> prompt <eos>`: the prompt is context only, never noised; the response is trained with
+    the same objective. Prompts are cut from the left and responses from the right to fit `block_size`.
+    """
+    _check_special_tokens(tokenizer)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+
+    def build(batch: dict[str, list[Any]]) -> dict[str, list[list[int]]]:
+        kwargs = dict(add_special_tokens=False, split_special_tokens=True)
+        prompts = tokenizer(batch[prompt_column], **kwargs)["input_ids"]
+        responses = tokenizer(batch[response_column], **kwargs)["input_ids"]
+        input_ids, labels = [], []
+        for prompt, response in zip(prompts, responses):
+            response = (response + [eos])[: max(block_size // 2, block_size - len(prompt) - 2)]
+            context = ([bos] + prompt + [eos])[-(block_size - len(response)):]
+            input_ids.append(context + response)
+            labels.append([-100] * len(context) + response)
+        return {"input_ids": input_ids, "labels": labels}
+
+    return dataset.map(build, batched=True, remove_columns=dataset.column_names, desc="Prompt/response rows")
+
+
+def shakespeare_next_line_pairs(validation_plays: Iterable[str] = SHAKESPEARE_VALIDATION_PLAYS) -> DatasetDict:
+    """A small SFT set from the built-in corpus: "continue the next line of this speech".
+
+    Each pair is (speaker + one line of a speech, the line that follows in the same speech), split by play.
+    """
+    validation = set(validation_plays)
+    pairs: dict[str, dict[str, list[str]]] = {"train": {"prompt": [], "text": []},
+                                              "validation": {"prompt": [], "text": []}}
+    for name, text in shakespeare_plays().items():
+        split = pairs["validation" if name in validation else "train"]
+        for speech in text.split("\n\n"):
+            lines = [line.strip() for line in speech.splitlines() if line.strip()]
+            if len(lines) < 3:  # the speaker's name, then at least two lines of verse
+                continue
+            speaker = lines[0]
+            for line, following in zip(lines[1:], lines[2:]):
+                split["prompt"].append(f"{speaker}\n{line}")
+                split["text"].append(following)
+    return DatasetDict({name: Dataset.from_dict(columns) for name, columns in pairs.items()})
+
+
 @dataclass
 class DataCollatorForMaskedDiffusion:
     """Pads rows of `input_ids` on the right and builds `attention_mask` and `labels`.
@@ -280,6 +336,8 @@ __all__ = [
     "group_texts",
     "load_shakespeare",
     "load_text_datasets",
+    "prompt_response_rows",
+    "shakespeare_next_line_pairs",
     "shakespeare_plays",
     "train_bpe_tokenizer",
 ]

@@ -44,8 +44,11 @@ from .data import (
     DataCollatorForMaskedDiffusion,
     group_texts,
     load_text_datasets,
+    prompt_response_rows,
     train_bpe_tokenizer,
 )
+from .lora import BACKBONE_TARGET_MODULES, lomdm_lora_config
+from .model_card import write_model_card
 from .modeling_lomdm import LoMDMForMaskedDiffusion
 from .trainer import LoMDMTrainer, LoMDMTrainingArguments
 
@@ -79,6 +82,18 @@ class ModelArguments:
     time_conditioning: bool | None = None
     tie_word_embeddings: bool | None = None
     attn_implementation: Literal["sdpa", "eager"] = field(default="sdpa", metadata={"help": "Attention kernel."})
+    lora_r: int | None = field(
+        default=None, metadata={"help": "Train a LoRA adapter of this rank on `model_name_or_path` instead of all weights."}
+    )
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(BACKBONE_TARGET_MODULES),
+        metadata={"help": "Backbone projections that get LoRA (llama names)."},
+    )
+    lora_train_schedulers: bool = field(
+        default=True, metadata={"help": "Train the learned schedulers in full with the adapter (else freeze them)."}
+    )
 
 
 @dataclass
@@ -174,6 +189,7 @@ def _model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, block
         f.name: getattr(model_args, f.name)
         for f in fields(ModelArguments)
         if f.name not in ("model_name_or_path", "tokenizer_name_or_path", "tokenizer_vocab_size", "attn_implementation")
+        and not f.name.startswith("lora_")
         and getattr(model_args, f.name) is not None
     }
     config = LoMDMConfig(
@@ -203,6 +219,8 @@ def _samples(model: LoMDMForMaskedDiffusion, tokenizer: PreTrainedTokenizerBase,
 def train(argv: list[str]) -> dict[str, Any]:
     """Run a recipe: `train(["CONFIG.yaml", "--key", "value"])`; returns the final report (also printed)."""
     model_args, data_args, training_args, sample_args = parse_args(argv)
+    if model_args.lora_r is not None and model_args.model_name_or_path is None:
+        raise ValueError(f"`lora_r={model_args.lora_r}` adapts a trained model: set `model_name_or_path`.")
     logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
     wall_start = time.time()
@@ -214,11 +232,15 @@ def train(argv: list[str]) -> dict[str, Any]:
 
     # 2. Rows of tokens.
     with training_args.main_process_first(desc="tokenizing"):
-        splits = {
-            name: group_texts(raw[name], tokenizer, data_args.block_size, data_args.packing, data_args.text_column,
-                              data_args.preprocessing_num_workers)
-            for name in ("train", "validation")
-        }
+        if data_args.prompt_column is not None:  # supervised fine-tuning: the prompt is never noised
+            splits = {name: prompt_response_rows(raw[name], tokenizer, data_args.block_size, data_args.prompt_column,
+                                                 data_args.text_column) for name in ("train", "validation")}
+        else:
+            splits = {
+                name: group_texts(raw[name], tokenizer, data_args.block_size, data_args.packing, data_args.text_column,
+                                  data_args.preprocessing_num_workers)
+                for name in ("train", "validation")
+            }
     for name, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
         if limit is not None:
             splits[name] = splits[name].select(range(min(limit, len(splits[name]))))
@@ -226,6 +248,13 @@ def train(argv: list[str]) -> dict[str, Any]:
     # 3. Model and training.
     model = _model(model_args, tokenizer, data_args.block_size)
     model.generation_config.max_length = data_args.block_size
+    if model_args.lora_r is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lomdm_lora_config(
+            model, r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+            target_modules=model_args.lora_target_modules, train_schedulers=model_args.lora_train_schedulers,
+        ))
     if training_args.include_num_input_tokens_seen == "no":
         training_args.include_num_input_tokens_seen = "non_padding"  # for the tokens/s of the report
     trainer = LoMDMTrainer(
@@ -258,6 +287,15 @@ def train(argv: list[str]) -> dict[str, Any]:
     }
     if trainer.is_world_process_zero():
         samples = _samples(trainer.model, tokenizer, sample_args, training_args.seed) if sample_args.sample_count else []
+        if model_args.lora_r is None:  # an adapter folder gets PEFT's own card
+            write_model_card(
+                training_args.output_dir, trainer.model, tokenizer, seed=training_args.seed, samples=samples,
+                eval_metrics={"nelbo": eval_metrics["eval_nelbo"], "ppl_bound": eval_metrics["eval_ppl_bound"],
+                              "tokens": eval_metrics["eval_tokens"]},
+                repo_id=training_args.hub_model_id or training_args.output_dir, dataset_name=data_args.dataset_name,
+                training_data=f"`{data_args.dataset_name}`, {data_args.block_size}-token rows ({data_args.packing}), "
+                              f"{report['steps']} steps.",
+            )
         report["wall_time_s"] = time.time() - wall_start
         print(f"\nlomdm-train: saved model, tokenizer and generation config to {training_args.output_dir}")
         print(f"  steps {report['steps']}, train {report['train_runtime_s']:.0f} s, "

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import MASK_ID, tiny_model
 from peft import PeftModel, get_peft_model
+from transformers import AutoModelForMaskedLM
 
 from hf_lomdm.lora import lomdm_lora_config, scheduler_modules
 from hf_lomdm.objective import lomdm_loss
@@ -80,3 +83,38 @@ def test_adapter_round_trip_then_merge_gives_the_same_generation(tmp_path):
 def test_bad_lora_targets_raise():
     with pytest.raises(ValueError, match="target_modules"):
         lomdm_lora_config(tiny_model(), target_modules=["lm_head"])
+
+
+def test_cli_lora_sft_trains_only_the_adapter_on_responses(tmp_path):
+    import json
+
+    from huggingface_hub import ModelCard
+    from test_trainer import CLI_RECIPE
+
+    from hf_lomdm.train import train
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Line {i}: to be, or not to be, that is the question {i % 7}." for i in range(80)))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(CLI_RECIPE.format(corpus=corpus))
+    base = tmp_path / "base"
+    train([str(recipe), "--output_dir", str(base), "--max_steps", "2", "--sample_count", "0"])
+    assert ModelCard.load(base / "README.md").data.eval_results  # the full model got a filled card
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps({"prompt": f"Line {i}: to be,", "text": f"or not to be {i % 7}."})
+                               for i in range(40)))
+    adapter = tmp_path / "adapter"
+    report = train([str(recipe), "--output_dir", str(adapter), "--model_name_or_path", str(base), "--lora_r", "4",
+                    "--train_files", str(pairs), "--prompt_column", "prompt", "--max_steps", "2", "--sample_count", "0"])
+    assert report["steps"] == 2 and math.isfinite(report["eval_nelbo"])
+    assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "model.safetensors").exists()
+    loaded = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(base), adapter)
+    assert any("lora_A" in name for name, _ in loaded.named_parameters())
+
+
+def test_lora_without_a_base_model_is_refused(tmp_path):
+    from hf_lomdm.train import train
+
+    with pytest.raises(ValueError, match="model_name_or_path"):
+        train(["--output_dir", str(tmp_path), "--lora_r", "4"])
