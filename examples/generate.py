@@ -1,7 +1,7 @@
 """Generate with LoMDM: prompt completion, infilling, and the order in which the model chose to reveal tokens.
 
-    python examples/generate.py                              # tiny random model on bytes: shows the API, text is noise
-    python examples/generate.py --model path/to/checkpoint   # a trained checkpoint and its tokenizer
+    python examples/generate.py                             # tiny random byte model: API demo, noise text
+    python examples/generate.py --model path/to/checkpoint  # a trained checkpoint and its tokenizer
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--model", default=None, help="checkpoint folder or Hub id (default: a tiny random model)")
+parser.add_argument(
+    "--model", default=None, help="checkpoint folder or Hub id (default: a tiny random model)"
+)
 parser.add_argument("--prompt", default="To be, or not to be")
 parser.add_argument("--seed", type=int, default=0)
 args = parser.parse_args()
@@ -22,28 +24,45 @@ args = parser.parse_args()
 if args.model is not None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForMaskedLM.from_pretrained(args.model).eval()
-    encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
-    decode = lambda ids: tokenizer.decode(ids)  # noqa: E731
+    encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids
+    decode = lambda ids: tokenizer.decode(ids)
 else:  # bytes as tokens: ids 0-2 are mask / pad / bos, byte b is id b + 4
-    model = LoMDMForMaskedDiffusion(LoMDMConfig(
-        vocab_size=260, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        max_position_embeddings=128, mask_token_id=0, pad_token_id=1, bos_token_id=2)).eval()  # no EOS: noise never ends
-    encode = lambda text: [b + 4 for b in text.encode()]  # noqa: E731
-    decode = lambda ids: "".join("_" if i == 0 else chr(i - 4) if i >= 4 else "" for i in ids)  # noqa: E731
+    model = LoMDMForMaskedDiffusion(
+        LoMDMConfig(
+            vocab_size=260,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=128,
+            mask_token_id=0,
+            pad_token_id=1,
+            bos_token_id=2,
+        )
+    ).eval()  # no EOS: noise never ends
+    encode = lambda text: [b + 4 for b in text.encode()]
+    decode = lambda ids: "".join("_" if i == 0 else chr(i - 4) if i >= 4 else "" for i in ids)
 mask = model.config.mask_token_id
 generator = torch.Generator().manual_seed(args.seed)
 
 # 1. Prompt completion: 48 masks are appended and revealed in the order the model's reverse schedule picks
 #    (steps=None: the exact first-hitting sampler, one token per pass).
 prompt = torch.tensor([encode(args.prompt)])
-out = model.generate(prompt, max_new_tokens=48, order="learned", return_dict_in_generate=True, output_order=True,
-                     output_history=True, generator=generator)
+out = model.generate(
+    prompt,
+    max_new_tokens=48,
+    order="learned",
+    return_dict_in_generate=True,
+    output_order=True,
+    output_history=True,
+    generator=generator,
+)
 print("completion:", decode(out.sequences[0].tolist()))
 print("passes:", out.nfe.item())
 
 # 2. The learned reveal order: the canvas after every 8th pass ("_" = still masked).
 for canvas in out.history[::8]:
-    print("   ", decode(canvas[0, prompt.shape[1]:].tolist()))
+    print("   ", decode(canvas[0, prompt.shape[1] :].tolist()))
 
 # 3. Infilling: mask tokens inside the input are filled, every other token is kept.
 text = encode("To be, or ") + [mask] * 8 + encode(" to be: that is the question")
@@ -56,7 +75,15 @@ width = max(map(len, prompts))
 pad = model.config.pad_token_id
 input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
 attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=32, block_length=16,
-                     order="confidence", threshold=0.9, return_dict_in_generate=True, generator=generator)
+out = model.generate(
+    input_ids,
+    attention_mask=attention_mask,
+    max_new_tokens=32,
+    block_length=16,
+    order="confidence",
+    threshold=0.9,
+    return_dict_in_generate=True,
+    generator=generator,
+)
 for row, nfe in zip(out.sequences.tolist(), out.nfe.tolist()):
     print(f"batched ({nfe} passes):", decode(row))

@@ -3,22 +3,22 @@
 Shapes: B = batch (after `num_return_sequences`), L = canvas length (left-padded prompt + new tokens),
 V = vocabulary, K = number of positions sampled in one step.
 
-The canvas z holds the prompt, the `max_new_tokens` mask tokens appended to it and any mask token already in the
-input (infilling). The positions to fill are the set M of SPEC §1 (`noise_mask`), fixed for the whole call. One
-backbone pass on z gives log p_θ(· | z) (SUBS log-probabilities) and the reverse exponents ê(z); the sampler then
-reveals masked positions:
+The canvas z holds the prompt, the `max_new_tokens` mask tokens appended to it and any mask token already in
+the input (infilling). The positions to fill are the set M of SPEC §1 (`noise_mask`), fixed for the whole
+call. One backbone pass on z gives log p_θ(· | z) (SUBS log-probabilities) and the reverse exponents ê(z); the
+sampler then reveals masked positions:
 
 - `order="learned"`, `steps=S`: the τ-grid 1 = t_0 > ... > t_S = 0 (LoMDM §4, reverse process); every masked
   position is revealed with probability `schedule_lomdm.unmask_prob(log s, log t, ê)`.
 - `order="learned"`, `steps=None`: the exact first-hitting sampler. z is fixed between reveals, so each masked
-  position's next reveal time is `schedule_lomdm.reveal_log_time(log t, u, ê)`; the latest is revealed and t moves
-  there. This simulates the continuous-time reverse process exactly, one pass per token.
+  position's next reveal time is `schedule_lomdm.reveal_log_time(log t, u, ê)`; the latest is revealed and t
+  moves there. This simulates the continuous-time reverse process exactly, one pass per token.
 - `order="random"`: the same code with ê ≡ 1 (MDLM ancestral sampling).
-- `confidence` / `margin` / `entropy` / `left_to_right`: per-row reveal quotas filled by score (MaskGIT / Dream
-  style); `threshold` additionally reveals every token whose probability reaches it (parallel decoding).
+- `confidence` / `margin` / `entropy` / `left_to_right`: per-row reveal quotas filled by score (MaskGIT /
+  Dream style); `threshold` additionally reveals every token whose probability reaches it (parallel decoding).
 
-Revealed and prompt tokens never change. When a row's canvas has not changed since its last pass and the backbone
-is time-independent, that pass is reused (the cache); `nfe` counts the real passes of each row.
+Revealed and prompt tokens never change. When a row's canvas has not changed since its last pass and the
+backbone is time-independent, that pass is reused (the cache); `nfe` counts the real passes of each row.
 """
 
 from __future__ import annotations
@@ -41,7 +41,12 @@ logger = logging.get_logger(__name__)
 ORDERS = ("learned", "random", "confidence", "margin", "entropy", "left_to_right")
 SCHEDULE_ORDERS = ("learned", "random")
 # Dream's `alg` names (Dream-v0 `diffusion_generate`) and the order that implements each.
-DREAM_ALGORITHMS = {"origin": "random", "maskgit_plus": "confidence", "topk_margin": "margin", "entropy": "entropy"}
+DREAM_ALGORITHMS = {
+    "origin": "random",
+    "maskgit_plus": "confidence",
+    "topk_margin": "margin",
+    "entropy": "entropy",
+}
 _SPECIAL_TOKENS = ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id")
 
 
@@ -56,25 +61,25 @@ class LoMDMGenerationConfig(GenerationConfig):
     Args:
         > Length
 
-        max_new_tokens (`int`, *optional*): Mask tokens appended to the prompt. Defaults to `max_length` minus the
-            prompt length, or to 0 (pure infilling) when neither is set.
+        max_new_tokens (`int`, *optional*): Mask tokens appended to the prompt. Defaults to `max_length` minus
+            the prompt length, or to 0 (pure infilling) when neither is set.
         max_length (`int`, *optional*): Total length of the output (prompt included).
 
         > Sampler
 
-        steps (`int`, *optional*): Sampler steps. `None`: the exact first-hitting sampler for `learned` / `random`
-            and one token per pass for the other orders. Never more passes than `steps` per row.
-        order (`str`, defaults to `"learned"`): `learned` (the model's reverse schedule ê), `random` (ê ≡ 1, MDLM),
-            `confidence` (probability of the sampled token), `margin` (top-1 minus top-2 probability), `entropy`
-            (lowest entropy first) or `left_to_right`.
-        threshold (`float`, *optional*): With `order="confidence"`, also reveal every position whose sampled token
-            has probability ≥ `threshold`; at least one token per row per step.
-        block_length (`int`, *optional*): Semi-autoregressive blocks of this many new tokens, generated left to
-            right (`max_new_tokens` and `steps` must split evenly). Not available with infilling.
-        eps (`float`, defaults to 0.0): MDLM's time truncation for `learned` / `random`: once t would fall below
-            `eps`, every remaining position is revealed at once. 0 keeps the sampler exact.
-        use_cache (`bool`, defaults to `True`): Reuse a row's last pass while its canvas is unchanged (only when
-            the backbone is not time-conditioned, where it is exact).
+        steps (`int`, *optional*): Sampler steps. `None`: the exact first-hitting sampler for `learned` /
+            `random` and one token per pass for the other orders. Never more passes than `steps` per row.
+        order (`str`, defaults to `"learned"`): `learned` (the model's reverse schedule ê), `random` (ê ≡ 1,
+            MDLM), `confidence` (probability of the sampled token), `margin` (top-1 minus top-2 probability),
+            `entropy` (lowest entropy first) or `left_to_right`.
+        threshold (`float`, *optional*): With `order="confidence"`, also reveal every position whose sampled
+            token has probability ≥ `threshold`; at least one token per row per step.
+        block_length (`int`, *optional*): Semi-autoregressive blocks of this many new tokens, generated left
+            to right (`max_new_tokens` and `steps` must split evenly). Not available with infilling.
+        eps (`float`, defaults to 0.0): MDLM's time truncation for `learned` / `random`: once t would fall
+            below `eps`, every remaining position is revealed at once. 0 keeps the sampler exact.
+        use_cache (`bool`, defaults to `True`): Reuse a row's last pass while its canvas is unchanged (only
+            when the backbone is not time-conditioned, where it is exact).
 
         > Token distribution (applied to log p_θ before sampling, through transformers' warpers)
 
@@ -85,22 +90,22 @@ class LoMDMGenerationConfig(GenerationConfig):
         > Outputs
 
         num_return_sequences (`int`, defaults to 1): Samples per input row.
-        return_dict_in_generate (`bool`, defaults to `False`): Return a [`LoMDMGenerateOutput`] instead of the
-            sequences tensor.
+        return_dict_in_generate (`bool`, defaults to `False`): Return a [`LoMDMGenerateOutput`], not a tensor.
         output_order (`bool`, defaults to `False`): Also return the pass index that revealed each position.
-        output_history (`bool`, defaults to `False`): Also return the canvas after every step that revealed tokens.
+        output_history (`bool`, defaults to `False`): Also return the canvas after each revealing step.
 
         > Special tokens (default to the model config's)
 
         mask_token_id (`int`): The mask token; must equal the model's.
-        pad_token_id (`int`, *optional*): Fills the generated positions after the first EOS (defaults to the EOS id).
+        pad_token_id (`int`, *optional*): Fills the generated positions after the first EOS (default: EOS).
         bos_token_id (`int`, *optional*): Prompt used when `generate` is called without inputs.
         eos_token_id (`int` or `list[int]`, *optional*): End of sequence; a row whose block contains it stops.
     """
 
     def __init__(self, **kwargs: Any):
-        # GenerationConfig.__init__ is not called on purpose (as in diffusion_gemma): its autoregressive fields
-        # (beams, penalties, ...) mean nothing here, and an unknown field must raise instead of being stored.
+        # GenerationConfig.__init__ is not called on purpose (as in diffusion_gemma): its autoregressive
+        # fields (beams, penalties, ...) mean nothing here, and an unknown field must raise instead of being
+        # stored.
         self.max_new_tokens: int | None = kwargs.pop("max_new_tokens", None)
         self.max_length: int | None = kwargs.pop("max_length", None)
 
@@ -152,11 +157,16 @@ class LoMDMGenerationConfig(GenerationConfig):
     def validate(self, strict: bool = True) -> None:
         """Raise a `ValueError` naming the first invalid setting.
 
-        Every problem raises, whatever `strict` says (it is part of `GenerationConfig.validate`'s signature, which
-        `save_pretrained` calls).
+        Every problem raises, whatever `strict` says (it is part of `GenerationConfig.validate`'s signature,
+        which `save_pretrained` calls).
         """
-        positive = {"max_length": self.max_length, "steps": self.steps, "block_length": self.block_length,
-                    "top_k": self.top_k, "num_return_sequences": self.num_return_sequences}
+        positive = {
+            "max_length": self.max_length,
+            "steps": self.steps,
+            "block_length": self.block_length,
+            "top_k": self.top_k,
+            "num_return_sequences": self.num_return_sequences,
+        }
         for name, value in positive.items():
             if value is not None and (not _is_int(value) or value <= 0):
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
@@ -168,21 +178,28 @@ class LoMDMGenerationConfig(GenerationConfig):
             if isinstance(self.threshold, bool) or not 0.0 < self.threshold <= 1.0:
                 raise ValueError(f"`threshold` must be in (0, 1], got {self.threshold!r}.")
             if self.order != "confidence":
-                raise ValueError(f"`threshold` decoding ranks by confidence and needs order='confidence', "
-                                 f"got order={self.order!r}.")
+                raise ValueError(
+                    f"`threshold` decoding ranks by confidence and needs order='confidence', "
+                    f"got order={self.order!r}."
+                )
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0.0 <= self.eps < 1.0:
             raise ValueError(f"`eps` must be in [0, 1), got {self.eps!r}.")
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+        if (
+            isinstance(self.temperature, bool)
+            or not isinstance(self.temperature, (int, float))
+            or self.temperature < 0
+        ):
             raise ValueError(f"`temperature` must be a number >= 0 (0 = greedy), got {self.temperature!r}.")
         if self.top_p is not None and (isinstance(self.top_p, bool) or not 0.0 < self.top_p <= 1.0):
             raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p!r}.")
         for name in ("use_cache", "return_dict_in_generate", "output_order", "output_history"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
+                raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")  # noqa: TRY004 (SPEC §3)
         for name in ("output_order", "output_history"):
             if getattr(self, name) and not self.return_dict_in_generate:
-                raise ValueError(f"`{name}=True` needs `return_dict_in_generate=True` (the tensor output has no room "
-                                 "for it).")
+                raise ValueError(
+                    f"`{name}=True` needs `return_dict_in_generate=True` (a tensor has no room for it)."
+                )
         for name in _SPECIAL_TOKENS:
             value = getattr(self, name)
             ids = value if name == "eos_token_id" and isinstance(value, list) else [value]
@@ -191,7 +208,7 @@ class LoMDMGenerationConfig(GenerationConfig):
 
     @classmethod
     def from_model_config(cls, model_config: Any) -> LoMDMGenerationConfig:
-        """Default sampling settings with the special token ids of a model config (`PreTrainedConfig` or dict)."""
+        """Default sampling settings with the special token ids of a model config (or its dict)."""
         config = model_config if isinstance(model_config, dict) else model_config.to_dict()
         return cls(**{name: config.get(name) for name in _SPECIAL_TOKENS})
 
@@ -200,13 +217,13 @@ class LoMDMGenerationConfig(GenerationConfig):
 class LoMDMGenerateOutput(ModelOutput):
     """
     Args:
-        sequences (`torch.LongTensor` of shape `(B, L)`): Prompt and generated tokens; generated positions after the
-            first EOS of a row hold the pad token.
-        order (`torch.LongTensor` of shape `(B, L)`, *optional*): Index (0-based, per row) of the backbone pass whose
-            prediction revealed each position; -1 for prompt and padding tokens and for positions a stopped row never
-            revealed. Returned when `output_order=True`.
-        history (`tuple[torch.LongTensor]`, *optional*): The canvas `(B, L)` after every step that revealed tokens.
-            Returned when `output_history=True`.
+        sequences (`torch.LongTensor` of shape `(B, L)`): Prompt and generated tokens; generated positions
+            after the first EOS of a row hold the pad token.
+        order (`torch.LongTensor` of shape `(B, L)`, *optional*): Index (0-based, per row) of the backbone
+            pass whose prediction revealed each position; -1 for prompt and padding tokens and for positions a
+            stopped row never revealed. Returned when `output_order=True`.
+        history (`tuple[torch.LongTensor]`, *optional*): The canvas `(B, L)` after every step that revealed
+            tokens. Returned when `output_history=True`.
         nfe (`torch.LongTensor` of shape `(B,)`): Backbone passes each row took.
     """
 
@@ -219,8 +236,8 @@ class LoMDMGenerateOutput(ModelOutput):
 def sample_categorical(scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Draw one token per row of `scores` `(K, V)` (logits) by inverting the CDF at `u` `(K,)`, u in (0, 1].
 
-    Runs in float64: float32 truncates the tail of the distribution (a token of probability 1e-9 is lost next to
-    the cumulative mass), which lowers the effective temperature and fakes low generative perplexity
+    Runs in float64: float32 truncates the tail of the distribution (a token of probability 1e-9 is lost next
+    to the cumulative mass), which lowers the effective temperature and fakes low generative perplexity
     (Zheng et al., arXiv 2409.02908). One uniform per token keeps per-row generators cheap to honour.
     """
     cdf = torch.softmax(scores.double(), dim=-1).cumsum(-1)  # (K, V)
@@ -259,8 +276,8 @@ class LoMDMSampler:
     Args:
         generation_config ([`LoMDMGenerationConfig`]): Resolved settings (`mask_token_id` set).
         logits_processor (`LogitsProcessorList`, *optional*): Applied to log p_θ `(K, V)` before sampling.
-        generator (`torch.Generator` or `list[torch.Generator]`, *optional*): One generator, or one per row; with one
-            per row, each row draws only from its own, so a row gives the same tokens as its prompt run alone.
+        generator (`torch.Generator` or `list[torch.Generator]`, *optional*): One generator, or one per row;
+            with one per row, each row draws from its own only: it gives the tokens of its prompt run alone.
     """
 
     def __init__(
@@ -282,28 +299,38 @@ class LoMDMSampler:
     def initialize(
         self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor, num_new_tokens: int
     ) -> LoMDMSamplerState:
-        """Append `num_new_tokens` masks to the left-padded prompt; every mask on a real position is to be generated."""
+        """Append `num_new_tokens` masks to the left-padded prompt; masks on real positions are generated."""
         batch, prompt_length = input_ids.shape
-        new = torch.full((batch, num_new_tokens), self.mask_token_id, dtype=input_ids.dtype, device=input_ids.device)
+        new = torch.full(
+            (batch, num_new_tokens), self.mask_token_id, dtype=input_ids.dtype, device=input_ids.device
+        )
         canvas = torch.cat([input_ids, new], dim=1)  # (B, L)
         attention_mask = torch.cat([attention_mask, torch.ones_like(new)], dim=1)
         generated = (canvas == self.mask_token_id) & attention_mask.bool()
         num_blocks = 1
         if self.block_length is not None:
             if bool(generated[:, :prompt_length].any()):
-                raise ValueError("`block_length` generates new tokens left to right and cannot be combined with "
-                                 "mask tokens in the input (infilling).")
+                raise ValueError(
+                    "`block_length` generates new tokens left to right and cannot be combined with "
+                    "mask tokens in the input (infilling)."
+                )
             if num_new_tokens % self.block_length != 0:
-                raise ValueError(f"`max_new_tokens` ({num_new_tokens}) must be a multiple of `block_length` "
-                                 f"({self.block_length}).")
+                raise ValueError(
+                    f"`max_new_tokens` ({num_new_tokens}) must be a multiple of `block_length` "
+                    f"({self.block_length})."
+                )
             num_blocks = num_new_tokens // self.block_length
         if self.steps is not None and self.steps % num_blocks != 0:
-            raise ValueError(f"`steps` ({self.steps}) must be a multiple of the number of blocks ({num_blocks}).")
+            raise ValueError(
+                f"`steps` ({self.steps}) must be a multiple of the number of blocks ({num_blocks})."
+            )
         if num_blocks == 1:
             blocks = [(0, canvas.shape[1])]
         else:
-            blocks = [(prompt_length + k * self.block_length, prompt_length + (k + 1) * self.block_length)
-                      for k in range(num_blocks)]
+            blocks = [
+                (prompt_length + k * self.block_length, prompt_length + (k + 1) * self.block_length)
+                for k in range(num_blocks)
+            ]
         return LoMDMSamplerState(
             canvas=canvas,
             attention_mask=attention_mask,
@@ -318,7 +345,7 @@ class LoMDMSampler:
         )
 
     def begin_block(self, state: LoMDMSamplerState, index: int) -> None:
-        """Start block `index`: its time restarts at t = 1 and its reveal quotas count its masked positions."""
+        """Start block `index`: time restarts at t = 1 and the reveal quotas count its masked positions."""
         start, end = state.blocks[index]
         columns = torch.zeros_like(state.generated)
         columns[:, start:end] = True
@@ -361,8 +388,8 @@ class LoMDMSampler:
     def step(self, state: LoMDMSamplerState) -> torch.BoolTensor:
         """Reveal tokens from the cached passes; returns the `(B, L)` positions revealed.
 
-        The tokens come from log p_θ after the logits processors, sampled in float64. Each position records the
-        index of the pass it was revealed from.
+        The tokens come from log p_θ after the logits processors, sampled in float64. Each position records
+        the index of the pass it was revealed from.
         """
         masked = self.masked(state)  # (B, L)
         u = self._uniform(state, masked.any(-1))  # (B, L, 2): reveal decision, token draw
@@ -383,29 +410,41 @@ class LoMDMSampler:
         """The output sequences: generated positions after a row's first EOS, and those a stopped row never
         revealed, become `pad_token_id`; prompt tokens are untouched."""
         sequences = state.canvas.clone()
-        drop = state.generated & (sequences == self.mask_token_id)  # only rows stopped before their last block
+        drop = state.generated & (
+            sequences == self.mask_token_id
+        )  # only rows stopped before their last block
         if eos_token_id is not None:
-            is_eos = torch.isin(sequences, torch.tensor(eos_token_id, device=sequences.device)) & state.generated
+            is_eos = (
+                torch.isin(sequences, torch.tensor(eos_token_id, device=sequences.device)) & state.generated
+            )
             drop |= state.generated & (is_eos.long().cumsum(-1) - is_eos.long() > 0)
         if pad_token_id is not None:
             sequences[drop] = pad_token_id
         return sequences
 
-    # -- reveal rules ------------------------------------------------------------------------------------------
+    # -- reveal rules ----------------------------------------------------------------------------------------
 
-    def _schedule_reveal(self, state: LoMDMSamplerState, masked: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def _schedule_reveal(
+        self, state: LoMDMSamplerState, masked: torch.Tensor, u: torch.Tensor
+    ) -> torch.Tensor:
         """`learned` / `random`: the τ-grid step t_k -> t_{k+1}, or the exact first-hitting step."""
         e_hat = state.reverse_exponents if self.order == "learned" else torch.ones_like(u)  # (B, L)
         if state.steps_per_block is None:
-            log_reveal = reveal_log_time(state.log_t[:, None], u, e_hat).masked_fill(~masked, -math.inf)  # (B, L)
+            log_reveal = reveal_log_time(state.log_t[:, None], u, e_hat).masked_fill(
+                ~masked, -math.inf
+            )  # (B, L)
             log_next, first = log_reveal.max(-1)  # (B,): the latest reveal time is the next event
             reveal = torch.zeros_like(masked).scatter_(-1, first[:, None], True) & masked
             if self.eps > 0:
                 reveal |= masked & (log_next < math.log(self.eps))[:, None]
             state.log_t = torch.where(masked.any(-1), log_next, state.log_t)
             return reveal
-        log_t = torch.tensor(self._grid_log_time(state, state.step_index), dtype=torch.float64, device=u.device)
-        log_s = torch.tensor(self._grid_log_time(state, state.step_index + 1), dtype=torch.float64, device=u.device)
+        log_t = torch.tensor(
+            self._grid_log_time(state, state.step_index), dtype=torch.float64, device=u.device
+        )
+        log_s = torch.tensor(
+            self._grid_log_time(state, state.step_index + 1), dtype=torch.float64, device=u.device
+        )
         return masked & (u < unmask_prob(log_s, log_t, e_hat))
 
     def _grid_log_time(self, state: LoMDMSamplerState, k: int) -> float:
@@ -439,7 +478,9 @@ class LoMDMSampler:
         canvas_tokens[masked] = tokens
         return chosen, canvas_tokens[chosen]
 
-    def _top_quota(self, state: LoMDMSamplerState, scores: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+    def _top_quota(
+        self, state: LoMDMSamplerState, scores: torch.Tensor, eligible: torch.Tensor
+    ) -> torch.Tensor:
         """The `quota` best-scored eligible positions of each row (ties go to the leftmost)."""
         if state.steps_per_block is None:
             quota = torch.ones_like(state.block_total)
@@ -453,10 +494,11 @@ class LoMDMSampler:
         ranks = torch.empty_like(ranking).scatter_(-1, ranking, positions)  # (B, L) rank of each position
         return eligible & (ranks < quota[:, None])
 
-    # -- randomness --------------------------------------------------------------------------------------------
+    # -- randomness ------------------------------------------------------------------------------------------
 
     def _uniform(self, state: LoMDMSamplerState, stepping: torch.Tensor) -> torch.Tensor:
-        """`(B, L, 2)` float64 uniforms in (0, 1]. With per-row generators, row b draws (its real tokens, 2) from
+        """`(B, L, 2)` float64 uniforms in (0, 1]. With per-row generators, row b draws (its real tokens, 2)
+        from
         generator b, and only while it still has masked positions, so its draws do not depend on the batch."""
         batch, length = state.canvas.shape
         device = state.canvas.device
@@ -467,13 +509,15 @@ class LoMDMSampler:
         u = torch.zeros(batch, length, 2, dtype=torch.float64, device=device)
         for row, (gen, n, live) in enumerate(zip(self.generator, state.num_real, stepping.tolist())):
             if live:  # left padding: the real tokens are the last n columns
-                u[row, length - n:] = torch.rand(n, 2, generator=gen, dtype=torch.float64, device=gen.device).to(device)
+                u[row, length - n :] = torch.rand(
+                    n, 2, generator=gen, dtype=torch.float64, device=gen.device
+                ).to(device)
         return 1.0 - u
 
     def _sample(
         self, state: LoMDMSamplerState, positions: torch.Tensor, u: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens `(K,)` and float64 probabilities `(K, V)` at the K `positions` (row-major), after the processors."""
+        """Tokens `(K,)` and float64 probabilities `(K, V)` at the K `positions` (row-major), processed."""
         rows, columns = positions.nonzero(as_tuple=True)
         scores = self.logits_processor(state.canvas[rows], state.log_probs[rows, columns])  # (K, V)
         probs = torch.softmax(scores.double(), dim=-1)
@@ -482,8 +526,8 @@ class LoMDMSampler:
 
 
 class LoMDMGenerationMixin:
-    """`generate` for [`LoMDMForMaskedDiffusion`] (SPEC §2). The class name contains `GenerationMixin`, which is how
-    transformers recognises a generative model and builds / loads its `generation_config`."""
+    """`generate` for [`LoMDMForMaskedDiffusion`] (SPEC §2). The class name contains `GenerationMixin`, which
+    is how transformers recognises a generative model and builds / loads its `generation_config`."""
 
     @torch.no_grad()
     def generate(
@@ -496,21 +540,23 @@ class LoMDMGenerationMixin:
         **kwargs: Any,
     ) -> LoMDMGenerateOutput | torch.LongTensor:
         r"""
-        Fill the mask tokens of a canvas: prompts get `max_new_tokens` masks appended, mask tokens already in the
-        input are filled in place (infilling), every other token is kept.
+        Fill the mask tokens of a canvas: prompts get `max_new_tokens` masks appended, mask tokens already in
+        the input are filled in place (infilling), every other token is kept.
 
         Args:
-            inputs (`torch.LongTensor` of shape `(B, L_in)`, *optional*): Left-padded prompts (may contain mask
-                tokens). Defaults to one BOS token (or an empty prompt without BOS). Also accepted as `input_ids=`.
+            inputs (`torch.LongTensor` of shape `(B, L_in)`, *optional*): Left-padded prompts (may contain
+                mask tokens). Defaults to one BOS token (or an empty prompt without BOS). Also accepted as
+                `input_ids=`.
             generation_config ([`LoMDMGenerationConfig`], *optional*): Replaces `model.generation_config`.
-            logits_processor (`LogitsProcessorList`, *optional*): Applied to log p_θ `(K, V)` of the positions being
-                sampled, before temperature / top-k / top-p.
-            stopping_criteria (`StoppingCriteriaList`, *optional*): Checked after each block on the canvas up to the
-                end of that block; a row it stops gets no further blocks (their positions become padding).
-            streamer (`BaseStreamer`, *optional*): Batch size 1. Receives the prompt, then the tokens in reading
-                order as soon as every position before them is known (each revealed token once), up to the first EOS.
-            kwargs: `attention_mask` `(B, L_in)`, `generator` (a `torch.Generator` or one per output row) and any
-                [`LoMDMGenerationConfig`] field; anything else raises a `ValueError`.
+            logits_processor (`LogitsProcessorList`, *optional*): Applied to log p_θ `(K, V)` of the positions
+                being sampled, before temperature / top-k / top-p.
+            stopping_criteria (`StoppingCriteriaList`, *optional*): Checked after each block on the canvas up
+                to the end of that block; a row it stops gets no further blocks (they become padding).
+            streamer (`BaseStreamer`, *optional*): Batch size 1. Receives the prompt, then the tokens in
+                reading order as soon as every position before them is known (each revealed token once), up
+                to the first EOS.
+            kwargs: `attention_mask` `(B, L_in)`, `generator` (a `torch.Generator` or one per output row)
+                and any [`LoMDMGenerationConfig`] field; anything else raises a `ValueError`.
 
         Returns:
             `torch.LongTensor` `(B, L)` or, with `return_dict_in_generate=True`, a [`LoMDMGenerateOutput`].
@@ -518,9 +564,10 @@ class LoMDMGenerationMixin:
         Steps (keep in sync with the body):
             1. Resolve the settings (kwargs > `generation_config` > `model.generation_config`) and the inputs.
             2. Build the canvas and the sampler.
-            3. For each block, until it has no mask left: (a) one backbone pass on the rows that need it (all rows
-               without cache; with cache, rows whose canvas changed), (b) `sampler.step` reveals tokens, (c) stream
-               and record history. After the block, rows that produced EOS or meet `stopping_criteria` stop.
+            3. For each block, until it has no mask left: (a) one backbone pass on the rows that need it (all
+               rows without cache; with cache, rows whose canvas changed), (b) `sampler.step` reveals tokens,
+               (c) stream and record history. After the block, rows that produced EOS or meet
+               `stopping_criteria` stop.
             4. Finalize (padding after EOS) and build the output.
         """
         # 1. Settings and inputs.
@@ -533,16 +580,22 @@ class LoMDMGenerationMixin:
         if pad_token_id is None and eos_token_id is not None:
             pad_token_id = eos_token_id[0]
         if stopping_criteria and pad_token_id is None:
-            raise ValueError("`stopping_criteria` can stop rows early, which needs a `pad_token_id` or `eos_token_id`.")
+            raise ValueError(
+                "`stopping_criteria` can stop rows early, which needs a `pad_token_id` or `eos_token_id`."
+            )
         generator = model_kwargs.get("generator")
         if isinstance(generator, list) and len(generator) != input_ids.shape[0]:
-            raise ValueError(f"`generator` must be one generator or a list with one per output row "
-                             f"({input_ids.shape[0]}), got a list of {len(generator)}.")
+            raise ValueError(
+                f"`generator` must be one generator or a list with one per output row "
+                f"({input_ids.shape[0]}), got a list of {len(generator)}."
+            )
         if streamer is not None and input_ids.shape[0] != 1:
             raise ValueError(f"streamers take one sequence; got {input_ids.shape[0]} output rows.")
 
         # 2. Canvas and sampler.
-        sampler = LoMDMSampler(generation_config, self._logits_processor(generation_config, logits_processor), generator)
+        sampler = LoMDMSampler(
+            generation_config, self._logits_processor(generation_config, logits_processor), generator
+        )
         state = sampler.initialize(input_ids, attention_mask, num_new_tokens)
         cached = generation_config.use_cache and not self.is_time_conditioned
         if streamer is not None:
@@ -557,7 +610,9 @@ class LoMDMGenerationMixin:
                     break
                 rows = has_masked & state.stale if cached else has_masked
                 if bool(rows.any()):
-                    self._denoise(sampler, state, rows.nonzero().squeeze(-1), generation_config.order == "learned")
+                    self._denoise(
+                        sampler, state, rows.nonzero().squeeze(-1), generation_config.order == "learned"
+                    )
                 revealed = sampler.step(state)
                 if streamer is not None:
                     self._stream_known(streamer, state, sampler.mask_token_id, eos_token_id)
@@ -589,8 +644,9 @@ class LoMDMGenerationMixin:
         **kwargs: Any,
     ) -> LoMDMGenerateOutput | torch.LongTensor:
         """`generate` under Dream's argument names: `alg` in `DREAM_ALGORITHMS` ('origin', 'maskgit_plus',
-        'topk_margin', 'entropy') selects the order; `steps`, `max_new_tokens`, `max_length`, `temperature`, `top_p`,
-        `top_k`, `eps`, `output_history`, `return_dict_in_generate` and the token ids keep their meaning."""
+        'topk_margin', 'entropy') selects the order; `steps`, `max_new_tokens`, `max_length`, `temperature`,
+        `top_p`, `top_k`, `eps`, `output_history`, `return_dict_in_generate` and the token ids keep their
+        meaning."""
         if "alg" in kwargs:
             alg = kwargs.pop("alg")
             if alg not in DREAM_ALGORITHMS:
@@ -645,7 +701,7 @@ class LoMDMGenerationMixin:
         except OSError:
             logger.info("No generation_config.json found; keeping the defaults built from the model config.")
 
-    # -- helpers of `generate` ---------------------------------------------------------------------------------
+    # -- helpers of `generate` -------------------------------------------------------------------------------
 
     def _prepare_generation_config(
         self, generation_config: GenerationConfig | None, kwargs: dict[str, Any]
@@ -657,17 +713,23 @@ class LoMDMGenerationMixin:
         else:  # e.g. a plain GenerationConfig: keep its non-default fields, which must all be LoMDM fields
             config = LoMDMGenerationConfig(**base.to_diff_dict())
         kwargs = dict(kwargs)
-        model_kwargs = {name: kwargs.pop(name) for name in ("input_ids", "attention_mask", "generator") if name in kwargs}
+        model_kwargs = {
+            name: kwargs.pop(name) for name in ("input_ids", "attention_mask", "generator") if name in kwargs
+        }
         unknown = config.update(**kwargs)
         if unknown:
-            raise ValueError(f"`generate` got unknown arguments {sorted(unknown)}; it takes `input_ids`, "
-                             f"`attention_mask`, `generator` and the generation settings {config.field_names}.")
+            raise ValueError(
+                f"`generate` got unknown arguments {sorted(unknown)}; it takes `input_ids`, "
+                f"`attention_mask`, `generator` and the generation settings {config.field_names}."
+            )
         for name in _SPECIAL_TOKENS:
             if getattr(config, name) is None:
                 setattr(config, name, getattr(self.config, name, None))
         if config.mask_token_id != self.config.mask_token_id:
-            raise ValueError(f"`mask_token_id` ({config.mask_token_id}) differs from the model's "
-                             f"({self.config.mask_token_id}).")
+            raise ValueError(
+                f"`mask_token_id` ({config.mask_token_id}) differs from the model's "
+                f"({self.config.mask_token_id})."
+            )
         config.validate()
         return config, model_kwargs
 
@@ -682,27 +744,35 @@ class LoMDMGenerationMixin:
             prompt = [] if config.bos_token_id is None else [config.bos_token_id]
             input_ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            raise ValueError(f"`inputs` must be a (batch, length) tensor, got {type(input_ids).__name__} of shape "
-                             f"{getattr(input_ids, 'shape', None)}.")
+            raise ValueError(
+                f"`inputs` must be a (batch, length) tensor, got {type(input_ids).__name__} of shape "
+                f"{getattr(input_ids, 'shape', None)}."
+            )
         if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
             raise ValueError(f"`inputs` must hold integer token ids, got dtype {input_ids.dtype}.")
         attention_mask = model_kwargs.get("attention_mask")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"`attention_mask` must have the shape of the inputs {tuple(input_ids.shape)}, got "
-                             f"{tuple(attention_mask.shape)}.")
+            raise ValueError(
+                f"`attention_mask` must have the shape of the inputs {tuple(input_ids.shape)}, got "
+                f"{tuple(attention_mask.shape)}."
+            )
         if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
             raise ValueError("`attention_mask` must hold only 0 and 1.")
         attention_mask = attention_mask.to(input_ids.dtype)
         if bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):
-            raise ValueError("`generate` needs left padding (new tokens are appended on the right); set "
-                             "`tokenizer.padding_side = 'left'`.")
+            raise ValueError(
+                "`generate` needs left padding (new tokens are appended on the right); set "
+                "`tokenizer.padding_side = 'left'`."
+            )
         repeats = config.num_return_sequences
         return input_ids.repeat_interleave(repeats, dim=0), attention_mask.repeat_interleave(repeats, dim=0)
 
     @staticmethod
-    def _num_new_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, config: LoMDMGenerationConfig) -> int:
+    def _num_new_tokens(
+        input_ids: torch.Tensor, attention_mask: torch.Tensor, config: LoMDMGenerationConfig
+    ) -> int:
         if config.max_new_tokens is not None:
             num_new_tokens = config.max_new_tokens
         elif config.max_length is not None:
@@ -711,8 +781,10 @@ class LoMDMGenerationMixin:
             num_new_tokens = 0
         has_infill = bool(((input_ids == config.mask_token_id) & attention_mask.bool()).any())
         if num_new_tokens == 0 and not has_infill:
-            raise ValueError("nothing to generate: set `max_new_tokens` (or `max_length`), or put mask tokens "
-                             f"(id {config.mask_token_id}) in the input to infill them.")
+            raise ValueError(
+                "nothing to generate: set `max_new_tokens` (or `max_length`), or put mask tokens "
+                f"(id {config.mask_token_id}) in the input to infill them."
+            )
         return num_new_tokens
 
     @staticmethod
@@ -732,7 +804,7 @@ class LoMDMGenerationMixin:
     def _denoise(
         self, sampler: LoMDMSampler, state: LoMDMSamplerState, rows: torch.LongTensor, output_exponents: bool
     ) -> None:
-        """One backbone pass on the canvas rows `rows` `(R,)`; `noise_mask` is the generated set M, as in training."""
+        """One backbone pass on the canvas rows `rows` `(R,)`; noise_mask = the set M, as in training."""
         timesteps = sampler.timesteps(state)[rows].float() if self.is_time_conditioned else None
         out = self(
             state.canvas[rows],
@@ -745,7 +817,7 @@ class LoMDMGenerationMixin:
 
     @staticmethod
     def _stream_prompt(streamer: BaseStreamer, state: LoMDMSamplerState) -> None:
-        """The first `put` is the prompt (the real tokens before the first generated position), as in transformers."""
+        """The first `put` is the prompt (the real tokens before the first generated position), as in HF."""
         length = state.canvas.shape[1]
         first_real = length - state.num_real[0]
         generated = state.generated[0].nonzero()
@@ -765,7 +837,10 @@ class LoMDMGenerationMixin:
             is_eos = torch.isin(run, torch.tensor(eos_token_id, device=run.device))
             is_eos &= state.generated[0, state.streamed : end]
             if bool(is_eos.any()):
-                run, end = run[: int(is_eos.nonzero()[0]) + 1], length  # nothing after the EOS is ever streamed
+                run, end = (
+                    run[: int(is_eos.nonzero()[0]) + 1],
+                    length,
+                )  # nothing after the EOS is ever streamed
         if run.numel():
             streamer.put(run.cpu())
         state.streamed = end
@@ -773,11 +848,11 @@ class LoMDMGenerationMixin:
 
 __all__ = [
     "DREAM_ALGORITHMS",
+    "ORDERS",
     "LoMDMGenerateOutput",
     "LoMDMGenerationConfig",
     "LoMDMGenerationMixin",
     "LoMDMSampler",
     "LoMDMSamplerState",
-    "ORDERS",
     "sample_categorical",
 ]

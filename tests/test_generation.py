@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
+from conftest import MASK_ID
 from transformers import AutoModelForMaskedLM, LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 from hf_lomdm import LoMDMGenerationConfig, LoMDMSampler
 from hf_lomdm.generation_lomdm import sample_categorical
 from hf_lomdm.schedule_lomdm import unmask_prob
-
-from conftest import MASK_ID
 
 EOS_ID, PAD_ID = 3, 1
 
@@ -28,7 +27,7 @@ SAMPLERS = [
     ("left_to_right", 2, {}),
     ("confidence", None, {"threshold": 0.02}),
     ("learned", 4, {"block_length": 3}),
-    # Rows finish blocks at different passes here, so a row must stop drawing randomness once its block is done.
+    # Rows finish blocks at different passes here: a row must stop drawing randomness when its block is done.
     ("learned", None, {"block_length": 3, "eps": 0.7}),
     ("confidence", None, {"block_length": 3, "threshold": 0.5, "temperature": 0.05}),
 ]
@@ -49,11 +48,11 @@ def generators(*seeds: int) -> list[torch.Generator]:
 
 
 def two_position_model(make_model):
-    """`per_position` schedule: scores -6 on the 3-token prompt, +4 / -2 at positions 3 / 4 (the generated ones).
+    """`per_position` schedule: scores -6 on the 3-token prompt, +4 / -2 at the generated positions 3 / 4.
 
     NormSig averages over the generated positions M only: σ(4) = 0.98201, σ(-2) = 0.11920, mean 0.55061, so
-    ê = 0.7 ± 0.65 * 0.43141 = 0.98041 / 0.41959 and the exact sampler reveals position 3 first with probability
-    0.98041 / 1.4 = 0.70030. (Averaging over the prompt too would give 0.6535.)
+    ê = 0.7 ± 0.65 * 0.43141 = 0.98041 / 0.41959 and the exact sampler reveals position 3 first with
+    probability 0.98041 / 1.4 = 0.70030. (Averaging over the prompt too would give 0.6535.)
     """
     model = make_model(schedule="per_position", randomize_schedule=False)
     with torch.no_grad():
@@ -66,8 +65,15 @@ def two_position_model(make_model):
 def first_reveal_rate(model, num_rows: int, steps: int | None, seed: int) -> tuple[float, float]:
     """Fraction of rows revealing position 3 strictly before 4, and fraction revealing both in one pass."""
     prompt = torch.full((num_rows, 3), 10)
-    out = model.generate(prompt, max_new_tokens=2, steps=steps, order="learned", return_dict_in_generate=True,
-                         output_order=True, generator=torch.Generator().manual_seed(seed))
+    out = model.generate(
+        prompt,
+        max_new_tokens=2,
+        steps=steps,
+        order="learned",
+        return_dict_in_generate=True,
+        output_order=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     first, second = out.order[:, 3], out.order[:, 4]
     return (first < second).double().mean().item(), (first == second).double().mean().item()
 
@@ -78,8 +84,9 @@ def test_padded_row_matches_prompt_alone(make_model, order, steps, extra):
     short, long = torch.tensor([[5, 6]]), torch.tensor([[7, 8, 9, 10]])
     batch = torch.tensor([[PAD_ID, PAD_ID, 5, 6], [7, 8, 9, 10]])
     attention_mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
-    settings = dict(max_new_tokens=6, steps=steps, order=order, return_dict_in_generate=True, output_order=True,
-                    **extra)
+    settings = dict(
+        max_new_tokens=6, steps=steps, order=order, return_dict_in_generate=True, output_order=True, **extra
+    )
     both = model.generate(batch, attention_mask=attention_mask, generator=generators(11, 12), **settings)
     alone_short = model.generate(short, generator=generators(11), **settings)
     alone_long = model.generate(long, generator=generators(12), **settings)
@@ -114,15 +121,23 @@ def test_tau_grid_with_many_steps_matches_exact_first_reveal_statistics(make_mod
 
 
 def test_tau_grid_step_reveals_at_unmask_prob_rate():
-    # One step t = 1 -> s = 3/4 of a 4-step grid: P(reveal) = 1 - (3/4)**ê = 0.25 for ê = 1, 0.0827 for ê = 0.3.
+    # One step t = 1 -> s = 3/4 of a 4-step grid: P(reveal) = 1 - (3/4)**ê = 0.25 (ê = 1), 0.0827 (ê = 0.3).
     config = LoMDMGenerationConfig(order="learned", steps=4, mask_token_id=MASK_ID)
     sampler = LoMDMSampler(config, generator=torch.Generator().manual_seed(0))
     num_rows, vocab = 20000, 5
-    state = sampler.initialize(torch.zeros(num_rows, 0, dtype=torch.long), torch.zeros(num_rows, 0, dtype=torch.long), 2)
+    state = sampler.initialize(
+        torch.zeros(num_rows, 0, dtype=torch.long), torch.zeros(num_rows, 0, dtype=torch.long), 2
+    )
     sampler.begin_block(state, 0)
     e_hat = torch.tensor([1.0, 0.3]).expand(num_rows, 2)
-    sampler.record_pass(state, torch.arange(num_rows), torch.full((num_rows, 2, vocab), -math.log(vocab - 1)).index_fill(
-        -1, torch.tensor([MASK_ID]), -math.inf), e_hat)
+    sampler.record_pass(
+        state,
+        torch.arange(num_rows),
+        torch.full((num_rows, 2, vocab), -math.log(vocab - 1)).index_fill(
+            -1, torch.tensor([MASK_ID]), -math.inf
+        ),
+        e_hat,
+    )
     revealed = sampler.step(state).double().mean(0)
     expected = unmask_prob(torch.tensor(math.log(0.75)), torch.tensor(0.0), e_hat[0])
     assert expected.tolist() == pytest.approx([0.25, 0.0827], abs=1e-4)
@@ -134,8 +149,14 @@ def test_tau_grid_step_reveals_at_unmask_prob_rate():
 def test_infilling_never_changes_non_mask_tokens(make_model, order):
     model = make_model()
     text = torch.tensor([[2, 11, MASK_ID, MASK_ID, 12, 13, MASK_ID, 14]])
-    out = model.generate(text, order=order, return_dict_in_generate=True, output_order=True,
-                         eos_token_id=[], generator=generators(0))
+    out = model.generate(
+        text,
+        order=order,
+        return_dict_in_generate=True,
+        output_order=True,
+        eos_token_id=[],
+        generator=generators(0),
+    )
     holes = text == MASK_ID
     assert torch.equal(out.sequences[~holes], text[~holes])
     assert not bool((out.sequences == MASK_ID).any())
@@ -147,8 +168,17 @@ def test_prompt_kept_and_order_covers_exactly_generated_positions(make_model, or
     model = make_model()
     prompt = torch.tensor([[2, 20, 21, 22], [PAD_ID, 2, 23, 24]])
     attention_mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]])
-    out = model.generate(prompt, attention_mask=attention_mask, max_new_tokens=6, steps=steps, order=order,
-                         eos_token_id=[], return_dict_in_generate=True, output_order=True, **extra)
+    out = model.generate(
+        prompt,
+        attention_mask=attention_mask,
+        max_new_tokens=6,
+        steps=steps,
+        order=order,
+        eos_token_id=[],
+        return_dict_in_generate=True,
+        output_order=True,
+        **extra,
+    )
     assert torch.equal(out.sequences[:, :4], prompt)
     assert torch.equal(out.order[:, :4], torch.full((2, 4), -1))
     assert bool((out.order[:, 4:] >= 0).all()) and bool((out.order[:, 4:] < out.nfe[:, None]).all())
@@ -158,14 +188,25 @@ def test_prompt_kept_and_order_covers_exactly_generated_positions(make_model, or
 @pytest.mark.parametrize("order", ["learned", "random", "confidence", "left_to_right"])
 @pytest.mark.parametrize("steps", [3, 8, 20])
 def test_nfe_never_exceeds_steps(make_model, order, steps):
-    out = make_model().generate(torch.tensor([[2, 5, 6]]), max_new_tokens=8, steps=steps, order=order,
-                                return_dict_in_generate=True, generator=generators(0))
+    out = make_model().generate(
+        torch.tensor([[2, 5, 6]]),
+        max_new_tokens=8,
+        steps=steps,
+        order=order,
+        return_dict_in_generate=True,
+        generator=generators(0),
+    )
     assert 1 <= out.nfe.item() <= steps
 
 
 def test_exact_sampler_takes_one_pass_per_token(make_model):
-    out = make_model().generate(torch.tensor([[2, 5, 6]]), max_new_tokens=7, return_dict_in_generate=True,
-                                output_order=True, eos_token_id=[])
+    out = make_model().generate(
+        torch.tensor([[2, 5, 6]]),
+        max_new_tokens=7,
+        return_dict_in_generate=True,
+        output_order=True,
+        eos_token_id=[],
+    )
     assert out.nfe.item() == 7
     assert sorted(out.order[0, 3:].tolist()) == list(range(7))
 
@@ -175,10 +216,17 @@ def test_cache_changes_nothing_but_nfe(make_model, order):
     model = make_model()
     prompt = torch.tensor([[PAD_ID, 2, 5], [2, 7, 8]])
     attention_mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
-    settings = dict(max_new_tokens=5, steps=20, order=order, return_dict_in_generate=True, output_order=True)
+    settings = {
+        "max_new_tokens": 5,
+        "steps": 20,
+        "order": order,
+        "return_dict_in_generate": True,
+        "output_order": True,
+    }
     cached = model.generate(prompt, attention_mask=attention_mask, generator=generators(3, 4), **settings)
-    uncached = model.generate(prompt, attention_mask=attention_mask, generator=generators(3, 4), use_cache=False,
-                              **settings)
+    uncached = model.generate(
+        prompt, attention_mask=attention_mask, generator=generators(3, 4), use_cache=False, **settings
+    )
     assert torch.equal(cached.sequences, uncached.sequences)
     assert (cached.nfe <= 5).all() and (uncached.nfe > 5).all()
 
@@ -186,11 +234,18 @@ def test_cache_changes_nothing_but_nfe(make_model, order):
 def test_time_conditioned_model_gets_grid_time_at_every_pass(make_model):
     model = make_model(time_conditioning=True)
     seen = []
-    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["timesteps"].item()),
-                                    with_kwargs=True)
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["timesteps"].item()), with_kwargs=True
+    )
     steps = 10
-    out = model.generate(torch.tensor([[2, 5]]), max_new_tokens=3, steps=steps, order="learned",
-                         return_dict_in_generate=True, generator=generators(0))
+    out = model.generate(
+        torch.tensor([[2, 5]]),
+        max_new_tokens=3,
+        steps=steps,
+        order="learned",
+        return_dict_in_generate=True,
+        generator=generators(0),
+    )
     assert len(seen) == out.nfe.item()  # no pass is reused: the backbone depends on t
     assert seen == pytest.approx([1 - k / steps for k in range(len(seen))], abs=1e-6)
 
@@ -211,7 +266,9 @@ def test_streamer_receives_every_revealed_token_once_in_reading_order(make_model
     model = make_model(eos_token_id=None)
     streamer = RecordingStreamer()
     prompt = torch.tensor([[2, 5, 6]])
-    out = model.generate(prompt, max_new_tokens=8, order="learned", streamer=streamer, generator=generators(0))
+    out = model.generate(
+        prompt, max_new_tokens=8, order="learned", streamer=streamer, generator=generators(0)
+    )
     assert streamer.puts[0] == [2, 5, 6] and streamer.ended
     streamed = [token for put in streamer.puts[1:] for token in put]
     assert streamed == out[0, 3:].tolist()
@@ -224,9 +281,16 @@ def test_generated_positions_after_eos_become_padding(make_model):
             return torch.full_like(scores, -math.inf).index_fill(-1, torch.tensor([EOS_ID]), 0.0)
 
     model = make_model()
-    out = model.generate(torch.tensor([[2, 5]]), max_new_tokens=6, steps=6, block_length=2, order="learned",
-                         logits_processor=LogitsProcessorList([ForceEos()]), return_dict_in_generate=True,
-                         output_order=True)
+    out = model.generate(
+        torch.tensor([[2, 5]]),
+        max_new_tokens=6,
+        steps=6,
+        block_length=2,
+        order="learned",
+        logits_processor=LogitsProcessorList([ForceEos()]),
+        return_dict_in_generate=True,
+        output_order=True,
+    )
     assert out.sequences[0].tolist() == [2, 5, EOS_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]
     assert out.order[0, 4:].tolist() == [-1, -1, -1, -1]  # the row stopped after its first block
 
@@ -242,21 +306,44 @@ def test_top_k_one_equals_greedy(make_model):
 
 def test_num_return_sequences_gives_independent_rows_per_prompt(make_model):
     model = make_model()
-    out = model.generate(torch.tensor([[2, 5], [2, 6]]), max_new_tokens=6, num_return_sequences=3,
-                         generator=generators(*range(6)))
+    out = model.generate(
+        torch.tensor([[2, 5], [2, 6]]),
+        max_new_tokens=6,
+        num_return_sequences=3,
+        generator=generators(*range(6)),
+    )
     assert out.shape == (6, 8)
-    assert torch.equal(out[:3, :2], torch.tensor([[2, 5]] * 3)) and torch.equal(out[3:, :2], torch.tensor([[2, 6]] * 3))
+    assert torch.equal(out[:3, :2], torch.tensor([[2, 5]] * 3)) and torch.equal(
+        out[3:, :2], torch.tensor([[2, 6]] * 3)
+    )
     assert len({tuple(row) for row in out[:3, 2:].tolist()}) > 1
 
 
 def test_diffusion_generate_accepts_dream_names(make_model):
     model = make_model()
     prompt = torch.tensor([[2, 5, 6]])
-    dream = model.diffusion_generate(prompt, max_new_tokens=4, steps=4, alg="maskgit_plus", temperature=0.5,
-                                     top_p=0.9, output_history=True, return_dict_in_generate=True,
-                                     eos_token_id=[], generator=generators(1))
-    ours = model.generate(prompt, max_new_tokens=4, steps=4, order="confidence", temperature=0.5, top_p=0.9,
-                          eos_token_id=[], generator=generators(1))
+    dream = model.diffusion_generate(
+        prompt,
+        max_new_tokens=4,
+        steps=4,
+        alg="maskgit_plus",
+        temperature=0.5,
+        top_p=0.9,
+        output_history=True,
+        return_dict_in_generate=True,
+        eos_token_id=[],
+        generator=generators(1),
+    )
+    ours = model.generate(
+        prompt,
+        max_new_tokens=4,
+        steps=4,
+        order="confidence",
+        temperature=0.5,
+        top_p=0.9,
+        eos_token_id=[],
+        generator=generators(1),
+    )
     assert torch.equal(dream.sequences, ours)
     assert len(dream.history) == 4 and torch.equal(dream.history[-1], ours)
     with pytest.raises(ValueError, match="alg"):
@@ -270,9 +357,18 @@ def test_unconditional_generation_starts_from_bos(make_model):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"num_beams": 2}, {"do_sample": True}, {"order": "bogus"}, {"steps": 0}, {"threshold": 0.5},
-     {"temperature": -1.0}, {"top_p": 1.5}, {"output_order": True}, {"generator": generators(1, 2, 3)},
-     {"block_length": 4}],
+    [
+        {"num_beams": 2},
+        {"do_sample": True},
+        {"order": "bogus"},
+        {"steps": 0},
+        {"threshold": 0.5},
+        {"temperature": -1.0},
+        {"top_p": 1.5},
+        {"output_order": True},
+        {"generator": generators(1, 2, 3)},
+        {"block_length": 4},
+    ],
 )
 def test_bad_generate_argument_raises(make_model, kwargs):
     with pytest.raises(ValueError):
@@ -282,7 +378,9 @@ def test_bad_generate_argument_raises(make_model, kwargs):
 def test_bad_inputs_raise(make_model):
     model = make_model()
     with pytest.raises(ValueError, match="left padding"):
-        model.generate(torch.tensor([[2, 5, PAD_ID]]), attention_mask=torch.tensor([[1, 1, 0]]), max_new_tokens=2)
+        model.generate(
+            torch.tensor([[2, 5, PAD_ID]]), attention_mask=torch.tensor([[1, 1, 0]]), max_new_tokens=2
+        )
     with pytest.raises(ValueError, match="nothing to generate"):
         model.generate(torch.tensor([[2, 5]]))
     with pytest.raises(ValueError, match="unknown"):
