@@ -1,0 +1,82 @@
+"""Supervised LoRA fine-tuning on a small prompt/response set from the built-in corpus:
+"continue the next line of this speech". The prompt is never noised (labels -100); the response is trained with
+the same velocity-matched objective. Reports trainable parameters, time and validation NELBO before / after.
+
+    python examples/lora_finetune.py --model path/to/checkpoint --output lora-next-line
+The same run from the CLI: lomdm-train RECIPE.yaml --model_name_or_path CKPT --lora_r 8 --prompt_column prompt ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from peft import get_peft_model
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+import hf_lomdm  # noqa: F401  (registers the LoMDM auto classes)
+from hf_lomdm.data import DataCollatorForMaskedDiffusion, prompt_response_rows, shakespeare_next_line_pairs
+from hf_lomdm.evaluation import nelbo_perplexity
+from hf_lomdm.lora import lomdm_lora_config
+from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--model", required=True, help="base checkpoint (e.g. the shakespeare-tiny run)")
+parser.add_argument("--output", default="lora-next-line")
+parser.add_argument("--pairs", type=int, default=4000, help="training pairs")
+parser.add_argument("--eval-pairs", type=int, default=256)
+parser.add_argument("--steps", type=int, default=200)
+parser.add_argument("--r", type=int, default=8)
+parser.add_argument("--learning-rate", type=float, default=2e-3)
+parser.add_argument("--seed", type=int, default=0)
+args = parser.parse_args()
+
+tokenizer = AutoTokenizer.from_pretrained(args.model)
+model = AutoModelForMaskedLM.from_pretrained(args.model)
+block_size = model.config.max_position_embeddings
+
+# 1. Data: (speaker + line, next line) pairs, split by play; only the response is noised.
+pairs = shakespeare_next_line_pairs()
+train_rows = prompt_response_rows(pairs["train"].shuffle(seed=args.seed).select(range(args.pairs)), tokenizer, block_size)
+eval_rows = list(prompt_response_rows(pairs["validation"].select(range(args.eval_pairs)), tokenizer, block_size))
+
+
+def evaluate(model) -> float:
+    return nelbo_perplexity(model, eval_rows, time_samples=4, generator=torch.Generator().manual_seed(0)).nelbo
+
+
+before = evaluate(model)
+
+# 2. LoRA on the backbone; the learned schedulers train in full (modules_to_save).
+model = get_peft_model(model, lomdm_lora_config(model, r=args.r, lora_alpha=2 * args.r))
+trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+total = sum(p.numel() for p in model.parameters())
+
+# 3. Train with the same objective.
+training_args = LoMDMTrainingArguments(
+    output_dir=args.output, max_steps=args.steps, per_device_train_batch_size=32, learning_rate=args.learning_rate,
+    warmup_steps=args.steps // 10, logging_steps=max(args.steps // 5, 1), save_strategy="no", report_to=[],
+    seed=args.seed, use_cpu=not torch.cuda.is_available(),
+)
+trainer = LoMDMTrainer(model=model, args=training_args, train_dataset=train_rows,
+                       data_collator=DataCollatorForMaskedDiffusion(tokenizer.pad_token_id))
+start = time.perf_counter()
+trainer.train()
+seconds = time.perf_counter() - start
+after = evaluate(model)
+model.save_pretrained(args.output)
+
+print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.1f}%)")
+print(f"training: {args.steps} steps in {seconds:.0f} s")
+print(f"validation response NELBO (nats/token): before {before:.3f} -> after {after:.3f}")
+
+# 4. Continue a held-out line.
+pair = pairs["validation"][0]
+prompt_ids = [tokenizer.bos_token_id] + tokenizer(pair["prompt"], add_special_tokens=False).input_ids
+prompt_ids.append(tokenizer.eos_token_id)
+out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=16, order="learned",
+                     generator=torch.Generator().manual_seed(args.seed))
+print("prompt:  ", pair["prompt"].replace("\n", " / "))
+print("expected:", pair["text"])
+print("model:   ", tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True))
