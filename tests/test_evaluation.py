@@ -149,3 +149,33 @@ def test_evaluate_metric_modules_load_offline_and_agree_with_functions():
     direct = nelbo_perplexity(model, texts, tokenizer=IdTokenizer(), time_samples=4,
                               generator=torch.Generator().manual_seed(3))
     assert nelbo["nelbo"] == pytest.approx(direct.nelbo) and nelbo["ppl_bound"] == pytest.approx(direct.ppl_bound)
+
+
+def test_lomdm_eval_cli_reports_bound_and_generation_quality(tmp_path):
+    import json
+
+    from test_lm_eval import word_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_lomdm.eval import main
+
+    tokenizer = word_tokenizer()
+    model = tiny_model(schedule="lomdm", vocab_size=len(tokenizer), max_position_embeddings=8)
+    model.save_pretrained(tmp_path / "ckpt")
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+    judge = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2))
+    judge.save_pretrained(tmp_path / "judge")
+    tokenizer.save_pretrained(tmp_path / "judge")
+    text = tmp_path / "unseen.txt"
+    text.write_text(" ".join(["the cat sat on the mat ."] * 12))
+    report = main([str(tmp_path / "ckpt"), "--text_file", str(text), "--time_samples", "4", "--include_uniform_eps",
+                   "--generate", "2", "--steps", "4", "--judge", str(tmp_path / "judge"),
+                   "--output", str(tmp_path / "report.json")])
+    assert json.loads((tmp_path / "report.json").read_text()) == json.loads(json.dumps(report))
+    nelbo = report["nelbo"]
+    assert nelbo["num_sequences"] > 1 and nelbo["ppl_bound"] == pytest.approx(math.exp(nelbo["nelbo"]))
+    assert nelbo["ppl_uniform_eps"] is not None
+    for order in ("learned", "random"):
+        generation = report["generation"][order]
+        assert math.isfinite(generation["gen_ppl"]) and generation["nfe"] <= 4
