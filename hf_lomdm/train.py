@@ -60,15 +60,21 @@ class ModelArguments:
     """The model and tokenizer. Architecture fields left at None take the `LoMDMConfig` default (12 x 768)."""
 
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Start from this saved model (its config and weights) instead of a new one."}
+        default=None,
+        metadata={"help": "Start from this saved model (its config and weights) instead of a new one."},
     )
     tokenizer_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Tokenizer to use; default: the one of `model_name_or_path`, else a new byte-level BPE."},
+        metadata={
+            "help": "Tokenizer to use; default: the one of `model_name_or_path`, else a new byte-level BPE."
+        },
     )
-    tokenizer_vocab_size: int = field(default=4096, metadata={"help": "Vocabulary size of a newly trained tokenizer."})
+    tokenizer_vocab_size: int = field(
+        default=4096, metadata={"help": "Vocabulary size of a newly trained tokenizer."}
+    )
     schedule: Literal["linear", "polynomial", "per_position", "lomdm"] | None = field(
-        default=None, metadata={"help": "linear (MDLM), polynomial, per_position (MDM(LS)) or lomdm (default)."}
+        default=None,
+        metadata={"help": "linear (MDLM), polynomial, per_position (MDM(LS)) or lomdm (default)."},
     )
     c1: float | None = field(default=None, metadata={"help": "Exponent centre c1 (e = c1 + c2 NormSig)."})
     c2: float | None = field(default=None, metadata={"help": "Exponent range c2 < c1."})
@@ -81,9 +87,14 @@ class ModelArguments:
     dropout: float | None = None
     time_conditioning: bool | None = None
     tie_word_embeddings: bool | None = None
-    attn_implementation: Literal["sdpa", "eager"] = field(default="sdpa", metadata={"help": "Attention kernel."})
+    attn_implementation: Literal["sdpa", "eager"] = field(
+        default="sdpa", metadata={"help": "Attention kernel."}
+    )
     lora_r: int | None = field(
-        default=None, metadata={"help": "Train a LoRA adapter of this rank on `model_name_or_path` instead of all weights."}
+        default=None,
+        metadata={
+            "help": "Train a LoRA adapter of this rank on `model_name_or_path` instead of all weights."
+        },
     )
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
@@ -92,7 +103,8 @@ class ModelArguments:
         metadata={"help": "Backbone projections that get LoRA (llama names)."},
     )
     lora_train_schedulers: bool = field(
-        default=True, metadata={"help": "Train the learned schedulers in full with the adapter (else freeze them)."}
+        default=True,
+        metadata={"help": "Train the learned schedulers in full with the adapter (else freeze them)."},
     )
 
 
@@ -102,7 +114,8 @@ class SampleArguments:
 
     sample_count: int = field(default=4, metadata={"help": "Samples to print after training (0: none)."})
     sample_steps: int | None = field(
-        default=None, metadata={"help": "Sampler steps; None: the exact first-hitting sampler (one pass per token)."}
+        default=None,
+        metadata={"help": "Sampler steps; None: the exact first-hitting sampler (one pass per token)."},
     )
     sample_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
 
@@ -126,13 +139,17 @@ def _yaml_to_argv(config: dict[str, Any]) -> list[str]:
     return argv
 
 
-def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, LoMDMTrainingArguments, SampleArguments]:
+def parse_args(
+    argv: list[str],
+) -> tuple[ModelArguments, DataArguments, LoMDMTrainingArguments, SampleArguments]:
     """Parse `[CONFIG.yaml] [--key value ...]`; flags after the file override it, unknown keys raise."""
     if argv and argv[0].endswith((".yaml", ".yml")):
         with open(argv[0], encoding="utf-8") as f:
             config = yaml.safe_load(f) or {}
         if not isinstance(config, dict):
-            raise ValueError(f"{argv[0]} must hold a mapping of argument names to values, got {type(config).__name__}.")
+            raise ValueError(
+                f"{argv[0]} must hold a mapping of argument names to values, got {type(config).__name__}."
+            )
         known = {f.name for cls in _DATACLASSES for f in fields(cls)}
         unknown = sorted(set(config) - known)
         if unknown:
@@ -154,7 +171,10 @@ def _resume_checkpoint(args: LoMDMTrainingArguments) -> str | None:
 
 
 def _tokenizer(
-    model_args: ModelArguments, training_args: LoMDMTrainingArguments, texts: list[str], checkpoint: str | None
+    model_args: ModelArguments,
+    training_args: LoMDMTrainingArguments,
+    texts: list[str],
+    checkpoint: str | None,
 ) -> PreTrainedTokenizerBase:
     """The checkpoint's or model's tokenizer; else `tokenizer_name_or_path` (missing mask / pad / bos / eos
     tokens are added, e.g. to GPT-2's); else a byte-level BPE trained on `texts`."""
@@ -176,19 +196,24 @@ def _tokenizer(
         return AutoTokenizer.from_pretrained(training_args.output_dir)
 
 
-def _model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, block_size: int) -> LoMDMForMaskedDiffusion:
+def _model(
+    model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, block_size: int
+) -> LoMDMForMaskedDiffusion:
     if model_args.model_name_or_path is not None:
         model = AutoModelForMaskedLM.from_pretrained(
             model_args.model_name_or_path, attn_implementation=model_args.attn_implementation
         )
         if model.config.mask_token_id != tokenizer.mask_token_id:
-            raise ValueError(f"the model's mask_token_id {model.config.mask_token_id} differs from the tokenizer's "
-                             f"{tokenizer.mask_token_id}.")
+            raise ValueError(
+                f"the model's mask_token_id {model.config.mask_token_id} differs from the tokenizer's "
+                f"{tokenizer.mask_token_id}."
+            )
         return model
     architecture = {
         f.name: getattr(model_args, f.name)
         for f in fields(ModelArguments)
-        if f.name not in ("model_name_or_path", "tokenizer_name_or_path", "tokenizer_vocab_size", "attn_implementation")
+        if f.name
+        not in ("model_name_or_path", "tokenizer_name_or_path", "tokenizer_vocab_size", "attn_implementation")
         and not f.name.startswith("lora_")
         and getattr(model_args, f.name) is not None
     }
@@ -205,14 +230,17 @@ def _model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, block
     return LoMDMForMaskedDiffusion(config)
 
 
-def _samples(model: LoMDMForMaskedDiffusion, tokenizer: PreTrainedTokenizerBase, args: SampleArguments, seed: int):
+def _samples(
+    model: LoMDMForMaskedDiffusion, tokenizer: PreTrainedTokenizerBase, args: SampleArguments, seed: int
+):
     """Unconditional samples: a BOS prompt filled to the generation config's `max_length`."""
     prompt = torch.full((args.sample_count, 1), tokenizer.bos_token_id, dtype=torch.long, device=model.device)
     generator = torch.Generator(device=model.device).manual_seed(seed)
     model.eval()
     with torch.no_grad():
-        sequences = model.generate(prompt, steps=args.sample_steps, temperature=args.sample_temperature,
-                                   generator=generator)
+        sequences = model.generate(
+            prompt, steps=args.sample_steps, temperature=args.sample_temperature, generator=generator
+        )
     return tokenizer.batch_decode(sequences, skip_special_tokens=True)
 
 
@@ -233,12 +261,22 @@ def train(argv: list[str]) -> dict[str, Any]:
     # 2. Rows of tokens.
     with training_args.main_process_first(desc="tokenizing"):
         if data_args.prompt_column is not None:  # supervised fine-tuning: the prompt is never noised
-            splits = {name: prompt_response_rows(raw[name], tokenizer, data_args.block_size, data_args.prompt_column,
-                                                 data_args.text_column) for name in ("train", "validation")}
+            splits = {
+                name: prompt_response_rows(
+                    raw[name], tokenizer, data_args.block_size, data_args.prompt_column, data_args.text_column
+                )
+                for name in ("train", "validation")
+            }
         else:
             splits = {
-                name: group_texts(raw[name], tokenizer, data_args.block_size, data_args.packing, data_args.text_column,
-                                  data_args.preprocessing_num_workers)
+                name: group_texts(
+                    raw[name],
+                    tokenizer,
+                    data_args.block_size,
+                    data_args.packing,
+                    data_args.text_column,
+                    data_args.preprocessing_num_workers,
+                )
                 for name in ("train", "validation")
             }
     for name, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
@@ -251,10 +289,17 @@ def train(argv: list[str]) -> dict[str, Any]:
     if model_args.lora_r is not None:
         from peft import get_peft_model
 
-        model = get_peft_model(model, lomdm_lora_config(
-            model, r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-            target_modules=model_args.lora_target_modules, train_schedulers=model_args.lora_train_schedulers,
-        ))
+        model = get_peft_model(
+            model,
+            lomdm_lora_config(
+                model,
+                r=model_args.lora_r,
+                lora_alpha=model_args.lora_alpha,
+                lora_dropout=model_args.lora_dropout,
+                target_modules=model_args.lora_target_modules,
+                train_schedulers=model_args.lora_train_schedulers,
+            ),
+        )
     if training_args.include_num_input_tokens_seen == "no":
         training_args.include_num_input_tokens_seen = "non_padding"  # for the tokens/s of the report
     trainer = LoMDMTrainer(
@@ -286,22 +331,39 @@ def train(argv: list[str]) -> dict[str, Any]:
         "eval_tokens": eval_metrics["eval_tokens"],
     }
     if trainer.is_world_process_zero():
-        samples = _samples(trainer.model, tokenizer, sample_args, training_args.seed) if sample_args.sample_count else []
+        samples = (
+            _samples(trainer.model, tokenizer, sample_args, training_args.seed)
+            if sample_args.sample_count
+            else []
+        )
         if model_args.lora_r is None:  # an adapter folder gets PEFT's own card
             write_model_card(
-                training_args.output_dir, trainer.model, tokenizer, seed=training_args.seed, samples=samples,
-                eval_metrics={"nelbo": eval_metrics["eval_nelbo"], "ppl_bound": eval_metrics["eval_ppl_bound"],
-                              "tokens": eval_metrics["eval_tokens"]},
-                repo_id=training_args.hub_model_id or training_args.output_dir, dataset_name=data_args.dataset_name,
+                training_args.output_dir,
+                trainer.model,
+                tokenizer,
+                seed=training_args.seed,
+                samples=samples,
+                eval_metrics={
+                    "nelbo": eval_metrics["eval_nelbo"],
+                    "ppl_bound": eval_metrics["eval_ppl_bound"],
+                    "tokens": eval_metrics["eval_tokens"],
+                },
+                repo_id=training_args.hub_model_id or training_args.output_dir,
+                dataset_name=data_args.dataset_name,
                 training_data=f"`{data_args.dataset_name}`, {data_args.block_size}-token rows ({data_args.packing}), "
-                              f"{report['steps']} steps.",
+                f"{report['steps']} steps.",
             )
         report["wall_time_s"] = time.time() - wall_start
         print(f"\nlomdm-train: saved model, tokenizer and generation config to {training_args.output_dir}")
-        print(f"  steps {report['steps']}, train {report['train_runtime_s']:.0f} s, "
-              f"{tokens_per_second:.0f} tokens/s, wall {report['wall_time_s']:.0f} s")
-        print(f"  validation: NELBO {report['eval_nelbo']:.4f} nats/token, PPL bound {report['eval_ppl_bound']:.2f} "
-              f"({report['eval_tokens']:.0f} tokens, {training_args.eval_time_samples} time samples per sequence)")
+        print(
+            f"  steps {report['steps']}, train {report['train_runtime_s']:.0f} s, "
+            f"{tokens_per_second:.0f} tokens/s, wall {report['wall_time_s']:.0f} s"
+        )
+        print(
+            f"  validation: NELBO {report['eval_nelbo']:.4f} nats/token, "
+            f"PPL bound {report['eval_ppl_bound']:.2f} ({report['eval_tokens']:.0f} tokens, "
+            f"{training_args.eval_time_samples} time samples per sequence)"
+        )
         for i, text in enumerate(samples):
             print(f"--- sample {i} ---\n{text.strip()}")
     return report

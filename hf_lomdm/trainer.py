@@ -12,15 +12,18 @@ precision, checkpoints, resuming, callbacks):
 2. Noise. Times and masks come from a `torch.Generator` seeded by `(seed, process, global step, micro-step)`:
    processes draw different noise, and a resumed run draws exactly the noise of an uninterrupted one.
 3. Evaluation. `prediction_step` returns per-sequence NELBO sums (L_velocity included), and `nelbo_metrics`
-   turns them into `eval_nelbo = sum NELBO / sum |M|` over the whole set and `eval_ppl_bound = exp(eval_nelbo)`.
+   turns them into `eval_nelbo = sum NELBO / sum |M|` over the whole set and `eval_ppl_bound =
+   exp(eval_nelbo)`.
    Every evaluation uses importance-sampled times (an unbiased bound, whatever `time_sampling` training uses)
    and the same noise, so two checkpoints are compared on common random numbers.
 4. Parameters. The scheduler parameters (g_φ, g_ψ or θ) can get their own learning rate, and an exponential
    moving average of the weights is used for evaluation and by `save_model`.
 
 Logged every `logging_steps`: `nelbo`, `main`, `velocity` (per token, over the logging window), the forward
-exponent `exponent_mean` / `exponent_std` over M, and `exponent_confidence_corr`: Pearson's r between the forward
-exponent e_i (the velocity A^i = e_i / t up to the per-row time) and the denoiser's probability of the true token,
+exponent `exponent_mean` / `exponent_std` over M, and `exponent_confidence_corr`: Pearson's r between the
+forward
+exponent e_i (the velocity A^i = e_i / t up to the per-row time) and the denoiser's probability of the true
+token,
 over the masked positions (LoMDM's curriculum signal: positive when easy tokens are revealed first).
 """
 
@@ -62,25 +65,36 @@ class LoMDMTrainingArguments(TrainingArguments):
     )
     estimator: Literal["rloo", "plain"] = field(
         default="rloo",
-        metadata={"help": "'rloo' (score-function term with a leave-one-out baseline) or 'plain' (MDLM, K = 1)."},
+        metadata={
+            "help": "'rloo' (score-function term with a leave-one-out baseline) or 'plain' (MDLM, K = 1)."
+        },
     )
     time_sampling: Literal["importance", "uniform_eps"] = field(
         default="importance",
-        metadata={"help": "Training times: 'importance' (unbiased over (0, 1]) or MDLM's 'uniform_eps' (not a bound)."},
+        metadata={
+            "help": "Training times: 'importance' (unbiased over (0, 1]) or MDLM's 'uniform_eps' "
+            "(not a bound)."
+        },
     )
     time_uniform_weight: float = field(
         default=0.5, metadata={"help": "Weight of the uniform part of the importance mixture q(t) (SPEC §1)."}
     )
-    noise_eps: float = field(default=1e-3, metadata={"help": "ε of time_sampling='uniform_eps': t ~ U(ε, 1)."})
+    noise_eps: float = field(
+        default=1e-3, metadata={"help": "ε of time_sampling='uniform_eps': t ~ U(ε, 1)."}
+    )
     scheduler_learning_rate: float | None = field(
         default=None,
-        metadata={"help": "Learning rate of the scheduler parameters (forward/reverse scheduler, position scores); "
-                          "None uses `learning_rate`. Follows the same warm-up and decay."},
+        metadata={
+            "help": "Learning rate of the scheduler parameters (forward/reverse scheduler, position scores); "
+            "None uses `learning_rate`. Follows the same warm-up and decay."
+        },
     )
     ema_decay: float | None = field(
         default=None,
-        metadata={"help": "EMA decay of the weights (e.g. 0.9999); the EMA weights are evaluated and saved by "
-                          "`save_model`. None disables it."},
+        metadata={
+            "help": "EMA decay of the weights (e.g. 0.9999); the EMA weights are evaluated and saved by "
+            "`save_model`. None disables it."
+        },
     )
     eval_time_samples: int = field(
         default=1, metadata={"help": "Time samples per validation sequence (stratified in (0, 1])."}
@@ -88,22 +102,29 @@ class LoMDMTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         if self.ddp_find_unused_parameters is None:
-            # Every parameter gets a gradient each step; and the forward scheduler runs in `forward_exponents`,
+            # Every parameter gets a gradient each step; and the forward scheduler runs in
+            # `forward_exponents`,
             # outside DDP's forward, where DDP's unused-parameter search would wrongly mark it unused.
             self.ddp_find_unused_parameters = False
         super().__post_init__()
         if self.ddp_find_unused_parameters:
-            raise ValueError("`ddp_find_unused_parameters=True` is not supported: the forward scheduler runs outside "
-                             "DDP's forward (in `forward_exponents`) and would be marked ready twice.")
+            raise ValueError(
+                "`ddp_find_unused_parameters=True` is not supported: the forward scheduler runs outside "
+                "DDP's forward (in `forward_exponents`) and would be marked ready twice."
+            )
         if self.num_noise_samples < 1:
             raise ValueError(f"`num_noise_samples` must be >= 1, got {self.num_noise_samples}.")
         if self.estimator not in ("rloo", "plain"):
             raise ValueError(f"`estimator` must be 'rloo' or 'plain', got {self.estimator!r}.")
         if self.estimator == "rloo" and self.num_noise_samples < 2:
-            raise ValueError(f"the RLOO estimator needs `num_noise_samples` >= 2, got {self.num_noise_samples}; "
-                             "use estimator='plain' for K = 1.")
+            raise ValueError(
+                f"the RLOO estimator needs `num_noise_samples` >= 2, got {self.num_noise_samples}; "
+                "use estimator='plain' for K = 1."
+            )
         if self.time_sampling not in ("importance", "uniform_eps"):
-            raise ValueError(f"`time_sampling` must be 'importance' or 'uniform_eps', got {self.time_sampling!r}.")
+            raise ValueError(
+                f"`time_sampling` must be 'importance' or 'uniform_eps', got {self.time_sampling!r}."
+            )
         if not 0.0 < self.time_uniform_weight <= 1.0:
             raise ValueError(f"`time_uniform_weight` must be in (0, 1], got {self.time_uniform_weight}.")
         if not 0.0 <= self.noise_eps < 1.0:
@@ -117,7 +138,7 @@ class LoMDMTrainingArguments(TrainingArguments):
 
 
 def is_scheduler_parameter(name: str) -> bool:
-    """Whether a parameter name (as in `model.named_parameters()`, wrappers included) belongs to a scheduler."""
+    """Whether a parameter name (as in `model.named_parameters()`, wrappers included) is a scheduler's."""
     return any(part in SCHEDULER_PARAMETER_NAMES for part in name.split("."))
 
 
@@ -132,8 +153,14 @@ def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     tokens = float(np.asarray(eval_pred.label_ids, dtype=np.float64).sum())
     nelbo, main, velocity = (sums / max(tokens, 1.0)).tolist()
     ppl_bound = math.exp(nelbo) if nelbo < 700 else math.inf
-    return {"loss": nelbo, "nelbo": nelbo, "main": main, "velocity": velocity, "ppl_bound": ppl_bound,
-            "tokens": tokens}
+    return {
+        "loss": nelbo,
+        "nelbo": nelbo,
+        "main": main,
+        "velocity": velocity,
+        "ppl_bound": ppl_bound,
+        "tokens": tokens,
+    }
 
 
 def _batch_statistics(res: LoMDMLossOutput) -> torch.Tensor:
@@ -146,9 +173,21 @@ def _batch_statistics(res: LoMDMLossOutput) -> torch.Tensor:
     in_m = res.noise_mask
     masked = ~torch.isnan(res.confidence)
     x, y = e[masked], res.confidence[masked].double()
-    sums = [res.nelbo.sum(), res.main.sum(), res.velocity.sum(), res.num_tokens.sum(), e[in_m].sum(),
-            e[in_m].square().sum(), in_m.sum(), masked.sum(), x.sum(), y.sum(), (x * y).sum(), x.square().sum(),
-            y.square().sum()]
+    sums = [
+        res.nelbo.sum(),
+        res.main.sum(),
+        res.velocity.sum(),
+        res.num_tokens.sum(),
+        e[in_m].sum(),
+        e[in_m].square().sum(),
+        in_m.sum(),
+        masked.sum(),
+        x.sum(),
+        y.sum(),
+        (x * y).sum(),
+        x.square().sum(),
+        y.square().sum(),
+    ]
     return torch.stack([s.double() for s in sums])
 
 
@@ -188,7 +227,9 @@ class ExponentialMovingAverage:
 
     @staticmethod
     def _parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-        return ((name, p) for name, p in model.named_parameters() if p.requires_grad and p.is_floating_point())
+        return (
+            (name, p) for name, p in model.named_parameters() if p.requires_grad and p.is_floating_point()
+        )
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -218,14 +259,18 @@ class ExponentialMovingAverage:
                     p.copy_(backup[name])
 
     def save(self, path: str) -> None:
-        save_file({k: v.contiguous() for k, v in self.shadow.items()}, path,
-                  metadata={"num_updates": str(self.num_updates), "decay": str(self.decay)})
+        save_file(
+            {k: v.contiguous() for k, v in self.shadow.items()},
+            path,
+            metadata={"num_updates": str(self.num_updates), "decay": str(self.decay)},
+        )
 
     def load(self, path: str, model: nn.Module) -> None:
         devices = {name: p.device for name, p in self._parameters(model)}
         with safe_open(path, framework="pt") as f:
             self.num_updates = int(f.metadata()["num_updates"])
-            self.shadow = {name: f.get_tensor(name).to(devices[name]) for name in f}
+            names = f.keys()  # a safe_open handle is not iterable
+            self.shadow = {name: f.get_tensor(name).to(devices[name]) for name in names}
 
 
 class _EMACallback(TrainerCallback):
@@ -245,9 +290,11 @@ class _EMACallback(TrainerCallback):
 class _RoutedModel:
     """What `lomdm_loss` needs from a model: the bare model's attributes, denoiser calls through the wrapper.
 
-    Under DDP the denoiser passes go through `DistributedDataParallel.forward`, which prepares gradient reduction.
+    Under DDP the denoiser passes go through `DistributedDataParallel.forward`, which prepares gradient
+    reduction.
     `forward_exponents` is not a wrapper method and runs on the bare module; DDP's per-parameter hooks still
-    reduce the forward scheduler's gradients (FSDP2 gets it registered as a forward method, see `LoMDMTrainer`).
+    reduce the forward scheduler's gradients (FSDP2 gets it registered as a forward method, see
+    `LoMDMTrainer`).
     """
 
     def __init__(self, wrapped: nn.Module, module: nn.Module):
@@ -265,7 +312,8 @@ class LoMDMTrainer(Trainer):
 
     Takes the usual `Trainer` arguments; `args` should be `LoMDMTrainingArguments` and the batches need
     `input_ids`, `attention_mask` and `labels` (-100 where nothing may be noised), as produced by
-    `hf_lomdm.data.DataCollatorForMaskedDiffusion`. `compute_metrics` defaults to `nelbo_metrics`; a custom one
+    `hf_lomdm.data.DataCollatorForMaskedDiffusion`. `compute_metrics` defaults to `nelbo_metrics`; a custom
+    one
     receives the same per-sequence statistics.
     """
 
@@ -275,15 +323,23 @@ class LoMDMTrainer(Trainer):
         if not isinstance(self.args, LoMDMTrainingArguments):
             raise TypeError(f"`args` must be LoMDMTrainingArguments, got {type(self.args).__name__}.")
         if self.args.n_gpu > 1:
-            raise ValueError(f"torch.nn.DataParallel over {self.args.n_gpu} GPUs is not supported; "
-                             "launch one process per GPU with `accelerate launch` (DDP) instead.")
+            raise ValueError(
+                f"torch.nn.DataParallel over {self.args.n_gpu} GPUs is not supported; "
+                "launch one process per GPU with `accelerate launch` (DDP) instead."
+            )
         if self.args.batch_eval_metrics:
-            raise ValueError("`batch_eval_metrics=True` is not supported: the NELBO is summed over the whole set.")
+            raise ValueError(
+                "`batch_eval_metrics=True` is not supported: the NELBO is summed over the whole set."
+            )
         if self.is_fsdp_enabled and self.accelerator.state.fsdp_plugin.fsdp_version != 2:
-            raise ValueError("LoMDMTrainer needs FSDP2 (`fsdp_version: 2`): the objective calls "
-                             "`forward_exponents`, which FSDP1 cannot unshard for.")
+            raise ValueError(
+                "LoMDMTrainer needs FSDP2 (`fsdp_version: 2`): the objective calls "
+                "`forward_exponents`, which FSDP1 cannot unshard for."
+            )
         if self.is_fsdp_enabled and self.args.ema_decay is not None:
-            raise ValueError(f"`ema_decay={self.args.ema_decay}` is not supported with FSDP (sharded weights).")
+            raise ValueError(
+                f"`ema_decay={self.args.ema_decay}` is not supported with FSDP (sharded weights)."
+            )
         # Our loss is normalised by `num_items_in_batch` whenever Trainer passes it (counted from `labels`).
         self.model_accepts_loss_kwargs = True
         if self.args.label_names is None:
@@ -295,7 +351,9 @@ class LoMDMTrainer(Trainer):
         self._noise_step, self._micro_step = -1, 0
         self._eval_generator: torch.Generator | None = None
         self._fsdp_method_registered = False
-        self._scheduler_group: int | None = None  # index of the scheduler's optimizer group, when it has its own
+        self._scheduler_group: int | None = (
+            None  # index of the scheduler's optimizer group, when it has its own
+        )
 
     # ---- noise ----------------------------------------------------------------------------------------
 
@@ -321,8 +379,11 @@ class LoMDMTrainer(Trainer):
             self._fsdp_method_registered = True
         return _RoutedModel(model, module)
 
-    def _lomdm_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], **kwargs: Any) -> LoMDMLossOutput:
-        # Autocast here as well: accelerate only wraps `forward`, and the objective also calls `forward_exponents`.
+    def _lomdm_loss(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], **kwargs: Any
+    ) -> LoMDMLossOutput:
+        # Autocast here as well: accelerate only wraps `forward`, and the objective also calls
+        # `forward_exponents`.
         with self.accelerator.autocast():
             return lomdm_loss(
                 self._routed(model),
@@ -341,11 +402,13 @@ class LoMDMTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, LoMDMLossOutput]:
-        """The LoMDM surrogate of one micro-batch, scaled so that accumulated micro-batches give the per-token mean.
+        """The LoMDM surrogate of one micro-batch, scaled so that accumulated micro-batches give the per-token
+        mean.
 
         `res.loss = S / n` (S = summed surrogate, n = this micro-batch's |M|); the returned loss is
         `S / num_items_in_batch`, times the number of processes when `num_items_in_batch` counts all of them
-        (DDP averages gradients over processes). Without `num_items_in_batch` it is `res.loss` and Trainer divides
+        (DDP averages gradients over processes). Without `num_items_in_batch` it is `res.loss` and Trainer
+        divides
         by the accumulation steps.
         """
         res = self._lomdm_loss(
@@ -368,24 +431,33 @@ class LoMDMTrainer(Trainer):
     # ---- optimizer ------------------------------------------------------------------------------------
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """Trainer's optimizer; with `scheduler_learning_rate`, the scheduler parameters form their own groups."""
+        """Trainer's optimizer; `scheduler_learning_rate` gives the scheduler parameters their own groups."""
         if self.optimizer is None and self.args.scheduler_learning_rate is not None:
             opt_model = self.model if model is None else model
             decay = set(self.get_decay_parameter_names(opt_model))
             groups = []
             for scheduler_group in (False, True):
                 for with_decay in (True, False):
-                    params = [p for name, p in opt_model.named_parameters()
-                              if p.requires_grad and is_scheduler_parameter(name) == scheduler_group
-                              and (name in decay) == with_decay]
+                    params = [
+                        p
+                        for name, p in opt_model.named_parameters()
+                        if p.requires_grad
+                        and is_scheduler_parameter(name) == scheduler_group
+                        and (name in decay) == with_decay
+                    ]
                     if params:
-                        group = {"params": params, "weight_decay": self.args.weight_decay if with_decay else 0.0}
+                        group = {
+                            "params": params,
+                            "weight_decay": self.args.weight_decay if with_decay else 0.0,
+                        }
                         if scheduler_group:
                             group["lr"] = self.args.scheduler_learning_rate
                         groups.append(group)
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             if {"params", "model", "optimizer_dict"} & optimizer_kwargs.keys():
-                raise ValueError(f"`scheduler_learning_rate` is not supported with optim={self.args.optim!r}.")
+                raise ValueError(
+                    f"`scheduler_learning_rate` is not supported with optim={self.args.optim!r}."
+                )
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
             if "lr" in groups[-1]:
                 self._scheduler_group = len(groups) - 1
@@ -394,7 +466,8 @@ class LoMDMTrainer(Trainer):
     # ---- evaluation -----------------------------------------------------------------------------------
 
     def evaluation_loop(self, *args: Any, **kwargs: Any):
-        """Trainer's loop with the EMA weights loaded and the evaluation noise reset (common random numbers)."""
+        """Trainer's loop, with the EMA weights loaded and the evaluation noise reset (common random
+        numbers)."""
         self._eval_generator = None
         with self._ema.applied(self.model) if self._ema is not None else contextlib.nullcontext():
             return super().evaluation_loop(*args, **kwargs)
@@ -420,10 +493,20 @@ class LoMDMTrainer(Trainer):
             self._eval_generator = self._generator(device, 1)
         # Row r * B + b is time sample r of sequence b: the antithetic times of `lomdm_loss`
         # (u_j = u_0 + j / (R B) mod 1) give each sequence R evenly spaced points, a stratified time integral.
-        batch = {k: v.repeat(repeats, 1) for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels")}
+        batch = {
+            k: v.repeat(repeats, 1)
+            for k, v in inputs.items()
+            if k in ("input_ids", "attention_mask", "labels")
+        }
         with torch.no_grad():
-            res = self._lomdm_loss(model, batch, num_samples=1, estimator="plain", time_sampling="importance",
-                                   generator=self._eval_generator)
+            res = self._lomdm_loss(
+                model,
+                batch,
+                num_samples=1,
+                estimator="plain",
+                time_sampling="importance",
+                generator=self._eval_generator,
+            )
         stats = torch.stack([res.nelbo, res.main, res.velocity], dim=-1)  # (R B, 3)
         stats = stats.view(repeats, -1, 3).mean(0)  # (B, 3)
         return None, stats, res.num_tokens[: stats.shape[0]]
@@ -433,7 +516,8 @@ class LoMDMTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the model; with `ema_decay`, a call from user code saves the EMA weights.
 
-        Checkpoints (`_internal_call=True`) keep the raw weights, which resuming needs, and store the EMA beside
+        Checkpoints (`_internal_call=True`) keep the raw weights, which resuming needs, and store the EMA
+        beside
         them as `ema.safetensors`.
         """
         if self._ema is None or _internal_call:

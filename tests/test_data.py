@@ -52,7 +52,12 @@ def test_unknown_validation_play_is_rejected():
 
 def test_tokenizer_round_trips_through_auto_tokenizer(tokenizer, tmp_path):
     # Special tokens take ids 0-3 in the order mask, pad, bos, eos.
-    assert [tokenizer.mask_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id] == [0, 1, 2, 3]
+    assert [
+        tokenizer.mask_token_id,
+        tokenizer.pad_token_id,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+    ] == [0, 1, 2, 3]
     tokenizer.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
     assert reloaded.mask_token == SPECIAL_TOKENS["mask_token"] and reloaded.mask_token_id == 0
@@ -78,7 +83,11 @@ def test_wrap_rows_are_full_and_cut_the_document_stream(tokenizer):
     rows = group_texts(docs, tokenizer, block_size=16, packing="wrap")["input_ids"]
     stream = []
     for text in TEXTS:
-        stream += [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+        stream += [
+            tokenizer.bos_token_id,
+            *tokenizer(text, add_special_tokens=False)["input_ids"],
+            tokenizer.eos_token_id,
+        ]
     assert all(len(row) == 16 for row in rows)
     assert len(rows) == len(stream) // 16  # only the partial last row is dropped
     assert [token for row in rows for token in row] == stream[: 16 * len(rows)]
@@ -87,7 +96,9 @@ def test_wrap_rows_are_full_and_cut_the_document_stream(tokenizer):
 def test_pad_mode_splits_long_documents_without_dropping_tokens(tokenizer):
     text = " ".join(TEXTS)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    rows = group_texts(Dataset.from_dict({"text": [text]}), tokenizer, block_size=16, packing="pad")["input_ids"]
+    rows = group_texts(Dataset.from_dict({"text": [text]}), tokenizer, block_size=16, packing="pad")[
+        "input_ids"
+    ]
     assert rows[0][0] == tokenizer.bos_token_id and rows[-1][-1] == tokenizer.eos_token_id
     assert all(len(row) == 16 for row in rows[:-1]) and 0 < len(rows[-1]) <= 16
     assert [token for row in rows for token in row] == [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
@@ -95,7 +106,9 @@ def test_pad_mode_splits_long_documents_without_dropping_tokens(tokenizer):
 
 def test_collator_sets_labels_to_minus_100_exactly_on_padding():
     collator = DataCollatorForMaskedDiffusion(pad_token_id=1, pad_to_multiple_of=4)
-    batch = collator([{"input_ids": [2, 5, 6, 3]}, {"input_ids": [2, 7, 3]}, {"input_ids": [2, 9, 8, 7, 6, 3]}])
+    batch = collator(
+        [{"input_ids": [2, 5, 6, 3]}, {"input_ids": [2, 7, 3]}, {"input_ids": [2, 9, 8, 7, 6, 3]}]
+    )
     assert batch["input_ids"].shape == (3, 8)  # longest row 6, rounded up to a multiple of 4
     padding = batch["attention_mask"] == 0
     assert torch.equal(padding, batch["labels"] == -100)

@@ -1,4 +1,4 @@
-"""LoMDMTrainer: loss scaling under gradient accumulation, evaluation, optimizer groups, EMA, resuming, DDP, CLI."""
+"""LoMDMTrainer: loss scaling under gradient accumulation, evaluation, LR groups, EMA, resuming, DDP, CLI."""
 
 from __future__ import annotations
 
@@ -50,14 +50,24 @@ def ragged_rows(n: int, seed: int = 0, min_len: int = 3, max_len: int = 16) -> D
 
 def make_args(tmp_path, **overrides) -> LoMDMTrainingArguments:
     defaults = {
-        "output_dir": str(tmp_path / "out"), "report_to": [], "disable_tqdm": True, "use_cpu": True,
-        "save_strategy": "no", "dataloader_pin_memory": False, "logging_steps": 1, "seed": 0, "learning_rate": 3e-3,
-        "per_device_train_batch_size": 8, "per_device_eval_batch_size": 8,
+        "output_dir": str(tmp_path / "out"),
+        "report_to": [],
+        "disable_tqdm": True,
+        "use_cpu": True,
+        "save_strategy": "no",
+        "dataloader_pin_memory": False,
+        "logging_steps": 1,
+        "seed": 0,
+        "learning_rate": 3e-3,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 8,
     }
     return LoMDMTrainingArguments(**{**defaults, **overrides})
 
 
-def make_trainer(tmp_path, model=None, train_rows=None, eval_rows=None, trainer_cls=LoMDMTrainer, **overrides):
+def make_trainer(
+    tmp_path, model=None, train_rows=None, eval_rows=None, trainer_cls=LoMDMTrainer, **overrides
+):
     return trainer_cls(
         model=model if model is not None else tiny_model(randomize_schedule=False).train(),
         args=make_args(tmp_path, **overrides),
@@ -79,16 +89,33 @@ def rowwise_loss(model, input_ids, attention_mask=None, labels=None, **_):
         ids = input_ids[b : b + 1, :n]
         generator = torch.Generator().manual_seed(int((ids[0] * torch.arange(1, n + 1)).sum()))
         t = 0.05 + 0.95 * torch.rand(1, generator=generator)
-        outs.append(lomdm_loss(model, ids, attention_mask[b : b + 1, :n], labels[b : b + 1, :n], t=t,
-                               num_samples=2, estimator="rloo", generator=generator))
+        outs.append(
+            lomdm_loss(
+                model,
+                ids,
+                attention_mask[b : b + 1, :n],
+                labels[b : b + 1, :n],
+                t=t,
+                num_samples=2,
+                estimator="rloo",
+                generator=generator,
+            )
+        )
     tokens = torch.stack([o.num_tokens.sum() for o in outs])
-    pad = lambda name, value: torch.cat([F.pad(getattr(o, name), (0, length - o.noise_mask.shape[1]), value=value)
-                                         for o in outs])
+    pad = lambda name, value: torch.cat(
+        [F.pad(getattr(o, name), (0, length - o.noise_mask.shape[1]), value=value) for o in outs]
+    )
     cat = lambda name: torch.cat([getattr(o, name) for o in outs])
     return LoMDMLossOutput(
         loss=sum(o.loss * n for o, n in zip(outs, tokens)) / tokens.sum(),
-        nelbo=cat("nelbo"), main=cat("main"), velocity=cat("velocity"), num_tokens=cat("num_tokens"), t=cat("t"),
-        log_t=cat("log_t"), forward_exponents=pad("forward_exponents", 1.0), noise_mask=pad("noise_mask", False),
+        nelbo=cat("nelbo"),
+        main=cat("main"),
+        velocity=cat("velocity"),
+        num_tokens=cat("num_tokens"),
+        t=cat("t"),
+        log_t=cat("log_t"),
+        forward_exponents=pad("forward_exponents", 1.0),
+        noise_mask=pad("noise_mask", False),
         confidence=pad("confidence", math.nan),
     )
 
@@ -102,9 +129,18 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, monkeypatch):
         model = tiny_model(randomize_schedule=True).train()
         before = {name: p.detach().clone() for name, p in model.named_parameters()}
         trainer = make_trainer(
-            tmp_path, model=model, train_rows=rows, max_steps=1, per_device_train_batch_size=batch_size,
-            gradient_accumulation_steps=accumulation, optim="sgd", learning_rate=1.0, max_grad_norm=0.0,
-            weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0,
+            tmp_path,
+            model=model,
+            train_rows=rows,
+            max_steps=1,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            optim="sgd",
+            learning_rate=1.0,
+            max_grad_norm=0.0,
+            weight_decay=0.0,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
         )
         trainer.train()
         deltas.append({name: (p.detach() - before[name]) for name, p in model.named_parameters()})
@@ -129,12 +165,21 @@ def test_training_lowers_validation_nelbo(tmp_path):
 
 def test_eval_reports_ppl_bound_equal_to_exp_of_per_token_nelbo(tmp_path):
     rows = ragged_rows(11, seed=2)
-    trainer = make_trainer(tmp_path, model=tiny_model(randomize_schedule=True), eval_rows=rows,
-                           per_device_eval_batch_size=4, eval_time_samples=3)
+    trainer = make_trainer(
+        tmp_path,
+        model=tiny_model(randomize_schedule=True),
+        eval_rows=rows,
+        per_device_eval_batch_size=4,
+        eval_time_samples=3,
+    )
     metrics = trainer.evaluate()
-    assert all(math.isfinite(metrics[k]) for k in ("eval_nelbo", "eval_main", "eval_velocity", "eval_ppl_bound"))
+    assert all(
+        math.isfinite(metrics[k]) for k in ("eval_nelbo", "eval_main", "eval_velocity", "eval_ppl_bound")
+    )
     assert metrics["eval_ppl_bound"] == pytest.approx(math.exp(metrics["eval_nelbo"]), rel=1e-12)
-    assert metrics["eval_nelbo"] == pytest.approx(metrics["eval_main"] + metrics["eval_velocity"], rel=1e-6)  # float32 sums
+    assert metrics["eval_nelbo"] == pytest.approx(
+        metrics["eval_main"] + metrics["eval_velocity"], rel=1e-6
+    )  # float32 sums
     assert metrics["eval_velocity"] > 0  # randomized schedulers: e != ê, and L_velocity is part of the bound
     assert metrics["eval_loss"] == metrics["eval_nelbo"]
     assert metrics["eval_tokens"] == sum(len(r) for r in rows["input_ids"])  # every token once, no padding
@@ -142,28 +187,45 @@ def test_eval_reports_ppl_bound_equal_to_exp_of_per_token_nelbo(tmp_path):
 
 
 def test_eval_nelbo_weights_tokens_not_sequences(tmp_path, monkeypatch):
-    """With a fake objective whose per-sequence NELBO is |M| * c (c = the row's first token), the per-token NELBO
-    must be sum(|M| c) / sum(|M|) over the set, across uneven batches and time samples."""
+    """With a fake objective whose per-sequence NELBO is |M| * c (c = the row's first token), the per-token
+    NELBO must be sum(|M| c) / sum(|M|) over the set, across uneven batches and time samples."""
 
     def fake_loss(model, input_ids, attention_mask=None, labels=None, **_):
         tokens = attention_mask.sum(1)
         nelbo = tokens * input_ids[:, 0].float()
         zeros = torch.zeros_like(input_ids, dtype=torch.float)
-        return LoMDMLossOutput(loss=nelbo.sum(), nelbo=nelbo, main=nelbo, velocity=0 * nelbo, num_tokens=tokens,
-                               t=0 * nelbo, log_t=0 * nelbo, forward_exponents=zeros,
-                               noise_mask=attention_mask.bool(), confidence=zeros)
+        return LoMDMLossOutput(
+            loss=nelbo.sum(),
+            nelbo=nelbo,
+            main=nelbo,
+            velocity=0 * nelbo,
+            num_tokens=tokens,
+            t=0 * nelbo,
+            log_t=0 * nelbo,
+            forward_exponents=zeros,
+            noise_mask=attention_mask.bool(),
+            confidence=zeros,
+        )
 
     monkeypatch.setattr(trainer_module, "lomdm_loss", fake_loss)
     rows = ragged_rows(7, seed=4)
-    metrics = make_trainer(tmp_path, eval_rows=rows, per_device_eval_batch_size=3, eval_time_samples=2).evaluate()
+    metrics = make_trainer(
+        tmp_path, eval_rows=rows, per_device_eval_batch_size=3, eval_time_samples=2
+    ).evaluate()
     lengths = [len(r) for r in rows["input_ids"]]
     expected = sum(n * r[0] for n, r in zip(lengths, rows["input_ids"])) / sum(lengths)
     assert metrics["eval_nelbo"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_scheduler_parameters_get_their_own_learning_rate(tmp_path):
-    trainer = make_trainer(tmp_path, max_steps=3, learning_rate=1e-3, scheduler_learning_rate=4e-2,
-                           lr_scheduler_type="linear", weight_decay=0.1)
+    trainer = make_trainer(
+        tmp_path,
+        max_steps=3,
+        learning_rate=1e-3,
+        scheduler_learning_rate=4e-2,
+        lr_scheduler_type="linear",
+        weight_decay=0.1,
+    )
     trainer.train()
     names = {id(p): name for name, p in trainer.model.named_parameters()}
     groups = trainer.optimizer.param_groups
@@ -223,9 +285,17 @@ class _Crash(TrainerCallback):
 
 
 def _run(tmp_path, name, resume=None, crash=False):
-    trainer = make_trainer(tmp_path / name, trainer_cls=_RecordingTrainer, train_rows=ragged_rows(16, seed=6),
-                           model=tiny_model(seed=7, randomize_schedule=False).train(), max_steps=6,
-                           per_device_train_batch_size=4, save_strategy="steps", save_steps=3, ema_decay=0.9)
+    trainer = make_trainer(
+        tmp_path / name,
+        trainer_cls=_RecordingTrainer,
+        train_rows=ragged_rows(16, seed=6),
+        model=tiny_model(seed=7, randomize_schedule=False).train(),
+        max_steps=6,
+        per_device_train_batch_size=4,
+        save_strategy="steps",
+        save_steps=3,
+        ema_decay=0.9,
+    )
     trainer.batches = []
     if crash:
         trainer.add_callback(_Crash())
@@ -263,8 +333,12 @@ def test_invalid_training_arguments_name_the_value(tmp_path):
 
 def test_recipes_parse_and_document_their_launch(tmp_path):
     recipes = sorted(glob.glob(os.path.join(REPO, "training", "configs", "*.yaml")))
-    assert {os.path.basename(r) for r in recipes} >= {"shakespeare-tiny.yaml", "shakespeare-small.yaml",
-                                                      "owt-small.yaml", "lm1b-small.yaml"}
+    assert {os.path.basename(r) for r in recipes} >= {
+        "shakespeare-tiny.yaml",
+        "shakespeare-small.yaml",
+        "owt-small.yaml",
+        "lm1b-small.yaml",
+    }
     for recipe in recipes:
         with open(recipe, encoding="utf-8") as f:
             header = f.read().split("\n\n")[0]
@@ -297,18 +371,24 @@ sample_steps: 4
 
 def test_cli_trains_saves_a_loadable_checkpoint_and_generates(tmp_path):
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(f"Line {i}: to be, or not to be, that is the question {i % 7}." for i in range(80)))
+    corpus.write_text(
+        "\n\n".join(f"Line {i}: to be, or not to be, that is the question {i % 7}." for i in range(80))
+    )
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(CLI_RECIPE.format(corpus=corpus))
     out = tmp_path / "run"
     report = train([str(recipe), "--output_dir", str(out), "--max_steps", "3"])
     assert report["steps"] == 3  # the flag overrides the file
-    assert math.isfinite(report["eval_nelbo"]) and report["eval_ppl_bound"] == pytest.approx(math.exp(report["eval_nelbo"]))
+    assert math.isfinite(report["eval_nelbo"]) and report["eval_ppl_bound"] == pytest.approx(
+        math.exp(report["eval_nelbo"])
+    )
     for name in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json"):
         assert (out / name).is_file(), name
     model = AutoModelForMaskedLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
-    assert isinstance(model, LoMDMForMaskedDiffusion) and model.config.mask_token_id == tokenizer.mask_token_id
+    assert (
+        isinstance(model, LoMDMForMaskedDiffusion) and model.config.mask_token_id == tokenizer.mask_token_id
+    )
     prompt = torch.tensor([[tokenizer.bos_token_id]])
     sequences = model.generate(prompt, steps=4, generator=torch.Generator().manual_seed(0))
     assert sequences.shape == (1, 32) and tokenizer.mask_token_id not in sequences.tolist()[0]
@@ -333,7 +413,8 @@ trainer = LoMDMTrainer(model=model, args=args, train_dataset=Dataset.from_dict({
 trainer.train()
 rank = trainer.args.process_index
 assert trainer.args.world_size == 2, trainer.args.world_size
-save_file({{n: p.detach().contiguous() for n, p in model.named_parameters()}}, {out!r} + f"/rank{{rank}}.safetensors")
+save_file({{n: p.detach().contiguous() for n, p in model.named_parameters()}}, {out!r} +
+f"/rank{{rank}}.safetensors")
 """
 
 
@@ -347,13 +428,26 @@ def test_two_cpu_processes_keep_identical_weights(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     result = subprocess.run(
-        [accelerate, "launch", "--config_file", os.path.join(REPO, "training", "accelerate", "cpu.yaml"),
-         "--num_processes", "2", str(script)],
-        check=False, capture_output=True, text=True, env=env, timeout=540,
+        [
+            accelerate,
+            "launch",
+            "--config_file",
+            os.path.join(REPO, "training", "accelerate", "cpu.yaml"),
+            "--num_processes",
+            "2",
+            str(script),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=540,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     rank0, rank1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
     initial = dict(tiny_model(randomize_schedule=False).named_parameters())
     for name, weight in rank0.items():
         torch.testing.assert_close(rank1[name], weight, rtol=0, atol=0, msg=name)
-    assert all(not torch.equal(rank0[n], initial[n].detach()) for n in rank0 if "score_proj" in n)  # schedulers trained
+    assert all(
+        not torch.equal(rank0[n], initial[n].detach()) for n in rank0 if "score_proj" in n
+    )  # schedulers trained
