@@ -24,6 +24,7 @@ from .schedule_lomdm import (
     log_q,
     log_time_density,
     mask_prob,
+    mixture_power,
     sample_log_times,
     smallest_exponent,
     velocity_matching,
@@ -80,7 +81,7 @@ def _noise_mask(input_ids, attention_mask, labels, mask_token_id) -> tuple[torch
 
 
 def _sample_times(
-    batch: int, *, t, schedule_floor: float, time_sampling: TimeSampling, uniform_weight: float, eps: float,
+    batch: int, *, t, a: torch.Tensor, time_sampling: TimeSampling, uniform_weight: float, eps: float,
     generator, device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (log t, log of the per-row factor 1/(t q(t)) or 1/t), both float64 `(B,)`."""
@@ -97,7 +98,6 @@ def _sample_times(
         # MDLM's rule: t ~ U(eps, 1), weight 1. Drops [0, eps): NOT a bound for learned exponents.
         log_t = torch.log(eps + (1.0 - eps) * u)
         return log_t, -log_t
-    a = schedule_floor / 2.0
     log_t = sample_log_times(u, a, uniform_weight)
     return log_t, -log_t - log_time_density(log_t, a, uniform_weight)
 
@@ -120,8 +120,9 @@ def lomdm_loss(
 
     Steps (keep in sync with the body):
         1. M = attention_mask & (labels != -100); forward exponents e = model.forward_exponents(x).
-        2. One time per row: importance-sampled from the mixture q(t) (antithetic), MDLM's U(eps, 1)
-           (`uniform_eps`, not a bound), or the given `t` (no weight: `nelbo` is then the integrand).
+        2. One time per row: importance-sampled (antithetic) from the mixture q(t) with power
+           a = (min_i e_i of the row) / 2, MDLM's U(eps, 1) (`uniform_eps`, not a bound), or the given `t`
+           (no weight: `nelbo` is then the integrand).
         3. K noisy samples z^k: masked with probability t**e_i on M; log q(z^k | x).
         4. One denoiser pass per sample: log p_θ(x | z^k) and ê(z^k); L_k = L_main + L_velocity, weighted.
         5. surrogate = mean_k L_k + mean_k log q(z^k|x) * sg(L_k - mean_{j != k} L_j)  (RLOO), or mean_k L_k
@@ -162,9 +163,10 @@ def lomdm_loss(
     device = targets.device
 
     # 2. Times and the per-row log factor.
+    floor = smallest_exponent(config.schedule, config.c1, config.c2) / 2
     log_t, log_factor = _sample_times(
-        batch, t=t, schedule_floor=smallest_exponent(config.schedule, config.c1, config.c2),
-        time_sampling=time_sampling, uniform_weight=uniform_weight, eps=eps, generator=generator, device=device,
+        batch, t=t, a=mixture_power(e, noise_mask, floor), time_sampling=time_sampling, uniform_weight=uniform_weight,
+        eps=eps, generator=generator, device=device,
     )
     factor = torch.exp(log_factor).float()[:, None]  # (B, 1): 1/(t q(t)) is finite even when t underflows
     log_t_col = log_t.float()[:, None]  # (B, 1)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# Tiny models gain nothing from a second thread, and oversubscribed OpenMP threads are several times slower on a
+# shared 2-core machine; subprocesses started by the tests inherit this too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
 

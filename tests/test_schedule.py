@@ -115,3 +115,19 @@ def test_smallest_exponent_per_schedule():
     assert S.smallest_exponent("linear", 0.7, 0.65) == 1.0
     assert S.smallest_exponent("polynomial", 0.7, 0.65) == 0.7
     assert S.smallest_exponent("lomdm", 0.7, 0.65) == pytest.approx(0.05)
+
+
+def test_mixture_power_is_half_the_smallest_exponent_of_each_row():
+    e = torch.tensor([[0.7, 0.3, 1.2], [0.9, 0.05, 0.8]])
+    noise_mask = torch.tensor([[True, True, False], [True, False, False]])
+    a = S.mixture_power(e, noise_mask, floor=0.025)
+    torch.testing.assert_close(a, torch.tensor([0.15, 0.45], dtype=torch.float64))
+    empty = S.mixture_power(e, torch.zeros_like(noise_mask), floor=0.025)
+    torch.testing.assert_close(empty, torch.full((2,), 0.025, dtype=torch.float64))
+
+
+def test_per_row_mixtures_invert_their_own_cdf():
+    u = torch.tensor([1e-6, 0.3, 0.9], dtype=torch.float64)
+    a = torch.tensor([0.025, 0.35, 0.5], dtype=torch.float64)
+    log_t = S.sample_log_times(u, a, 0.5)
+    torch.testing.assert_close(0.5 * log_t.exp() + 0.5 * (a * log_t).exp(), u, rtol=1e-9, atol=0)
