@@ -1,6 +1,6 @@
 """Does the learned order beat MDLM here? LoMDM vs MDLM vs fixed and per-position schedules, side by side.
 
-    python benchmarks/compare_schedules.py --preset cpu          # ~20 min on 2 idle CPU cores
+    OMP_NUM_THREADS=1 python benchmarks/compare_schedules.py --preset cpu   # ~30 min on 2 CPU cores
     python benchmarks/compare_schedules.py --preset smoke        # CI: < 3 min, checks every run writes metrics
     python benchmarks/compare_schedules.py --preset gpu-small    # the paper's 12 x 768 setup, on a GPU
 
@@ -68,10 +68,11 @@ PRESETS = {
                     vocab_size=512, block_size=32, batch_size=4, steps=6, eval_every=3, eval_sequences=8,
                     eval_time_samples=2, learning_rate=1e-3, warmup_steps=0, gen_samples=2, gen_steps=8,
                     judge="random", max_train_rows=64),
-    # ~1.2M parameters, 128-token packed rows of the built-in corpus: about 20 min for all runs on 2 idle cores
-    # (LoMDM steps cost ~3x MDLM-K1 ones: K = 2 passes plus the clean pass for f(x)).
+    # ~1.2M parameters, 128-token packed rows of the built-in corpus: about 30 min for all runs with
+    # OMP_NUM_THREADS=1 on a shared 2-core machine (LoMDM steps cost ~2.3x MDLM-K1 ones: K = 2 passes plus the
+    # clean pass for f(x)).
     "cpu": Preset(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=384,
-                  vocab_size=2048, block_size=128, batch_size=16, steps=240, eval_every=40, eval_sequences=64,
+                  vocab_size=2048, block_size=128, batch_size=16, steps=400, eval_every=50, eval_sequences=64,
                   eval_time_samples=4, learning_rate=2e-3, warmup_steps=40, gen_samples=16, gen_steps=128,
                   judge="smollm2", bf16=True),
     # The paper's small model (12 x 768, 1024 tokens) on OpenWebText, for users with GPUs.
