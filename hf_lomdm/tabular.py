@@ -420,7 +420,8 @@ def train_tabular_model(
         scheduler_learning_rate=scheduler_learning_rate, eval_strategy="steps", eval_steps=every,
         save_strategy="steps", save_steps=every, save_total_limit=1, load_best_model_at_end=True,
         metric_for_best_model="nelbo", greater_is_better=False, eval_time_samples=eval_time_samples,
-        logging_steps=every, report_to=[], disable_tqdm=True, seed=seed, **training_kwargs,
+        logging_steps=every, report_to=[], disable_tqdm=True, seed=seed,
+        **{"dataloader_pin_memory": torch.cuda.is_available(), **training_kwargs},
     )
     trainer = LoMDMTrainer(
         model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": train_ids.tolist()}),

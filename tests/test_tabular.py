@@ -220,30 +220,40 @@ def test_learned_order_sampler_reveals_a_column_first_in_proportion_to_its_expon
 # -- known-order recovery ----------------------------------------------------------------------------------------
 
 
-KNOWN_ORDER_STEPS = 600
+def known_order_data() -> tuple[TabularTokenizer, torch.LongTensor, torch.LongTensor]:
+    # C = max(A, B) with A, B independent. The effect is put first in the row, so a preference for early or late
+    # positions cannot pass for the known order.
+    train = known_order_table(4096, seed=1)[["C", "A", "B"]]
+    val = known_order_table(4096, seed=2)[["C", "A", "B"]]
+    tokenizer = TabularTokenizer.fit(pd.concat([train, val]))
+    return tokenizer, tokenizer.encode(train), tokenizer.encode(val)
 
 
-def train_known_order(schedule: str, tokenizer: TabularTokenizer, train_ids, val_ids, output_dir) -> tuple:
+def train_known_order(schedule: str, steps: int, output_dir) -> tuple[float, dict[str, float]]:
     """Train a tiny model on known-order rows; returns (validation NELBO per row, exponent per column name)."""
+    tokenizer, train_ids, val_ids = known_order_data()
     model = tiny_tabular_model(tokenizer, schedule).train()
     # The scheduler's learning rate is the denoiser's: Adam moves the scores by about lr per step whatever the
-    # gradient's size, and a larger rate locks in an order before the denoiser has learned any conditional.
-    train_tabular_model(model, train_ids, val_ids, output_dir=output_dir / schedule, max_steps=KNOWN_ORDER_STEPS,
+    # gradient's size, and a larger rate can lock in an order before the denoiser has learned any conditional.
+    train_tabular_model(model, train_ids, val_ids, output_dir=output_dir / schedule, max_steps=steps,
                         batch_size=256, learning_rate=1e-2, scheduler_learning_rate=1e-2, seed=0)
-    bound = nelbo_perplexity(model, val_ids, time_samples=32, batch_size=8192,
-                             generator=torch.Generator().manual_seed(0))  # the same time draws for both models
+    bound = nelbo_perplexity(model, val_ids, time_samples=64, batch_size=16384,
+                             generator=torch.Generator().manual_seed(0))  # the same time draws for every model
     exponents = column_exponents(model, val_ids[:1])
     return bound.nelbo * tokenizer.num_columns, dict(zip(tokenizer.column_names, exponents.tolist()))
 
 
-def test_learned_schedule_reveals_causes_before_their_effect_and_beats_linear(tmp_path):
-    # C = max(A, B) with A, B independent. The effect is put first in the row, so a preference for early or late
-    # positions cannot pass for the known order.
-    train = known_order_table(4096, seed=1)[["C", "A", "B"]]
-    val = known_order_table(1024, seed=2)[["C", "A", "B"]]
-    tokenizer = TabularTokenizer.fit(pd.concat([train, val]))
-    train_ids, val_ids = tokenizer.encode(train), tokenizer.encode(val)
-    nelbo_linear, _ = train_known_order("linear", tokenizer, train_ids, val_ids, tmp_path)
-    nelbo_learned, e = train_known_order("per_position", tokenizer, train_ids, val_ids, tmp_path)
+def test_learned_schedule_reveals_causes_before_their_effect(tmp_path):
+    # Seen on 7 of 7 seeds / step counts (600-1500 steps): e_C 0.40-0.65 against 0.72-0.88 for A and B.
+    _, e = train_known_order("per_position", 600, tmp_path)
     assert min(e["A"], e["B"]) > e["C"], e  # larger exponent = revealed earlier: causes first
+
+
+@pytest.mark.slow
+def test_learned_schedule_reaches_lower_validation_nelbo_than_linear(tmp_path):
+    # Same data, steps, initialisation and noise seed. At 1500 steps the gap was +0.055 and +0.009 nats per row
+    # (seeds 0 and 2, ±0.012 evaluation error each); at 600 steps it is within ±0.015 either way.
+    nelbo_linear, _ = train_known_order("linear", 1500, tmp_path)
+    nelbo_learned, e = train_known_order("per_position", 1500, tmp_path)
+    assert min(e["A"], e["B"]) > e["C"], e
     assert nelbo_learned < nelbo_linear, (nelbo_learned, nelbo_linear)
