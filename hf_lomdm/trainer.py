@@ -318,7 +318,8 @@ class LoMDMTrainer(Trainer):
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
-        kwargs.setdefault("compute_metrics", nelbo_metrics)
+        if kwargs.get("compute_metrics") is None:
+            kwargs["compute_metrics"] = nelbo_metrics
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, LoMDMTrainingArguments):
             raise TypeError(f"`args` must be LoMDMTrainingArguments, got {type(self.args).__name__}.")
