@@ -31,8 +31,13 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
-from hf_lomdm.data import DataArguments, DataCollatorForMaskedDiffusion, group_texts, load_text_datasets
-from hf_lomdm.data import train_bpe_tokenizer
+from hf_lomdm.data import (
+    DataArguments,
+    DataCollatorForMaskedDiffusion,
+    group_texts,
+    load_text_datasets,
+    train_bpe_tokenizer,
+)
 from hf_lomdm.evaluation import generative_perplexity, load_smollm2_judge, nelbo_perplexity
 from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
 

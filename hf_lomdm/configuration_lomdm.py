@@ -130,4 +130,4 @@ class LoMDMConfig(PreTrainedConfig):
                 raise ValueError(f"special token id {token_id} equals `mask_token_id`; the mask token must be unique.")
 
 
-__all__ = ["LoMDMConfig", "SCHEDULES"]
+__all__ = ["SCHEDULES", "LoMDMConfig"]

@@ -270,6 +270,14 @@ def _position_ids(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) 
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def _default_noise_mask(noise_mask, attention_mask, input_ids) -> torch.Tensor:
+    if noise_mask is not None:
+        return noise_mask.bool()
+    if attention_mask is not None:
+        return attention_mask.bool()
+    return torch.ones_like(input_ids, dtype=torch.bool)
+
+
 class LoMDMModel(LoMDMPreTrainedModel):
     """The bidirectional transformer backbone; returns the final normalised hidden states f(z)."""
 
@@ -470,14 +478,6 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
                 timesteps = torch.zeros(input_ids.shape[0], device=input_ids.device) if self.is_time_conditioned else None
                 features = self.model(input_ids, attention_mask, position_ids, timesteps).last_hidden_state
         return self._exponents(self.forward_scheduler, features, input_ids, noise_mask, position_ids, attention_mask)
-
-
-def _default_noise_mask(noise_mask, attention_mask, input_ids) -> torch.Tensor:
-    if noise_mask is not None:
-        return noise_mask.bool()
-    if attention_mask is not None:
-        return attention_mask.bool()
-    return torch.ones_like(input_ids, dtype=torch.bool)
 
 
 __all__ = ["LoMDMForMaskedDiffusion", "LoMDMModel", "LoMDMOutput", "LoMDMPreTrainedModel", "subs_log_probs"]

@@ -8,8 +8,8 @@ import os
 # shared 2-core machine; subprocesses started by the tests inherit this too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
 

@@ -15,14 +15,14 @@ from conftest import tiny_model
 
 pytest.importorskip("lm_eval")
 
-from lm_eval import simple_evaluate  # noqa: E402
-from lm_eval.api.instance import Instance  # noqa: E402
-from lm_eval.tasks import TaskManager  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import PreTrainedTokenizerFast  # noqa: E402
+from lm_eval import simple_evaluate
+from lm_eval.api.instance import Instance
+from lm_eval.tasks import TaskManager
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
-from hf_lomdm.lm_eval import LoMDMEvalHarness  # noqa: E402
-from hf_lomdm.objective import lomdm_loss  # noqa: E402
+from hf_lomdm.lm_eval import LoMDMEvalHarness
+from hf_lomdm.objective import lomdm_loss
 
 SENTENCES = ["the cat sat on the mat .", "a dog ran in the park .", "the bird sang a sweet song ."]
 WORDS = sorted({w for s in SENTENCES for w in s.split()} | {"red", "blue", "green", "tree", "car", "sky"})
