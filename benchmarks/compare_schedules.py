@@ -95,6 +95,9 @@ RUNS = {
     "polynomial": dict(schedule="polynomial", c1=0.7, c2=0.0, num_noise_samples=2, estimator="plain"),
     "per_position": dict(schedule="per_position", c1=0.7, c2=0.65, num_noise_samples=2, estimator="rloo"),
     "lomdm": dict(schedule="lomdm", c1=0.7, c2=0.65, num_noise_samples=2, estimator="rloo"),
+    # Diagnostic variant (not in the default list): the schedulers at 10x the backbone's learning rate.
+    "lomdm-slr10": dict(schedule="lomdm", c1=0.7, c2=0.65, num_noise_samples=2, estimator="rloo",
+                        scheduler_lr_scale=10.0),
 }
 
 
@@ -156,6 +159,8 @@ def _training_args(preset: Preset, output_dir: Path, seed: int, cls=TrainingArgu
 def _lomdm_run(name, preset, tokenizer, splits, val_rows, output_dir, seed) -> tuple[RunRecord, LoMDMForMaskedDiffusion]:
     spec = dict(RUNS[name])
     training = {k: spec.pop(k) for k in ("num_noise_samples", "estimator")}
+    if "scheduler_lr_scale" in spec:
+        training["scheduler_learning_rate"] = preset.learning_rate * spec.pop("scheduler_lr_scale")
     set_seed(seed)
     config = LoMDMConfig(
         vocab_size=len(tokenizer), hidden_size=preset.hidden_size, num_hidden_layers=preset.num_hidden_layers,
@@ -242,7 +247,7 @@ def _judge(preset: Preset, tokenizer):
 
 
 def _generation_metrics(record, model, tokenizer, preset, judge, judge_tokenizer, seed) -> None:
-    orders = ("learned", "random") if record.name in ("per_position", "lomdm", "polynomial") else ("random",)
+    orders = ("random",) if record.name.startswith("mdlm") else ("learned", "random")
     prompt = torch.full((preset.gen_samples, 1), tokenizer.bos_token_id, dtype=torch.long, device=model.device)
     model.eval()
     for order in orders:
