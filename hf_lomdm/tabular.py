@@ -39,6 +39,9 @@ import torch
 from datasets import Dataset
 from transformers.utils import logging
 
+from .data import DataCollatorForMaskedDiffusion
+from .trainer import LoMDMTrainer, LoMDMTrainingArguments
+
 logger = logging.get_logger(__name__)
 
 ColumnKind = Literal["numeric", "categorical"]
@@ -410,9 +413,6 @@ def train_tabular_model(
         seed: trainer seed (noise and data order).
         training_kwargs: further `LoMDMTrainingArguments` fields.
     """
-    from .data import DataCollatorForMaskedDiffusion
-    from .trainer import LoMDMTrainer, LoMDMTrainingArguments
-
     every = eval_steps or max_steps
     args = LoMDMTrainingArguments(
         output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=batch_size,
