@@ -27,6 +27,7 @@ __all__ = [
     "generative_perplexity",
     "load_smollm2_judge",
     "nelbo_perplexity",
+    "sequence_nelbo_samples",
     "unigram_entropy",
 ]
 
@@ -103,7 +104,7 @@ def _collate(rows: Sequence[dict[str, torch.Tensor]], pad_token_id: int) -> dict
 
 
 @torch.no_grad()
-def _sequence_nelbos(model, rows, *, time_samples, batch_size, time_sampling, uniform_weight, generator):
+def sequence_nelbo_samples(model, rows, *, time_samples, batch_size, time_sampling, uniform_weight, generator):
     """(N, K) NELBO samples and (N,) token counts. Each batch tiles its sequences K times, so that the
     antithetic draw u_b = (u_0 + b / B) of `lomdm_loss` gives every sequence K times spaced 1/K apart."""
     device = next(model.parameters()).device
@@ -158,10 +159,10 @@ def nelbo_perplexity(
     try:
         kwargs = dict(time_samples=time_samples, batch_size=batch_size, uniform_weight=uniform_weight,
                       generator=generator)
-        samples, tokens = _sequence_nelbos(model, rows, time_sampling="importance", **kwargs)
+        samples, tokens = sequence_nelbo_samples(model, rows, time_sampling="importance", **kwargs)
         eps_nelbo = None
         if include_uniform_eps:
-            eps_samples, _ = _sequence_nelbos(model, rows, time_sampling="uniform_eps", **kwargs)
+            eps_samples, _ = sequence_nelbo_samples(model, rows, time_sampling="uniform_eps", **kwargs)
             eps_nelbo = eps_samples.mean(1).sum().item() / tokens.sum().item()
     finally:
         model.train(was_training)

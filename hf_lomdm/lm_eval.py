@@ -21,7 +21,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 from transformers.utils import logging
 
-from .evaluation import _sequence_nelbos
+from .evaluation import sequence_nelbo_samples
 
 __all__ = ["LoMDMEvalHarness"]
 
@@ -90,7 +90,7 @@ class LoMDMEvalHarness(LM):
             labels[: len(context)] = -100
             rows.append({"input_ids": ids, "labels": labels})
         with torch.no_grad(), self._autocast():
-            samples, _ = _sequence_nelbos(
+            samples, _ = sequence_nelbo_samples(
                 self.model, rows, time_samples=self.mc_samples, batch_size=self.batch_size,
                 time_sampling="importance", uniform_weight=0.5, generator=self.generator,
             )

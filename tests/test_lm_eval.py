@@ -82,45 +82,39 @@ def _write_tasks(directory):
         {"question": "a dog ran in", "choices": [" red tree green", " the park ."], "answer": 1},
     ]))
     (directory / "text.jsonl").write_text("\n".join(json.dumps({"text": s}) for s in SENTENCES))
-    common = "dataset_path: json\ntest_split: test\n"
-    (directory / "tiny_mc.yaml").write_text(textwrap.dedent(f"""\
-        task: tiny_mc
-        {common.replace(chr(10), chr(10) + '        ')}dataset_kwargs:
-          data_files:
-            test: {directory / 'mc.jsonl'}
+    _write_task(directory, "tiny_mc", "mc.jsonl", """\
         output_type: multiple_choice
-        doc_to_text: "{{{{question}}}}"
-        doc_to_choice: "{{{{choices}}}}"
-        doc_to_target: "{{{{answer}}}}"
+        doc_to_text: "{{question}}"
+        doc_to_choice: "{{choices}}"
+        doc_to_target: "{{answer}}"
         metric_list:
           - metric: acc
-        """))
-    (directory / "tiny_ppl.yaml").write_text(textwrap.dedent(f"""\
-        task: tiny_ppl
-        {common.replace(chr(10), chr(10) + '        ')}dataset_kwargs:
-          data_files:
-            test: {directory / 'text.jsonl'}
+        """)
+    _write_task(directory, "tiny_ppl", "text.jsonl", """\
         output_type: loglikelihood_rolling
         doc_to_text: ""
-        doc_to_target: "{{{{text}}}}"
+        doc_to_target: "{{text}}"
         metric_list:
           - metric: word_perplexity
           - metric: bits_per_byte
-        """))
-    (directory / "tiny_gen.yaml").write_text(textwrap.dedent(f"""\
-        task: tiny_gen
-        {common.replace(chr(10), chr(10) + '        ')}dataset_kwargs:
-          data_files:
-            test: {directory / 'mc.jsonl'}
+        """)
+    _write_task(directory, "tiny_gen", "mc.jsonl", """\
         output_type: generate_until
-        doc_to_text: "{{{{question}}}}"
-        doc_to_target: "{{{{choices[answer]}}}}"
+        doc_to_text: "{{question}}"
+        doc_to_target: "{{choices[answer]}}"
         generation_kwargs:
           until: ["."]
           max_gen_toks: 3
         metric_list:
           - metric: exact_match
-        """))
+        """)
+
+
+def _write_task(directory, name: str, data_file: str, body: str) -> None:
+    """A local lm-eval task over `directory / data_file` (JSON lines, one `test` split)."""
+    header = (f"task: {name}\ndataset_path: json\ntest_split: test\n"
+              f"dataset_kwargs:\n  data_files:\n    test: {directory / data_file}\n")
+    (directory / f"{name}.yaml").write_text(header + textwrap.dedent(body))
 
 
 def test_harness_runs_offline_on_local_tasks(checkpoint, tmp_path):
