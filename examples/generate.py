@@ -1,7 +1,7 @@
 """Generate with LoMDM: prompt completion, infilling, and the order in which the model chose to reveal tokens.
 
-    python examples/generate.py                             # tiny random byte model: API demo, noise text
-    python examples/generate.py --model path/to/checkpoint  # a trained checkpoint and its tokenizer
+python examples/generate.py                             # tiny random byte model: API demo, noise text
+python examples/generate.py --model path/to/checkpoint  # a trained checkpoint and its tokenizer
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ args = parser.parse_args()
 if args.model is not None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForMaskedLM.from_pretrained(args.model).eval()
+    bos = tokenizer.bos_token_id
     encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids
-    decode = lambda ids: tokenizer.decode(ids)
+    # BOS and padding are dropped; the mask token stays visible in the history.
+    decode = lambda ids: tokenizer.decode([i for i in ids if i not in (bos, tokenizer.pad_token_id)])
 else:  # bytes as tokens: ids 0-2 are mask / pad / bos, byte b is id b + 4
     model = LoMDMForMaskedDiffusion(
         LoMDMConfig(
@@ -40,14 +42,15 @@ else:  # bytes as tokens: ids 0-2 are mask / pad / bos, byte b is id b + 4
             bos_token_id=2,
         )
     ).eval()  # no EOS: noise never ends
+    bos = model.config.bos_token_id
     encode = lambda text: [b + 4 for b in text.encode()]
     decode = lambda ids: "".join("_" if i == 0 else chr(i - 4) if i >= 4 else "" for i in ids)
 mask = model.config.mask_token_id
 generator = torch.Generator().manual_seed(args.seed)
 
 # 1. Prompt completion: 48 masks are appended and revealed in the order the model's reverse schedule picks
-#    (steps=None: the exact first-hitting sampler, one token per pass).
-prompt = torch.tensor([encode(args.prompt)])
+#    (steps=None: the exact first-hitting sampler, one token per pass). Prompts start with BOS, as in training.
+prompt = torch.tensor([[bos] + encode(args.prompt)])
 out = model.generate(
     prompt,
     max_new_tokens=48,
@@ -64,13 +67,16 @@ print("passes:", out.nfe.item())
 for canvas in out.history[::8]:
     print("   ", decode(canvas[0, prompt.shape[1] :].tolist()))
 
-# 3. Infilling: mask tokens inside the input are filled, every other token is kept.
-text = encode("To be, or ") + [mask] * 8 + encode(" to be: that is the question")
-filled = model.generate(torch.tensor([text]), steps=8, order="confidence", generator=generator)
+# 3. Infilling: mask tokens inside the input are filled, every other token is kept; max_new_tokens=0 appends
+#    nothing (a checkpoint's generation_config may set a default length).
+text = [bos] + encode("To be, or ") + [mask] * 8 + encode(" to be: that is the question")
+filled = model.generate(
+    torch.tensor([text]), max_new_tokens=0, steps=8, order="confidence", generator=generator
+)
 print("infilled:", decode(filled[0].tolist()))
 
 # 4. Semi-autoregressive blocks with threshold (parallel) decoding, batched with left padding.
-prompts = [encode("Hamlet:"), encode("Enter the ghost")]
+prompts = [[bos] + encode("Hamlet:"), [bos] + encode("Enter the ghost")]
 width = max(map(len, prompts))
 pad = model.config.pad_token_id
 input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])

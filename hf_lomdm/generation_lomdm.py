@@ -276,8 +276,12 @@ class LoMDMSampler:
     Args:
         generation_config ([`LoMDMGenerationConfig`]): Resolved settings (`mask_token_id` set).
         logits_processor (`LogitsProcessorList`, *optional*): Applied to log p_θ `(K, V)` before sampling.
-        generator (`torch.Generator` or `list[torch.Generator]`, *optional*): One generator, or one per row;
-            with one per row, each row draws from its own only: it gives the tokens of its prompt run alone.
+        generator (`torch.Generator` or `list[torch.Generator]`, *optional*): One generator, or one per row.
+            Either way a row's random draws are indexed from its first real token, so left padding changes
+            nothing: a left-padded prompt gives the tokens of the unpadded prompt under the same seed. With
+            one per row, row b draws from generator b only and gives the tokens of its prompt run alone with
+            generator b. One shared generator draws a `(B, N, 2)` block per step (N = the longest row's real
+            length), so there a row's tokens also depend on the batch size and on N.
     """
 
     def __init__(
@@ -497,22 +501,30 @@ class LoMDMSampler:
     # -- randomness ------------------------------------------------------------------------------------------
 
     def _uniform(self, state: LoMDMSamplerState, stepping: torch.Tensor) -> torch.Tensor:
-        """`(B, L, 2)` float64 uniforms in (0, 1]. With per-row generators, row b draws (its real tokens, 2)
-        from
-        generator b, and only while it still has masked positions, so its draws do not depend on the batch."""
+        """`(B, L, 2)` float64 uniforms in (0, 1] (reveal decision, token draw), indexed by the position counted
+        from each row's first real token, so left padding never changes a row's draws.
+
+        One generator (or none): one `(B, N, 2)` block per step, N = the longest row's real length; row b reads
+        its row of the block from its first real token. With a list, row b draws `(its real tokens, 2)` from
+        generator b, and only while it still has masked positions, so its draws do not depend on the batch.
+        """
         batch, length = state.canvas.shape
         device = state.canvas.device
+        num_real = torch.tensor(state.num_real, device=device)  # (B,)
+        width = max(state.num_real)
         if not isinstance(self.generator, list):
             source = device if self.generator is None else self.generator.device
-            u = torch.rand(batch, length, 2, generator=self.generator, dtype=torch.float64, device=source)
-            return 1.0 - u.to(device)
-        u = torch.zeros(batch, length, 2, dtype=torch.float64, device=device)
-        for row, (gen, n, live) in enumerate(zip(self.generator, state.num_real, stepping.tolist())):
-            if live:  # left padding: the real tokens are the last n columns
-                u[row, length - n :] = torch.rand(
-                    n, 2, generator=gen, dtype=torch.float64, device=gen.device
-                ).to(device)
-        return 1.0 - u
+            drawn = torch.rand(batch, width, 2, generator=self.generator, dtype=torch.float64, device=source)
+            drawn = drawn.to(device)  # (B, N, 2)
+        else:
+            drawn = torch.zeros(batch, width, 2, dtype=torch.float64, device=device)
+            for row, (gen, n, live) in enumerate(zip(self.generator, state.num_real, stepping.tolist())):
+                if live:
+                    drawn[row, :n] = torch.rand(n, 2, generator=gen, dtype=torch.float64, device=gen.device)
+        # Left padding: the real tokens are the last n_b columns, so column j is position j - (L - n_b).
+        # Padding columns read position 0; they are never masked, so their draws are never used.
+        position = (torch.arange(length, device=device) - (length - num_real)[:, None]).clamp(min=0)  # (B, L)
+        return 1.0 - drawn.gather(1, position[..., None].expand(-1, -1, 2))  # (B, L, 2)
 
     def _sample(
         self, state: LoMDMSamplerState, positions: torch.Tensor, u: torch.Tensor
@@ -556,7 +568,9 @@ class LoMDMGenerationMixin:
                 reading order as soon as every position before them is known (each revealed token once), up
                 to the first EOS.
             kwargs: `attention_mask` `(B, L_in)`, `generator` (a `torch.Generator` or one per output row)
-                and any [`LoMDMGenerationConfig`] field; anything else raises a `ValueError`.
+                and any [`LoMDMGenerationConfig`] field; anything else raises a `ValueError`. Random draws
+                count from each row's first real token, so left padding changes no row; with one generator
+                per row, row b equals its prompt run alone with generator b (see [`LoMDMSampler`]).
 
         Returns:
             `torch.LongTensor` `(B, L)` or, with `return_dict_in_generate=True`, a [`LoMDMGenerateOutput`].
@@ -573,7 +587,9 @@ class LoMDMGenerationMixin:
         # 1. Settings and inputs.
         generation_config, model_kwargs = self._prepare_generation_config(generation_config, kwargs)
         input_ids, attention_mask = self._prepare_generation_inputs(inputs, model_kwargs, generation_config)
-        num_new_tokens = self._num_new_tokens(input_ids, attention_mask, generation_config)
+        num_new_tokens = self._num_new_tokens(
+            input_ids, attention_mask, generation_config, self.config.max_position_embeddings
+        )
         eos_token_id = generation_config.eos_token_id
         eos_token_id = [eos_token_id] if _is_int(eos_token_id) else (eos_token_id or None)  # [] disables EOS
         pad_token_id = generation_config.pad_token_id
@@ -771,8 +787,20 @@ class LoMDMGenerationMixin:
 
     @staticmethod
     def _num_new_tokens(
-        input_ids: torch.Tensor, attention_mask: torch.Tensor, config: LoMDMGenerationConfig
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        config: LoMDMGenerationConfig,
+        max_positions: int,
     ) -> int:
+        """Masks to append; raises when the prompt or the canvas does not fit in `max_positions`."""
+        # Checked first: a prompt past the limit would otherwise surface as "nothing to generate" (max_length
+        # below the prompt) or as a backbone error on the padded canvas.
+        prompt_length = int(attention_mask.sum(-1).max()) if input_ids.numel() else 0
+        if prompt_length > max_positions:
+            raise ValueError(
+                f"the prompt has {prompt_length} tokens, more than the model accepts "
+                f"(max_position_embeddings={max_positions}); shorten it."
+            )
         if config.max_new_tokens is not None:
             num_new_tokens = config.max_new_tokens
         elif config.max_length is not None:
@@ -784,6 +812,12 @@ class LoMDMGenerationMixin:
             raise ValueError(
                 "nothing to generate: set `max_new_tokens` (or `max_length`), or put mask tokens "
                 f"(id {config.mask_token_id}) in the input to infill them."
+            )
+        if input_ids.shape[1] + num_new_tokens > max_positions:
+            raise ValueError(
+                f"the prompt ({input_ids.shape[1]} columns, left padding included) plus {num_new_tokens} new "
+                f"tokens is {input_ids.shape[1] + num_new_tokens} positions, more than the model accepts "
+                f"(max_position_embeddings={max_positions}); lower `max_new_tokens` / `max_length`."
             )
         return num_new_tokens
 

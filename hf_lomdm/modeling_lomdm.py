@@ -403,17 +403,21 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         if timesteps is not None and timesteps.shape != input_ids.shape[:1]:
             raise ValueError(f"`timesteps` must have shape ({input_ids.shape[0]},), got {tuple(timesteps.shape)}.")
 
-    def _exponents(self, scheduler, features, input_ids, noise_mask, position_ids, key_mask) -> torch.Tensor:
-        """Exponents of one direction; `scheduler` is g_φ (forward) or g_ψ (reverse) for `lomdm`."""
+    def _scores(self, scheduler, features, input_ids, position_ids, key_mask) -> torch.Tensor | None:
+        """Raw scores v of one direction (None for the fixed schedules); `scheduler` is g_φ or g_ψ for `lomdm`."""
+        if self.schedule in ("linear", "polynomial"):
+            return None
+        if self.schedule == "per_position":
+            return self.position_scores(position_ids)  # (B, L)
+        position_embeddings = self.model.rotary_emb(position_ids, features.dtype)
+        return scheduler(features, _bidirectional_mask(key_mask), position_embeddings)
+
+    def _exponents(self, scores: torch.Tensor | None, input_ids, noise_mask) -> torch.Tensor:
+        """Exponents e (or ê) from the raw scores: 1 for `linear`, c1 for `polynomial`, else c1 + c2 NormSig."""
         if self.schedule == "linear":
             return torch.ones(input_ids.shape, device=input_ids.device)
         if self.schedule == "polynomial":
             return torch.full(input_ids.shape, self.c1, device=input_ids.device)
-        if self.schedule == "per_position":
-            scores = self.position_scores(position_ids)  # (B, L)
-        else:
-            position_embeddings = self.model.rotary_emb(position_ids, features.dtype)
-            scores = scheduler(features, _bidirectional_mask(key_mask), position_embeddings)
         return exponents(scores, noise_mask, self.c1, self.c2)  # e: (B, L)
 
     def forward(
@@ -446,9 +450,8 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         reverse_exponents = None
         if output_exponents:
             noise_mask = _default_noise_mask(noise_mask, attention_mask, input_ids)
-            reverse_exponents = self._exponents(
-                self.reverse_scheduler, features, input_ids, noise_mask, position_ids, attention_mask
-            )
+            scores = self._scores(self.reverse_scheduler, features, input_ids, position_ids, attention_mask)
+            reverse_exponents = self._exponents(scores, input_ids, noise_mask)
         return LoMDMOutput(
             logits=log_probs,
             reverse_exponents=reverse_exponents,
@@ -462,8 +465,10 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         attention_mask: torch.Tensor | None = None,
         noise_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-    ) -> torch.Tensor:
-        """Forward exponents e of the clean sequence x, `(B, L)`.
+        return_scores: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward exponents e of the clean sequence x, `(B, L)`; with `return_scores`, also the raw scores v
+        (`(B, L)`, None for `linear` / `polynomial`) from which e = c1 + c2 NormSig(v) is computed.
 
         For `lomdm` this runs the backbone on x without gradient (f(x) is stop-gradient) and g_φ with
         gradient; for the other schedules it needs no backbone pass.
@@ -477,7 +482,9 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
             with torch.no_grad():
                 timesteps = torch.zeros(input_ids.shape[0], device=input_ids.device) if self.is_time_conditioned else None
                 features = self.model(input_ids, attention_mask, position_ids, timesteps).last_hidden_state
-        return self._exponents(self.forward_scheduler, features, input_ids, noise_mask, position_ids, attention_mask)
+        scores = self._scores(self.forward_scheduler, features, input_ids, position_ids, attention_mask)
+        e = self._exponents(scores, input_ids, noise_mask)
+        return (e, scores) if return_scores else e
 
 
 __all__ = ["LoMDMForMaskedDiffusion", "LoMDMModel", "LoMDMOutput", "LoMDMPreTrainedModel", "subs_log_probs"]

@@ -47,6 +47,7 @@ class LoMDMLossOutput:
         t: `(B,)` the times used (may underflow to 0 for the smallest importance samples; see `log_t`).
         log_t: `(B,)` float64 log-times.
         forward_exponents: `(B, L)` detached e (values outside M are not meaningful).
+        forward_scores: `(B, L)` detached raw scores v of the forward scheduler (None for fixed schedules).
         noise_mask: `(B, L)` bool, the set M.
         confidence: `(B, L)` detached p_θ(x^i | z^1) of the first sample at its masked positions, NaN elsewhere.
     """
@@ -59,6 +60,7 @@ class LoMDMLossOutput:
     t: torch.Tensor
     log_t: torch.Tensor
     forward_exponents: torch.Tensor
+    forward_scores: torch.Tensor | None
     noise_mask: torch.Tensor
     confidence: torch.Tensor
 
@@ -158,7 +160,10 @@ def lomdm_loss(
 
     # 1. The set M and the forward exponents e of the clean sequence.
     targets, noise_mask = _noise_mask(input_ids, attention_mask, labels, mask_id)
-    e = model.forward_exponents(targets, attention_mask=attention_mask, noise_mask=noise_mask).float()  # (B, L)
+    e, forward_scores = model.forward_exponents(
+        targets, attention_mask=attention_mask, noise_mask=noise_mask, return_scores=True
+    )
+    e = e.float()  # (B, L)
     batch, length = targets.shape
     device = targets.device
 
@@ -202,10 +207,10 @@ def lomdm_loss(
     per_sample = torch.stack(losses)  # (K, B)
     surrogate = per_sample.mean(0)
     if estimator == "rloo":
-        scores = torch.stack(log_qs)  # (K, B)
+        score_functions = torch.stack(log_qs)  # (K, B)
         detached = per_sample.detach()
         baseline = (detached.sum(0, keepdim=True) - detached) / (num_samples - 1)
-        surrogate = surrogate + (scores * (detached - baseline)).mean(0)
+        surrogate = surrogate + (score_functions * (detached - baseline)).mean(0)
 
     num_tokens = noise_mask.sum(-1)
     return LoMDMLossOutput(
@@ -217,6 +222,7 @@ def lomdm_loss(
         t=torch.exp(log_t),
         log_t=log_t,
         forward_exponents=e.detach(),
+        forward_scores=None if forward_scores is None else forward_scores.detach(),
         noise_mask=noise_mask,
         confidence=confidence,
     )

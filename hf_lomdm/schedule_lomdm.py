@@ -25,22 +25,39 @@ import torch
 _U_MIN = 1e-300
 
 
+def _mean_over(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` over the positions where `mask` is 1, per row `(B, 1)` (0 for an empty row)."""
+    return (values * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
+
+
 def normsig(scores: torch.Tensor, noise_mask: torch.Tensor) -> torch.Tensor:
-    """NormSig(v)_i = sigmoid(v_i) - mean_{j in M} sigmoid(v_j) (LoMDM Eq. 12), zero outside `M`.
+    """NormSig(v)_i = sigmoid(ṽ_i) - mean_{j in M} sigmoid(ṽ_j) with ṽ = v - mean_{j in M} v_j; zero outside `M`.
+
+    LoMDM Eq. 12 with the scores centred first (SPEC §1): NormSig of raw scores only sees their differences, so
+    nothing holds their common mode; at a high scheduler learning rate it drifted until every sigmoid saturated
+    and the exponents froze. Centred, the scores straddle 0 where the sigmoid is steepest.
 
     Args:
         scores: `(B, L)` raw scheduler outputs `v`.
-        noise_mask: `(B, L)` bool, the positions `M` that may be noised; the mean runs over them only.
+        noise_mask: `(B, L)` bool, the positions `M` that may be noised; both means run over them only.
     """
-    sig = torch.sigmoid(scores.float())  # (B, L)
-    mask = noise_mask.to(sig.dtype)
-    mean = (sig * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)  # (B, 1)
-    return (sig - mean) * mask
+    scores = scores.float()
+    mask = noise_mask.to(scores.dtype)
+    sig = torch.sigmoid(scores - _mean_over(scores, mask))  # (B, L)
+    return (sig - _mean_over(sig, mask)) * mask
 
 
 def exponents(scores: torch.Tensor, noise_mask: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
     """Learned exponents e_i = c1 + c2 * NormSig(v)_i, in (c1 - c2, c1 + c2); equal to c1 outside `M`."""
     return c1 + c2 * normsig(scores, noise_mask)
+
+
+def saturated(scores: torch.Tensor, noise_mask: torch.Tensor, tol: float = 0.01) -> torch.Tensor:
+    """`(B, L)` bool: positions of M whose NormSig sigmoid is within `tol` of 0 or 1 (its gradient has all but
+    vanished: sigmoid' < tol). A scheduler with most positions saturated has stopped learning."""
+    scores = scores.float()
+    sig = torch.sigmoid(scores - _mean_over(scores, noise_mask.to(scores.dtype)))
+    return ((sig < tol) | (sig > 1 - tol)) & noise_mask
 
 
 def smallest_exponent(schedule: str, c1: float, c2: float) -> float:
@@ -160,6 +177,7 @@ __all__ = [
     "normsig",
     "reveal_log_time",
     "sample_log_times",
+    "saturated",
     "smallest_exponent",
     "unmask_prob",
     "velocity",

@@ -10,8 +10,9 @@ Steps (keep in sync with `main`):
     2. Tokenize and pack rows of `block_size` tokens.
     3. Build the model (a new `LoMDMConfig`, or `model_name_or_path`) and train with `LoMDMTrainer`
        (`accelerate launch` for several processes; `resume_from_checkpoint` to continue).
-    4. Save model + tokenizer + generation config to `output_dir`, evaluate the validation NELBO / PPL bound,
-       print a few unconditional samples and a short report.
+    4. Save model + tokenizer + generation config to `output_dir`, evaluate the validation NELBO / PPL bound and
+       the context use (`hf_lomdm.evaluation.context_use`), print a few unconditional samples and a short report;
+       write the model card.
 
 Launch with `accelerate launch --config_file training/accelerate/<config>.yaml -m hf_lomdm.train CONFIG.yaml`
 for multi-process training.
@@ -46,10 +47,13 @@ from .data import (
     load_text_datasets,
     prompt_response_rows,
     train_bpe_tokenizer,
+    train_char_tokenizer,
 )
+from .evaluation import context_use
 from .lora import BACKBONE_TARGET_MODULES, lomdm_lora_config
 from .model_card import write_model_card
 from .modeling_lomdm import LoMDMForMaskedDiffusion
+from .runtime import configure_threads, resolve_bf16
 from .trainer import LoMDMTrainer, LoMDMTrainingArguments
 
 logger = logging.get_logger(__name__)
@@ -69,8 +73,15 @@ class ModelArguments:
             "help": "Tokenizer to use; default: the one of `model_name_or_path`, else a new byte-level BPE."
         },
     )
+    tokenizer_type: Literal["bpe", "char"] = field(
+        default="bpe",
+        metadata={
+            "help": "Tokenizer trained when none is given: 'bpe' (byte-level BPE of `tokenizer_vocab_size`) or "
+            "'char' (one id per character of the training text, plus <|unk|>)."
+        },
+    )
     tokenizer_vocab_size: int = field(
-        default=4096, metadata={"help": "Vocabulary size of a newly trained tokenizer."}
+        default=4096, metadata={"help": "Vocabulary size of a newly trained BPE tokenizer."}
     )
     schedule: Literal["linear", "polynomial", "per_position", "lomdm"] | None = field(
         default=None,
@@ -155,8 +166,54 @@ def parse_args(
         if unknown:
             raise ValueError(f"unknown keys {unknown} in {argv[0]}.")
         argv = _yaml_to_argv(config) + list(argv[1:])
-    parser = HfArgumentParser(_DATACLASSES)
-    return parser.parse_args_into_dataclasses(args=argv)
+    argv = _resolve_auto_bf16(list(argv))
+    # allow_abbrev=False: `--max_step 5` must not silently mean `--max_steps 5`.
+    parser = HfArgumentParser(_DATACLASSES, allow_abbrev=False)
+    model_args, data_args, training_args, sample_args = parser.parse_args_into_dataclasses(args=argv)
+    if training_args.max_steps <= 0 and not any(arg.startswith("--num_train_epochs") for arg in argv):
+        raise ValueError(
+            f"`max_steps={training_args.max_steps}`: give a positive number of steps, or set `num_train_epochs` "
+            "explicitly to train by epochs."
+        )
+    return model_args, data_args, training_args, sample_args
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """Value of the last `--name value` / `--name=value` in `argv`."""
+    found = None
+    for index, arg in enumerate(argv):
+        if arg == f"--{name}" and index + 1 < len(argv):
+            found = argv[index + 1]
+        elif arg.startswith(f"--{name}="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
+def _resolve_auto_bf16(argv: list[str]) -> list[str]:
+    """Every `--bf16 auto` -> `--bf16 true|false` for the device the run will use (logged once; see
+    `hf_lomdm.runtime`). A later explicit `--bf16 true|false` still wins, as for any flag.
+
+    `TrainingArguments.bf16` is a bool and configures accelerate in `__post_init__`, so the choice is made on the
+    command line before parsing. The device is the CPU with `--use_cpu true` or without CUDA, else the GPU.
+    """
+    auto = [
+        i
+        for i, arg in enumerate(argv)
+        if arg in ("--bf16=auto", "--bf16=AUTO")
+        or (arg == "--bf16" and i + 1 < len(argv) and argv[i + 1].lower() == "auto")
+    ]
+    if not auto:
+        return argv
+    use_cpu = _flag_value(argv, "use_cpu")
+    on_cpu = (use_cpu or "").lower() in ("true", "1", "yes") or not torch.cuda.is_available()
+    value = "true" if resolve_bf16("auto", "cpu" if on_cpu else "cuda") else "false"
+    argv = list(argv)
+    for index in auto:
+        if argv[index] == "--bf16":
+            argv[index + 1] = value
+        else:
+            argv[index] = f"--bf16={value}"
+    return argv
 
 
 def _resume_checkpoint(args: LoMDMTrainingArguments) -> str | None:
@@ -175,9 +232,10 @@ def _tokenizer(
     training_args: LoMDMTrainingArguments,
     texts: list[str],
     checkpoint: str | None,
+    block_size: int,
 ) -> PreTrainedTokenizerBase:
     """The checkpoint's or model's tokenizer; else `tokenizer_name_or_path` (missing mask / pad / bos / eos
-    tokens are added, e.g. to GPT-2's); else a byte-level BPE trained on `texts`."""
+    tokens are added, e.g. to GPT-2's); else a byte-level BPE or character tokenizer trained on `texts`."""
     if checkpoint is not None or model_args.model_name_or_path is not None:
         return AutoTokenizer.from_pretrained(checkpoint or model_args.model_name_or_path)
     if model_args.tokenizer_name_or_path is not None:
@@ -190,7 +248,12 @@ def _tokenizer(
     # The local main process trains and saves it; the others wait and load the same files.
     with training_args.main_process_first(desc="training the tokenizer"):
         if training_args.local_process_index == 0:
-            tokenizer = train_bpe_tokenizer(texts, vocab_size=model_args.tokenizer_vocab_size)
+            if model_args.tokenizer_type == "char":
+                tokenizer = train_char_tokenizer(texts, model_max_length=block_size)
+            else:
+                tokenizer = train_bpe_tokenizer(
+                    texts, vocab_size=model_args.tokenizer_vocab_size, model_max_length=block_size
+                )
             tokenizer.save_pretrained(training_args.output_dir)
             return tokenizer
         return AutoTokenizer.from_pretrained(training_args.output_dir)
@@ -213,7 +276,13 @@ def _model(
         f.name: getattr(model_args, f.name)
         for f in fields(ModelArguments)
         if f.name
-        not in ("model_name_or_path", "tokenizer_name_or_path", "tokenizer_vocab_size", "attn_implementation")
+        not in (
+            "model_name_or_path",
+            "tokenizer_name_or_path",
+            "tokenizer_type",
+            "tokenizer_vocab_size",
+            "attn_implementation",
+        )
         and not f.name.startswith("lora_")
         and getattr(model_args, f.name) is not None
     }
@@ -251,12 +320,15 @@ def train(argv: list[str]) -> dict[str, Any]:
         raise ValueError(f"`lora_r={model_args.lora_r}` adapts a trained model: set `model_name_or_path`.")
     logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
+    threads = configure_threads() if training_args.device.type == "cpu" else None
     wall_start = time.time()
 
     # 1. Documents and tokenizer.
     checkpoint = _resume_checkpoint(training_args)
     raw = load_text_datasets(data_args, seed=training_args.seed)
-    tokenizer = _tokenizer(model_args, training_args, raw["train"][data_args.text_column], checkpoint)
+    tokenizer = _tokenizer(
+        model_args, training_args, raw["train"][data_args.text_column], checkpoint, data_args.block_size
+    )
 
     # 2. Rows of tokens.
     with training_args.main_process_first(desc="tokenizing"):
@@ -329,13 +401,24 @@ def train(argv: list[str]) -> dict[str, Any]:
         "eval_nelbo": eval_metrics["eval_nelbo"],
         "eval_ppl_bound": eval_metrics["eval_ppl_bound"],
         "eval_tokens": eval_metrics["eval_tokens"],
+        "precision": "bf16 autocast" if training_args.bf16 else "float32",
+        "cpu_threads": threads,
     }
+    report["eval_nelbo_stderr"] = eval_metrics["eval_nelbo_stderr"]
     if trainer.is_world_process_zero():
-        samples = (
-            _samples(trainer.model, tokenizer, sample_args, training_args.seed)
-            if sample_args.sample_count
-            else []
-        )
+        with trainer.evaluation_weights():
+            # Does the denoiser use context? Loss of a token with all others visible vs with everything masked.
+            context = context_use(
+                trainer.model,
+                splits["validation"],
+                generator=torch.Generator().manual_seed(training_args.seed),
+            )
+            samples = (
+                _samples(trainer.model, tokenizer, sample_args, training_args.seed)
+                if sample_args.sample_count
+                else []
+            )
+        report["context_use"] = context.to_dict()
         if model_args.lora_r is None:  # an adapter folder gets PEFT's own card
             write_model_card(
                 training_args.output_dir,
@@ -347,7 +430,9 @@ def train(argv: list[str]) -> dict[str, Any]:
                     "nelbo": eval_metrics["eval_nelbo"],
                     "ppl_bound": eval_metrics["eval_ppl_bound"],
                     "tokens": eval_metrics["eval_tokens"],
+                    "stderr": eval_metrics["eval_nelbo_stderr"],
                 },
+                context_use=context,
                 repo_id=training_args.hub_model_id or training_args.output_dir,
                 dataset_name=data_args.dataset_name,
                 training_data=f"`{data_args.dataset_name}`, {data_args.block_size}-token rows ({data_args.packing}), "
@@ -357,12 +442,18 @@ def train(argv: list[str]) -> dict[str, Any]:
         print(f"\nlomdm-train: saved model, tokenizer and generation config to {training_args.output_dir}")
         print(
             f"  steps {report['steps']}, train {report['train_runtime_s']:.0f} s, "
-            f"{tokens_per_second:.0f} tokens/s, wall {report['wall_time_s']:.0f} s"
+            f"{tokens_per_second:.0f} tokens/s, wall {report['wall_time_s']:.0f} s, {report['precision']}"
+            + (f", {threads} CPU thread(s)" if threads else "")
         )
         print(
-            f"  validation: NELBO {report['eval_nelbo']:.4f} nats/token, "
+            f"  validation: NELBO {report['eval_nelbo']:.4f} ± {report['eval_nelbo_stderr']:.4f} nats/token, "
             f"PPL bound {report['eval_ppl_bound']:.2f} ({report['eval_tokens']:.0f} tokens, "
             f"{training_args.eval_time_samples} time samples per sequence)"
+        )
+        losses = context.loss
+        print(
+            f"  context use: loss {losses['one']:.3f} nats/token with every other token visible, "
+            f"{losses['all']:.3f} with everything masked (ratio {context.ratio:.2f}; ~1 = no context used)"
         )
         for i, text in enumerate(samples):
             print(f"--- sample {i} ---\n{text.strip()}")

@@ -19,11 +19,12 @@ precision, checkpoints, resuming, callbacks):
 4. Parameters. The scheduler parameters (g_φ, g_ψ or θ) can get their own learning rate, and an exponential
    moving average of the weights is used for evaluation and by `save_model`.
 
-Logged every `logging_steps`: `nelbo`, `main`, `velocity` (per token, over the logging window), the forward
-exponent `exponent_mean` / `exponent_std` over M, and `exponent_confidence_corr`: Pearson's r between the
-forward
-exponent e_i (the velocity A^i = e_i / t up to the per-row time) and the denoiser's probability of the true
-token,
+Logged every `logging_steps`: `loss` is Trainer's mean of the backpropagated surrogate (its RLOO score-function
+term has mean ~0 but large variance, so it jumps); `nelbo`, `main`, `velocity` are the NELBO estimate and its parts
+per token over the logging window (the numbers to watch); the forward exponent `exponent_mean` / `exponent_std`
+over M; `scheduler_saturated_fraction`, the share of the forward scheduler's NormSig sigmoids within 0.01 of 0 or
+1 (a scheduler that saturates stops learning); and `exponent_confidence_corr`: Pearson's r between the forward
+exponent e_i (the velocity A^i = e_i / t up to the per-row time) and the denoiser's probability of the true token,
 over the masked positions (LoMDM's curriculum signal: positive when easy tokens are revealed first).
 """
 
@@ -42,18 +43,23 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
 
 from .objective import LoMDMLossOutput, lomdm_loss
+from .schedule_lomdm import saturated
 
 logger = logging.get_logger(__name__)
 
 # Modules / parameters of the learned schedules (φ, ψ of `lomdm`, θ of `per_position`).
 SCHEDULER_PARAMETER_NAMES = ("forward_scheduler", "reverse_scheduler", "position_scores")
 EMA_WEIGHTS_NAME = "ema.safetensors"
+TRAINING_ARGS_JSON_NAME = "training_args.json"
 
 # Additive statistics of training batches (see `_batch_statistics`).
-_STATS = ("nelbo", "main", "velocity", "tokens", "e", "e2", "n_e", "n_c", "x", "y", "xy", "xx", "yy")
+_STATS = (
+    "nelbo", "main", "velocity", "tokens", "e", "e2", "n_e", "n_c", "x", "y", "xy", "xx", "yy", "saturated", "n_scored"
+)
 
 
 @dataclass
@@ -129,8 +135,13 @@ class LoMDMTrainingArguments(TrainingArguments):
             raise ValueError(f"`time_uniform_weight` must be in (0, 1], got {self.time_uniform_weight}.")
         if not 0.0 <= self.noise_eps < 1.0:
             raise ValueError(f"`noise_eps` must be in [0, 1), got {self.noise_eps}.")
-        if self.scheduler_learning_rate is not None and self.scheduler_learning_rate < 0:
-            raise ValueError(f"`scheduler_learning_rate` must be >= 0, got {self.scheduler_learning_rate}.")
+        if self.scheduler_learning_rate is not None and not (
+            math.isfinite(self.scheduler_learning_rate) and self.scheduler_learning_rate > 0
+        ):
+            raise ValueError(
+                f"`scheduler_learning_rate` must be a finite number > 0 (or None), got {self.scheduler_learning_rate}; "
+                "to freeze the schedulers, set their parameters' requires_grad=False."
+            )
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must be in (0, 1), got {self.ema_decay}.")
         if self.eval_time_samples < 1:
@@ -146,16 +157,23 @@ def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     """Per-token NELBO over an evaluation set from `LoMDMTrainer.prediction_step` outputs.
 
     `predictions`: `(N, 3)` per-sequence [NELBO, L_main, L_velocity]; `label_ids`: `(N,)` |M| per sequence.
-    `nelbo = sum NELBO / sum |M|` (tokens weigh equally, not sequences); `ppl_bound = exp(nelbo)` bounds the
-    perplexity from above; `loss` repeats `nelbo` so `metric_for_best_model="loss"` works.
+    `nelbo = sum NELBO / sum |M|` (tokens weigh equally, not sequences) with its standard error over sequences
+    `nelbo_stderr` (Monte-Carlo and data sampling together); `ppl_bound = exp(nelbo)` bounds the perplexity from
+    above; `loss` repeats `nelbo` so `metric_for_best_model="loss"` works.
     """
-    sums = np.asarray(eval_pred.predictions, dtype=np.float64).reshape(-1, 3).sum(0)
-    tokens = float(np.asarray(eval_pred.label_ids, dtype=np.float64).sum())
-    nelbo, main, velocity = (sums / max(tokens, 1.0)).tolist()
+    per_sequence = np.asarray(eval_pred.predictions, dtype=np.float64).reshape(-1, 3)
+    counts = np.asarray(eval_pred.label_ids, dtype=np.float64).reshape(-1)
+    tokens = float(counts.sum())
+    nelbo, main, velocity = (per_sequence.sum(0) / max(tokens, 1.0)).tolist()
+    # Standard error of the ratio estimator sum NELBO / sum |M| over sequences (delta method).
+    residuals = per_sequence[:, 0] - nelbo * counts
+    n = len(counts)
+    stderr = math.sqrt(n / max(n - 1, 1) * float((residuals**2).sum())) / max(tokens, 1.0)
     ppl_bound = math.exp(nelbo) if nelbo < 700 else math.inf
     return {
         "loss": nelbo,
         "nelbo": nelbo,
+        "nelbo_stderr": stderr,
         "main": main,
         "velocity": velocity,
         "ppl_bound": ppl_bound,
@@ -188,6 +206,10 @@ def _batch_statistics(res: LoMDMLossOutput) -> torch.Tensor:
         x.square().sum(),
         y.square().sum(),
     ]
+    if res.forward_scores is None:  # fixed schedule: no scheduler sigmoids
+        sums += [torch.zeros((), device=e.device), torch.zeros((), device=e.device)]
+    else:
+        sums += [saturated(res.forward_scores, in_m).sum(), in_m.sum()]
     return torch.stack([s.double() for s in sums])
 
 
@@ -202,6 +224,8 @@ def _summarize(stats: torch.Tensor) -> dict[str, float]:
         "exponent_mean": mean_e,
         "exponent_std": math.sqrt(max(s["e2"] / n_e - mean_e**2, 0.0)),
     }
+    if s["n_scored"] > 0:
+        logs["scheduler_saturated_fraction"] = s["saturated"] / s["n_scored"]
     cov = s["xy"] / n_c - (s["x"] / n_c) * (s["y"] / n_c)
     var_x = s["xx"] / n_c - (s["x"] / n_c) ** 2
     var_y = s["yy"] / n_c - (s["y"] / n_c) ** 2
@@ -466,11 +490,15 @@ class LoMDMTrainer(Trainer):
 
     # ---- evaluation -----------------------------------------------------------------------------------
 
+    def evaluation_weights(self) -> contextlib.AbstractContextManager:
+        """Context in which `self.model` holds the weights that are evaluated and saved (the EMA, if any)."""
+        return self._ema.applied(self.model) if self._ema is not None else contextlib.nullcontext()
+
     def evaluation_loop(self, *args: Any, **kwargs: Any):
         """Trainer's loop, with the EMA weights loaded and the evaluation noise reset (common random
         numbers)."""
         self._eval_generator = None
-        with self._ema.applied(self.model) if self._ema is not None else contextlib.nullcontext():
+        with self.evaluation_weights():
             return super().evaluation_loop(*args, **kwargs)
 
     def prediction_step(
@@ -515,16 +543,24 @@ class LoMDMTrainer(Trainer):
     # ---- checkpoints, EMA and logging -----------------------------------------------------------------
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the model; with `ema_decay`, a call from user code saves the EMA weights.
+        """Save the model; a call from user code saves the EMA weights (with `ema_decay`) and writes the training
+        arguments as `training_args.json` instead of Trainer's pickled `training_args.bin`.
 
-        Checkpoints (`_internal_call=True`) keep the raw weights, which resuming needs, and store the EMA
-        beside
-        them as `ema.safetensors`.
+        Checkpoints (`_internal_call=True`) keep the raw weights and the pickle, which resuming needs, and store
+        the EMA beside them as `ema.safetensors`.
         """
-        if self._ema is None or _internal_call:
+        if _internal_call:
             return super().save_model(output_dir, _internal_call)
-        with self._ema.applied(self.model):
-            return super().save_model(output_dir, _internal_call)
+        with self.evaluation_weights():
+            super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            # A folder meant for the Hub holds no pickle: Trainer's `training_args.bin` becomes JSON.
+            folder = output_dir if output_dir is not None else self.args.output_dir
+            pickled = os.path.join(folder, TRAINING_ARGS_NAME)
+            if os.path.isfile(pickled):
+                os.remove(pickled)
+            with open(os.path.join(folder, TRAINING_ARGS_JSON_NAME), "w", encoding="utf-8") as f:
+                f.write(self.args.to_json_string() + "\n")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)

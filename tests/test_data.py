@@ -18,6 +18,7 @@ from hf_lomdm.data import (
     load_shakespeare,
     load_text_datasets,
     train_bpe_tokenizer,
+    train_char_tokenizer,
 )
 
 TEXTS = [
@@ -141,3 +142,31 @@ def test_local_txt_and_jsonl_files_load_with_a_held_out_split(tmp_path):
 def test_mixed_local_file_types_are_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"\.csv"):
         load_text_datasets(DataArguments(train_files=[str(tmp_path / "a.txt"), str(tmp_path / "b.csv")]))
+
+
+def test_char_tokenizer_maps_unknown_characters_to_unk_and_loads_without_custom_code(tmp_path):
+    char = train_char_tokenizer(TEXTS, model_max_length=64)
+    assert [char.mask_token_id, char.pad_token_id, char.bos_token_id, char.eos_token_id, char.unk_token_id] == [
+        0, 1, 2, 3, 4
+    ]
+    assert len(char) == 5 + len(set("".join(TEXTS)))  # one id per character, plus the five special tokens
+    text = "To be, or not\nto be"
+    ids = char(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text) and char.decode(ids) == text  # one token per character, exact round trip
+    unseen = char("Zebra ☃", add_special_tokens=False)["input_ids"]  # 'Z', 'b'... partly unseen
+    assert unseen.count(char.unk_token_id) == sum(c not in "".join(TEXTS) for c in "Zebra ☃")
+    # A literal special-token string in the data is characters (some unknown), never the mask id.
+    hostile = char("<|mask|>", add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert char.mask_token_id not in hostile and len(hostile) == len("<|mask|>")
+    char.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["model_max_length"] == 64 and "auto_map" not in config
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert reloaded(text, add_special_tokens=False)["input_ids"] == ids and reloaded.model_max_length == 64
+
+
+def test_char_rows_pack_one_token_per_character():
+    char = train_char_tokenizer(TEXTS)
+    rows = group_texts(Dataset.from_dict({"text": TEXTS}), char, block_size=16)["input_ids"]
+    assert all(len(row) == 16 for row in rows)
+    assert len(rows) == sum(len(text) + 2 for text in TEXTS) // 16  # <bos> text <eos>, full rows only

@@ -50,9 +50,10 @@ def generators(*seeds: int) -> list[torch.Generator]:
 def two_position_model(make_model):
     """`per_position` schedule: scores -6 on the 3-token prompt, +4 / -2 at the generated positions 3 / 4.
 
-    NormSig averages over the generated positions M only: σ(4) = 0.98201, σ(-2) = 0.11920, mean 0.55061, so
-    ê = 0.7 ± 0.65 * 0.43141 = 0.98041 / 0.41959 and the exact sampler reveals position 3 first with
-    probability 0.98041 / 1.4 = 0.70030. (Averaging over the prompt too would give 0.6535.)
+    NormSig centres the scores and averages over the generated positions M only: centred scores +3 / -3,
+    σ = 0.95257 / 0.04743, mean 0.5, so ê = 0.7 ± 0.65 * 0.45257 = 0.99417 / 0.40583 and the exact sampler
+    reveals position 3 first with probability 0.99417 / 1.4 = 0.71012. (Averaging over the prompt too would
+    give 0.5367.)
     """
     model = make_model(schedule="per_position", randomize_schedule=False)
     with torch.no_grad():
@@ -81,19 +82,47 @@ def first_reveal_rate(model, num_rows: int, steps: int | None, seed: int) -> tup
 @pytest.mark.parametrize(("order", "steps", "extra"), SAMPLERS, ids=SAMPLER_IDS)
 def test_padded_row_matches_prompt_alone(make_model, order, steps, extra):
     model = make_model()
-    short, long = torch.tensor([[5, 6]]), torch.tensor([[7, 8, 9, 10]])
-    batch = torch.tensor([[PAD_ID, PAD_ID, 5, 6], [7, 8, 9, 10]])
-    attention_mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    prompts = [[5], [5, 6], [7, 8, 9, 10]]
+    batch = torch.tensor([[PAD_ID] * 3 + [5], [PAD_ID] * 2 + [5, 6], [7, 8, 9, 10]])
+    attention_mask = (batch != PAD_ID).long()
     settings = dict(
         max_new_tokens=6, steps=steps, order=order, return_dict_in_generate=True, output_order=True, **extra
     )
-    both = model.generate(batch, attention_mask=attention_mask, generator=generators(11, 12), **settings)
-    alone_short = model.generate(short, generator=generators(11), **settings)
-    alone_long = model.generate(long, generator=generators(12), **settings)
-    assert torch.equal(both.sequences[0, 2:], alone_short.sequences[0])
-    assert torch.equal(both.order[0, 2:], alone_short.order[0])
-    assert torch.equal(both.sequences[1], alone_long.sequences[0])
-    assert torch.equal(both.nfe, torch.cat([alone_short.nfe, alone_long.nfe]))
+    seeds = (11, 12, 13)
+    both = model.generate(batch, attention_mask=attention_mask, generator=generators(*seeds), **settings)
+    for row, (prompt, seed) in enumerate(zip(prompts, seeds)):
+        alone = model.generate(torch.tensor([prompt]), generator=generators(seed), **settings)
+        padding = 4 - len(prompt)
+        assert torch.equal(both.sequences[row, padding:], alone.sequences[0]), row
+        assert torch.equal(both.order[row, padding:], alone.order[0]), row
+        assert both.nfe[row] == alone.nfe[0], row
+
+
+@pytest.mark.parametrize(("order", "steps", "extra"), SAMPLERS, ids=SAMPLER_IDS)
+def test_left_padding_changes_nothing_with_one_generator(make_model, order, steps, extra):
+    # One shared generator: the draws are indexed from the row's first real token, not the canvas column.
+    model = make_model()
+    settings = dict(
+        max_new_tokens=6, steps=steps, order=order, return_dict_in_generate=True, output_order=True, **extra
+    )
+    padded = model.generate(
+        torch.tensor([[PAD_ID, PAD_ID, PAD_ID, 5, 6]]),
+        attention_mask=torch.tensor([[0, 0, 0, 1, 1]]),
+        generator=torch.Generator().manual_seed(7),
+        **settings,
+    )
+    alone = model.generate(torch.tensor([[5, 6]]), generator=torch.Generator().manual_seed(7), **settings)
+    assert torch.equal(padded.sequences[0, 3:], alone.sequences[0])
+    assert torch.equal(padded.order[0, 3:], alone.order[0])
+    assert torch.equal(padded.nfe, alone.nfe)
+
+
+def test_one_generator_equals_a_list_of_one_for_a_single_row(make_model):
+    model = make_model()
+    prompt = torch.tensor([[2, 5, 6]])
+    shared = model.generate(prompt, max_new_tokens=5, generator=torch.Generator().manual_seed(4))
+    listed = model.generate(prompt, max_new_tokens=5, generator=generators(4))
+    assert torch.equal(shared, listed)
 
 
 def test_exact_sampler_reveals_first_in_proportion_to_reverse_exponents(make_model):
@@ -101,7 +130,7 @@ def test_exact_sampler_reveals_first_in_proportion_to_reverse_exponents(make_mod
     canvas = torch.tensor([[10, 10, 10, MASK_ID, MASK_ID]])
     e_hat = model(canvas, noise_mask=canvas == MASK_ID).reverse_exponents[0, 3:]
     expected = (e_hat[0] / e_hat.sum()).item()
-    assert expected == pytest.approx(0.7003, abs=1e-4)  # the docstring's hand computation
+    assert expected == pytest.approx(0.71012, abs=1e-4)  # the docstring's hand computation
     num_rows = 6000
     rate, ties = first_reveal_rate(model, num_rows, steps=None, seed=0)
     assert ties == 0.0  # the exact sampler reveals one token per pass
@@ -383,6 +412,15 @@ def test_bad_inputs_raise(make_model):
         )
     with pytest.raises(ValueError, match="nothing to generate"):
         model.generate(torch.tensor([[2, 5]]))
+    limit = model.config.max_position_embeddings  # 64
+    too_long = torch.full((1, limit + 6), 5)
+    for length_setting in ({"max_length": limit}, {"max_new_tokens": 4}, {}):
+        with pytest.raises(ValueError, match=r"prompt has 70 tokens.*max_position_embeddings=64"):
+            model.generate(too_long, **length_setting)
+    with pytest.raises(
+        ValueError, match=r"60 columns.*10 new tokens is 70 positions.*max_position_embeddings=64"
+    ):
+        model.generate(torch.full((1, limit - 4), 5), max_new_tokens=10)
     with pytest.raises(ValueError, match="unknown"):
         LoMDMGenerationConfig(foo=1)
 

@@ -105,3 +105,36 @@ def test_local_hub_shuts_down_cleanly():
 
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url + "/api/whoami-v2", timeout=2)
+
+
+LOCAL_LOAD_WITHOUT_PACKAGE = """
+import sys
+sys.modules["hf_lomdm"] = None  # the package cannot be imported in this process
+from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenizerFast
+
+tokenizer = AutoTokenizer.from_pretrained("{folder}", trust_remote_code=True)  # as for the model: no prompt
+plain = PreTrainedTokenizerFast.from_pretrained("{folder}")  # never reads config.json
+model = AutoModelForMaskedLM.from_pretrained("{folder}", trust_remote_code=True)
+assert tokenizer.mask_token_id == plain.mask_token_id == model.config.mask_token_id
+assert tokenizer.model_max_length == plain.model_max_length == model.config.max_position_embeddings
+assert tokenizer("ab").input_ids == plain("ab").input_ids
+"""
+
+
+def test_saved_folder_loads_tokenizer_and_model_without_the_package_and_without_a_prompt(tmp_path):
+    from conftest import tiny_model
+
+    from hf_lomdm.data import train_char_tokenizer
+
+    tokenizer = train_char_tokenizer(["abc de", "fgh"], model_max_length=64)
+    model = tiny_model(vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "home"), "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, "-c", LOCAL_LOAD_WITHOUT_PACKAGE.format(folder=tmp_path)], capture_output=True, text=True,
+        env=env, stdin=subprocess.DEVNULL, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for symptom in ("Do you wish to run the custom code", "to instantiate a model of type", "https://hf.co/"):
+        assert symptom not in result.stdout + result.stderr, symptom

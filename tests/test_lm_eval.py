@@ -21,10 +21,26 @@ from lm_eval.tasks import TaskManager
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from hf_lomdm.evaluation import sequence_nelbo_samples
 from hf_lomdm.lm_eval import LoMDMEvalHarness
 from hf_lomdm.objective import lomdm_loss
 
 SENTENCES = ["the cat sat on the mat .", "a dog ran in the park .", "the bird sang a sweet song ."]
+LONG_MC = [  # continuations of 10-11 tokens, longer than the max_length=6 the tests below score them with
+    {
+        "question": "the cat sat on",
+        "choices": [" the mat . a dog ran in the park .", " red sky car blue tree green red sky car blue"],
+        "answer": 0,
+    },
+    {
+        "question": "a dog ran in",
+        "choices": [
+            " green car blue red tree sky green car blue red",
+            " the park . the cat sat on the mat .",
+        ],
+        "answer": 1,
+    },
+]
 WORDS = sorted({w for s in SENTENCES for w in s.split()} | {"red", "blue", "green", "tree", "car", "sky"})
 
 
@@ -34,16 +50,23 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     vocab.update({w: i + 5 for i, w in enumerate(WORDS)})
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, mask_token="[MASK]", pad_token="[PAD]",
-                                   bos_token="[BOS]", eos_token="[EOS]", unk_token="[UNK]")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        mask_token="[MASK]",
+        pad_token="[PAD]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        unk_token="[UNK]",
+    )
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny model overfit on SENTENCES (each preceded by BOS), saved with its tokenizer."""
     tokenizer = word_tokenizer()
-    model = tiny_model(schedule="linear", randomize_schedule=False, vocab_size=len(tokenizer),
-                       max_position_embeddings=32).train()
+    model = tiny_model(
+        schedule="linear", randomize_schedule=False, vocab_size=len(tokenizer), max_position_embeddings=32
+    ).train()
     data = torch.tensor([[2] + tokenizer(s, add_special_tokens=False)["input_ids"] for s in SENTENCES])
     labels = data.clone()
     labels[:, 0] = -100  # BOS is context
@@ -51,8 +74,14 @@ def checkpoint(tmp_path_factory):
     generator = torch.Generator().manual_seed(0)
     for _ in range(200):
         optimizer.zero_grad()
-        lomdm_loss(model, data.repeat(4, 1), labels=labels.repeat(4, 1), num_samples=1, estimator="plain",
-                   generator=generator).loss.backward()
+        lomdm_loss(
+            model,
+            data.repeat(4, 1),
+            labels=labels.repeat(4, 1),
+            num_samples=1,
+            estimator="plain",
+            generator=generator,
+        ).loss.backward()
         optimizer.step()
     path = tmp_path_factory.mktemp("ckpt")
     model.eval().save_pretrained(path)
@@ -62,8 +91,10 @@ def checkpoint(tmp_path_factory):
 
 def test_loglikelihood_ranks_trained_continuation_above_a_random_one(checkpoint):
     lm = LoMDMEvalHarness(pretrained=str(checkpoint), mc_samples=16, batch_size=64)
-    requests = [Instance("loglikelihood", {}, ("the cat sat on", " the mat ."), 0),
-                Instance("loglikelihood", {}, ("the cat sat on", " blue sky car"), 1)]
+    requests = [
+        Instance("loglikelihood", {}, ("the cat sat on", " the mat ."), 0),
+        Instance("loglikelihood", {}, ("the cat sat on", " blue sky car"), 1),
+    ]
     (trained, greedy), (random, _) = lm.loglikelihood(requests)
     assert math.isfinite(trained) and trained > random + 3
     assert greedy  # the overfit model reproduces the sentence in one pass
@@ -76,29 +107,113 @@ def test_loglikelihood_rolling_is_a_sum_over_windows(checkpoint):
     assert math.isfinite(total) and total < 0
 
 
+def test_windows_cover_each_continuation_token_once_with_the_nearest_context(checkpoint):
+    lm = LoMDMEvalHarness(pretrained=str(checkpoint), max_length=6)
+    bos = lm.prefix
+    cases = [
+        (list(range(100, 104)), list(range(200, 214))),  # 14 tokens -> ceil(14 / 5) = 3 windows: 4, 5, 5
+        (list(range(100, 120)), [200, 201]),  # context alone longer than max_length
+        ([100], [200, 201]),  # fits: one window, the whole context
+        ([], list(range(200, 211))),  # rolling: no context, 11 tokens -> 3, 4, 4
+        ([100], []),
+    ]
+    for context, continuation in cases:
+        windows = lm._windows(context, continuation)
+        sizes = [len(window) for _, window in windows]
+        assert [t for _, window in windows for t in window] == continuation  # each token once, in order
+        assert (
+            len(windows) == math.ceil(len(continuation) / 5)
+            and max(sizes, default=0) - min(sizes, default=0) <= 1
+        )
+        tokens, done = bos + context, 0
+        for window_context, window in windows:
+            before = tokens + continuation[:done]  # everything clean before the window
+            assert 1 <= len(window) <= 5 and len(window_context) == min(len(before), 6 - len(window))
+            assert window_context == before[len(before) - len(window_context) :]  # the nearest tokens
+            done += len(window)
+    assert lm._windows([100], [200, 201]) == [(bos + [100], [200, 201])]
+
+
+def test_windowed_loglikelihood_is_the_one_pass_elbo_when_it_fits_and_finite_when_not(checkpoint):
+    lm = LoMDMEvalHarness(pretrained=str(checkpoint), mc_samples=8, max_length=8)
+    context, continuation = lm._encode("the cat sat on"), lm._encode(" the mat .")
+    ids = torch.tensor(lm.prefix + context + continuation)  # 8 tokens: fits in one pass
+    labels = ids.clone()
+    labels[: 1 + len(context)] = -100
+    samples, _ = sequence_nelbo_samples(
+        lm.model,
+        [{"input_ids": ids, "labels": labels}],
+        time_samples=8,
+        batch_size=lm.batch_size,
+        time_sampling="importance",
+        uniform_weight=0.5,
+        generator=torch.Generator().manual_seed(0),
+    )
+    lm.generator = torch.Generator().manual_seed(0)
+    ((fits, _),) = lm.loglikelihood([Instance("loglikelihood", {}, ("the cat sat on", " the mat ."), 0)])
+    assert fits == pytest.approx(-samples.mean().item(), rel=1e-6)
+
+    long = " the mat . a dog ran in the park . the bird sang a sweet song ."  # 18 tokens > max_length
+    ((elbo, greedy),) = lm.loglikelihood([Instance("loglikelihood", {}, ("the cat sat on", long), 0)])
+    assert math.isfinite(elbo) and elbo < fits < 0 and isinstance(greedy, bool)
+
+
 def _write_tasks(directory):
-    (directory / "mc.jsonl").write_text("\n".join(json.dumps(d) for d in [
-        {"question": "the cat sat on", "choices": [" the mat .", " blue sky car"], "answer": 0},
-        {"question": "a dog ran in", "choices": [" red tree green", " the park ."], "answer": 1},
-    ]))
+    (directory / "mc.jsonl").write_text(
+        "\n".join(
+            json.dumps(d)
+            for d in [
+                {"question": "the cat sat on", "choices": [" the mat .", " blue sky car"], "answer": 0},
+                {"question": "a dog ran in", "choices": [" red tree green", " the park ."], "answer": 1},
+            ]
+        )
+    )
+    (directory / "long_mc.jsonl").write_text("\n".join(json.dumps(d) for d in LONG_MC))
     (directory / "text.jsonl").write_text("\n".join(json.dumps({"text": s}) for s in SENTENCES))
-    _write_task(directory, "tiny_mc", "mc.jsonl", """\
+    _write_task(
+        directory,
+        "tiny_mc",
+        "mc.jsonl",
+        """\
         output_type: multiple_choice
         doc_to_text: "{{question}}"
         doc_to_choice: "{{choices}}"
         doc_to_target: "{{answer}}"
         metric_list:
           - metric: acc
-        """)
-    _write_task(directory, "tiny_ppl", "text.jsonl", """\
+        """,
+    )
+    _write_task(
+        directory,
+        "tiny_long_mc",
+        "long_mc.jsonl",
+        """\
+        output_type: multiple_choice
+        doc_to_text: "{{question}}"
+        doc_to_choice: "{{choices}}"
+        doc_to_target: "{{answer}}"
+        metric_list:
+          - metric: acc
+        """,
+    )
+    _write_task(
+        directory,
+        "tiny_ppl",
+        "text.jsonl",
+        """\
         output_type: loglikelihood_rolling
         doc_to_text: ""
         doc_to_target: "{{text}}"
         metric_list:
           - metric: word_perplexity
           - metric: bits_per_byte
-        """)
-    _write_task(directory, "tiny_gen", "mc.jsonl", """\
+        """,
+    )
+    _write_task(
+        directory,
+        "tiny_gen",
+        "mc.jsonl",
+        """\
         output_type: generate_until
         doc_to_text: "{{question}}"
         doc_to_target: "{{choices[answer]}}"
@@ -107,34 +222,69 @@ def _write_tasks(directory):
           max_gen_toks: 3
         metric_list:
           - metric: exact_match
-        """)
+        """,
+    )
 
 
 def _write_task(directory, name: str, data_file: str, body: str) -> None:
     """A local lm-eval task over `directory / data_file` (JSON lines, one `test` split)."""
-    header = (f"task: {name}\ndataset_path: json\ntest_split: test\n"
-              f"dataset_kwargs:\n  data_files:\n    test: {directory / data_file}\n")
+    header = (
+        f"task: {name}\ndataset_path: json\ntest_split: test\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {directory / data_file}\n"
+    )
     (directory / f"{name}.yaml").write_text(header + textwrap.dedent(body))
 
 
 def test_harness_runs_offline_on_local_tasks(checkpoint, tmp_path):
     _write_tasks(tmp_path)
     lm = LoMDMEvalHarness(pretrained=str(checkpoint), mc_samples=8, batch_size=16, steps=3)
-    results = simple_evaluate(model=lm, tasks=["tiny_mc", "tiny_ppl", "tiny_gen"],
-                              task_manager=TaskManager(include_path=str(tmp_path)))["results"]
+    results = simple_evaluate(
+        model=lm,
+        tasks=["tiny_mc", "tiny_ppl", "tiny_gen"],
+        task_manager=TaskManager(include_path=str(tmp_path)),
+    )["results"]
     assert results["tiny_mc"]["acc,none"] == 1.0
     assert math.isfinite(results["tiny_ppl"]["word_perplexity,none"])
     assert math.isfinite(results["tiny_ppl"]["bits_per_byte,none"])
     assert 0.0 <= results["tiny_gen"]["exact_match,none"] <= 1.0
 
 
+def test_harness_completes_when_continuations_exceed_max_length(checkpoint, tmp_path):
+    # issue 12: one continuation longer than max_length used to abort the run (every metric NaN)
+    _write_tasks(tmp_path)
+    lm = LoMDMEvalHarness(pretrained=str(checkpoint), mc_samples=8, batch_size=16, max_length=6)
+    results = simple_evaluate(
+        model=lm,
+        tasks=["tiny_long_mc", "tiny_mc", "tiny_ppl"],
+        task_manager=TaskManager(include_path=str(tmp_path)),
+    )["results"]
+    assert 0.0 <= results["tiny_long_mc"]["acc,none"] <= 1.0  # not NaN; with one token of context per
+    assert 0.0 <= results["tiny_mc"]["acc,none"] <= 1.0  # window the tiny model cannot rank, so no target
+    assert math.isfinite(results["tiny_ppl"]["word_perplexity,none"])
+    assert math.isfinite(results["tiny_ppl"]["bits_per_byte,none"])
+
+
 def test_module_cli_runs_the_harness_with_the_model_registered(checkpoint, tmp_path):
     _write_tasks(tmp_path)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "hf_lomdm.lm_eval", "--model", "lomdm", "--model_args",
-               f"pretrained={checkpoint},mc_samples=4", "--tasks", "tiny_mc", "--include_path", str(tmp_path),
-               "--output_path", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "hf_lomdm.lm_eval",
+        "--model",
+        "lomdm",
+        "--model_args",
+        f"pretrained={checkpoint},mc_samples=4",
+        "--tasks",
+        "tiny_mc",
+        "--include_path",
+        str(tmp_path),
+        "--output_path",
+        str(out),
+    ]
+    result = subprocess.run(
+        command, check=False, capture_output=True, text=True, env={**os.environ, "HF_DATASETS_OFFLINE": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (results_file,) = list(out.rglob("results_*.json"))
     assert "tiny_mc" in json.loads(results_file.read_text())["results"]

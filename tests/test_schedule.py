@@ -131,3 +131,23 @@ def test_per_row_mixtures_invert_their_own_cdf():
     a = torch.tensor([0.025, 0.35, 0.5], dtype=torch.float64)
     log_t = S.sample_log_times(u, a, 0.5)
     torch.testing.assert_close(0.5 * log_t.exp() + 0.5 * (a * log_t).exp(), u, rtol=1e-9, atol=0)
+
+
+def test_normsig_centres_the_scores_over_the_noise_mask_first():
+    # A common shift of the scores on M changes nothing (NormSig only sees differences), and the result is
+    # sigmoid of the centred scores minus its mean: independent of whatever lies outside M.
+    scores = torch.tensor([[3.0, -1.0, 0.5, 40.0]])
+    noise_mask = torch.tensor([[True, True, True, False]])
+    centred = scores[:, :3] - scores[:, :3].mean()
+    expected = torch.sigmoid(centred) - torch.sigmoid(centred).mean()
+    torch.testing.assert_close(S.normsig(scores, noise_mask)[:, :3], expected)
+    for shift in (-30.0, 25.0):  # raw NormSig would saturate here (every sigmoid at 0 or 1)
+        torch.testing.assert_close(S.normsig(scores + shift, noise_mask), S.normsig(scores, noise_mask))
+
+
+def test_saturated_marks_positions_whose_sigmoid_has_flattened():
+    scores = torch.tensor([[10.0, -10.0, 0.1, 0.0, 50.0]])
+    noise_mask = torch.tensor([[True, True, True, True, False]])
+    assert S.saturated(scores, noise_mask).tolist() == [[True, True, False, False, False]]
+    # The common mode of the scores cannot saturate anything: only differences count.
+    assert torch.equal(S.saturated(scores + 1e3, noise_mask), S.saturated(scores, noise_mask))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 import subprocess
@@ -325,6 +326,9 @@ def test_resumed_run_continues_at_same_step_with_same_data_and_weights(tmp_path)
 def test_invalid_training_arguments_name_the_value(tmp_path):
     with pytest.raises(ValueError, match="num_noise_samples"):
         make_args(tmp_path, estimator="rloo", num_noise_samples=1)
+    for bad in (0.0, -1e-3, math.inf, math.nan):
+        with pytest.raises(ValueError, match="scheduler_learning_rate"):
+            make_args(tmp_path, scheduler_learning_rate=bad)
     with pytest.raises(ValueError, match="0.0"):
         make_args(tmp_path, ema_decay=0.0)
     with pytest.raises(ValueError, match="find_unused"):
@@ -347,6 +351,44 @@ def test_recipes_parse_and_document_their_launch(tmp_path):
         # use_cpu: the GPU recipes ask for bf16, which TrainingArguments only accepts here on the CPU.
         training_args = parse_args([recipe, "--output_dir", str(tmp_path), "--use_cpu", "true"])[2]
         assert training_args.output_dir == str(tmp_path)  # the command line overrides the file
+
+
+def test_cli_refuses_non_positive_max_steps_and_abbreviations(tmp_path):
+    recipe = os.path.join(REPO, "training", "configs", "shakespeare-char.yaml")
+    for steps in ("0", "-1"):
+        with pytest.raises(ValueError, match="max_steps"):
+            parse_args([recipe, "--output_dir", str(tmp_path), "--max_steps", steps])
+    # Training by epochs stays possible when asked for explicitly.
+    args = parse_args([recipe, "--output_dir", str(tmp_path), "--max_steps", "-1", "--num_train_epochs", "1"])[2]
+    assert args.max_steps == -1 and args.num_train_epochs == 1
+    with pytest.raises(ValueError, match="--max_step'"):  # prefix matching would read it as --max_steps
+        parse_args([recipe, "--output_dir", str(tmp_path), "--max_step", "5"])
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_bf16_auto_follows_the_hardware(tmp_path, monkeypatch, fast):
+    from hf_lomdm import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: fast)
+    recipe = os.path.join(REPO, "training", "configs", "shakespeare-char.yaml")
+    args = parse_args([recipe, "--output_dir", str(tmp_path)])[2]
+    assert args.bf16 is fast
+    args = parse_args([recipe, "--output_dir", str(tmp_path), "--bf16", "false"])[2]
+    assert args.bf16 is False  # an explicit choice is kept
+    with pytest.raises(ValueError, match="bf16"):
+        runtime.resolve_bf16("maybe", "cpu")
+
+
+def test_one_thread_by_default_on_small_machines(monkeypatch):
+    from hf_lomdm import runtime
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert runtime.default_num_threads() == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert runtime.default_num_threads() is None  # PyTorch's default on larger machines
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert runtime.default_num_threads() is None  # the user's choice wins
 
 
 CLI_RECIPE = """\
@@ -382,8 +424,10 @@ def test_cli_trains_saves_a_loadable_checkpoint_and_generates(tmp_path):
     assert math.isfinite(report["eval_nelbo"]) and report["eval_ppl_bound"] == pytest.approx(
         math.exp(report["eval_nelbo"])
     )
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json"):
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json", "training_args.json"):
         assert (out / name).is_file(), name
+    assert not list(out.glob("*.bin")) and not list(out.glob("*.pt"))  # a folder for the Hub holds no pickle
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 32
     model = AutoModelForMaskedLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert (
