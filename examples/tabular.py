@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.utils import logging
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
 from hf_lomdm.evaluation import nelbo_perplexity
@@ -62,6 +64,7 @@ parser.add_argument("--num-samples", type=int, default=None, help="synthetic row
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--output-dir", type=Path, default=Path("tabular_output"))
 args = parser.parse_args()
+logging.disable_progress_bar()  # the "Writing model shards" bar of every checkpoint the trainer keeps
 
 # 1. The table, a seeded train / validation split, and the column tokenizer (categories and bin edges are the
 #    table's schema: fitted on all rows, so validation rows never hold an unseen category).
@@ -89,6 +92,7 @@ for schedule in args.schedules.split(","):
     config = LoMDMConfig(**tokenizer.config_kwargs(), hidden_size=args.hidden_size, num_hidden_layers=args.layers,
                          num_attention_heads=4, intermediate_size=4 * args.hidden_size, schedule=schedule)
     model = LoMDMForMaskedDiffusion(config)
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as checkpoints:
         run = train_tabular_model(
             model, train_ids, val_ids, output_dir=checkpoints, max_steps=args.steps, eval_steps=args.eval_steps,
@@ -118,19 +122,35 @@ for schedule in args.schedules.split(","):
         "exponents": dict(zip(tokenizer.column_names, exponents.tolist())),
         "history": run.history,
         "shapes": report.shapes,
+        "seconds": time.perf_counter() - start,
     }
-    print(f"[{schedule}] best validation NELBO/row {results[schedule]['val_nelbo_per_row']:.3f} "
-          f"± {results[schedule]['val_nelbo_per_row_stderr']:.3f} (step {run.best_step}); "
-          f"Shape {report.shape:.4f}  Trend {report.trend:.4f}")
-    if schedule != "linear":
-        print(f"[{schedule}] learned order (larger exponent = revealed earlier): "
-              + "  ".join(f"{column} {e:.2f}" for column, e in order))
+    print(f"[{schedule}] done in {results[schedule]['seconds']:.0f} s")
+
+# 4. Tables: the metrics per schedule, then each learned schedule's exponent and rank per column.
+print(f"\n{name}, validation: NELBO per row = importance-sampled bound ({args.final_time_samples} times/row, "
+      f"best of the evaluations every {args.eval_steps} steps); Shape / Trend of "
+      f"{args.num_samples or len(train)} sampled rows against the training rows (1 = identical statistics)\n")
+print("| schedule | NELBO per row (nats) | best step | Shape | Trend | time (s) |")
+print("|---|---|---|---|---|---|")
+for schedule, result in results.items():
+    print(f"| {schedule} | {result['val_nelbo_per_row']:.3f} ± {result['val_nelbo_per_row_stderr']:.3f} "
+          f"| {result['best_step']} | {result['shape']:.4f} | {result['trend']:.4f} | {result['seconds']:.0f} |")
+learned = [schedule for schedule in results if schedule != "linear"]
+if learned:
+    print("\nLearned exponent per column (rank 1 = revealed first; `linear` is e = 1 everywhere: random order)\n")
+    print("| column | " + " | ".join(f"{schedule} e (rank)" for schedule in learned) + " |")
+    print("|---" * (len(learned) + 1) + "|")
+    for column in results[learned[0]]["column_order"]:
+        cells = [f"{results[s]['exponents'][column]:.2f} ({results[s]['column_order'].index(column) + 1})"
+                 for s in learned]
+        print(f"| {column} | " + " | ".join(cells) + " |")
+print()
 
 settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
 (args.output_dir / "results.json").write_text(json.dumps({"table": name, "args": settings, "results": results},
                                                          indent=2))
 
-# 4. The learned exponents per column (needs the `plot` extra).
+# 5. The learned exponents per column (needs the `plot` extra).
 try:
     import matplotlib
 
@@ -139,7 +159,6 @@ try:
 except ImportError:
     print("matplotlib is not installed (pip install -e '.[plot]'): no plot.")
 else:
-    learned = [schedule for schedule in results if schedule != "linear"]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * tokenizer.num_columns), 3.5))
     width = 0.8 / max(len(learned), 1)
     positions = np.arange(tokenizer.num_columns)

@@ -291,8 +291,9 @@ def group_texts(
 
     def tokenize_and_group(batch: dict[str, list[Any]]) -> dict[str, list[list[int]]]:
         texts = [text for text in batch[text_column] if text]
-        # split_special_tokens: a literal "<|mask|>" in the text is plain bytes, never the mask id.
-        ids = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        # split_special_tokens: a literal "<|mask|>" in the text is plain bytes, never the mask id. verbose=False:
+        # whole documents are longer than `model_max_length` on purpose (they are cut into rows right after).
+        ids = tokenizer(texts, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
         return {"input_ids": list(rows(ids, block_size, bos, eos))}
 
     # In `wrap` mode a batch of documents is concatenated before cutting, so only the tail of each map batch
@@ -324,7 +325,7 @@ def prompt_response_rows(
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
 
     def build(batch: dict[str, list[Any]]) -> dict[str, list[list[int]]]:
-        kwargs = dict(add_special_tokens=False, split_special_tokens=True)
+        kwargs = {"add_special_tokens": False, "split_special_tokens": True, "verbose": False}
         prompts = tokenizer(batch[prompt_column], **kwargs)["input_ids"]
         responses = tokenizer(batch[response_column], **kwargs)["input_ids"]
         input_ids, labels = [], []

@@ -1,8 +1,8 @@
 """`lomdm-eval CHECKPOINT [options]`: NELBO perplexity bound and generation quality of a checkpoint, as JSON + a table.
 
-    lomdm-eval runs/shakespeare-tiny                                   # validation split of the built-in corpus
-    lomdm-eval runs/shakespeare-tiny --text_file unseen.txt            # any text (packed into model-length rows)
-    lomdm-eval runs/shakespeare-tiny --generate 16 --steps 128 --orders learned,random --judge smollm2
+    lomdm-eval runs/shakespeare-char                                   # validation split of the built-in corpus
+    lomdm-eval runs/shakespeare-char --text_file unseen.txt            # any text (packed into model-length rows)
+    lomdm-eval runs/shakespeare-char --generate 16 --steps 128 --orders learned,random --judge smollm2
 
 Steps (keep in sync with `evaluate_checkpoint`):
     1. Load the checkpoint and its tokenizer.

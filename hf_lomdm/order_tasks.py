@@ -139,4 +139,4 @@ def exponent_contrast(exponents: torch.Tensor, cause_mask: torch.Tensor) -> floa
 
 TASKS = ("max", "sort", "add")
 
-__all__ = ["MASK_ID", "TASKS", "OrderTask", "exponent_contrast", "order_task"]
+__all__ = ["BOS_ID", "MASK_ID", "TASKS", "OrderTask", "exponent_contrast", "order_task"]

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 from datasets import Dataset
+from transformers import PrinterCallback
 from transformers.utils import logging
 
 from .data import DataCollatorForMaskedDiffusion
@@ -428,6 +429,8 @@ def train_tabular_model(
         eval_dataset=Dataset.from_dict({"input_ids": val_ids.tolist()}),
         data_collator=DataCollatorForMaskedDiffusion(pad_token_id=model.config.mask_token_id),
     )
+    # `disable_tqdm` swaps the progress bar for a callback that prints every log dict; the history is returned.
+    trainer.remove_callback(PrinterCallback)
     trainer.train()
     model.eval()
     num_columns = train_ids.shape[1]

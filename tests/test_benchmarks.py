@@ -1,4 +1,7 @@
-"""`compare_schedules.py --preset smoke` runs end to end and every run writes its metrics (run in CI)."""
+"""`compare_schedules.py` smoke presets run end to end and write every field (run in CI).
+
+`smoke` covers the BPE path with a judge LM and two seeds (per-seed records, seed aggregation, paired
+LoMDM − MDLM differences); `smoke-char` covers the character-level, judge-free path of the `char` preset."""
 
 from __future__ import annotations
 
@@ -11,23 +14,82 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent.parent
+RUNS = ["mdlm-k1", "lomdm", "mdlm-k2", "per_position", "polynomial", "ar"]
+
+
+def _run_preset(preset: str, tmp_path: Path) -> dict:
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks/compare_schedules.py"),
+        "--preset",
+        preset,
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--results-dir",
+        str(tmp_path / "results"),
+    ]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / f"results/compare_schedules_{preset}.md").read_text().startswith("| run |")
+    return json.loads((tmp_path / f"results/compare_schedules_{preset}.json").read_text())
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_compare_schedules_smoke_preset_writes_every_run(tmp_path):
-    command = [sys.executable, str(ROOT / "benchmarks/compare_schedules.py"), "--preset", "smoke",
-               "--output-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    data = json.loads((tmp_path / "results/compare_schedules_smoke.json").read_text())
+def test_compare_schedules_smoke_preset_writes_every_run_and_seed(tmp_path):
+    data = _run_preset("smoke", tmp_path)
     assert data["preset"] == "smoke" and "command" in data
-    names = [run["name"] for run in data["runs"]]
-    assert names == ["mdlm-k1", "lomdm", "mdlm-k2", "per_position", "polynomial", "ar"]
-    for run in data["runs"]:
-        assert run["steps"] == [3, 6] and len(run["val_ppl"]) == len(run["wall_s"]) == 2, run["name"]
-        assert all(math.isfinite(p) for p in run["val_ppl"]) and run["tokens_per_s"] > 0
-        if run["name"] != "ar":
-            assert "random" in run["gen_ppl"] and "random" in run["entropy"]
-    assert {"learned", "random"} <= set(data["runs"][1]["gen_ppl"])  # lomdm: both orders at equal steps
-    assert (tmp_path / "results/compare_schedules_smoke.md").read_text().startswith("| run |")
+    assert data["torch_threads"] >= 1 and data["precision"] in ("float32", "bf16 autocast")
+    # seeds outside, runs inside: a cut-off benchmark keeps complete seeds
+    assert [(r["seed"], r["name"]) for r in data["records"]] == [(s, n) for s in (0, 1) for n in RUNS]
+    for record in data["records"]:
+        name = record["name"]
+        assert record["steps"] == [3, 6] and len(record["val_bpc"]) == len(record["wall_s"]) == 2, name
+        assert all(map(_finite, record["val_bpc"] + record["val_bpc_se"] + record["val_ppl"])), name
+        assert record["val_bpc"][-1] == pytest.approx(record["val_nelbo"][-1] / math.log(2))
+        assert record["tokens_per_s"] > 0
+        if name == "ar":
+            assert record["context_use"] is None and not record["exponents"]
+            continue
+        assert _finite(record["context_use"]["ratio"]), name
+        assert {"mean", "sd", "contrast", "reverse_sd_on_clean_text"} <= set(record["exponents"]), name
+        assert (
+            "random" in record["gen_ppl"] and "random" in record["entropy"] and "random" in record["sample"]
+        )
+    lomdm = data["records"][1]
+    assert {"learned", "random"} <= set(lomdm["gen_ppl"])  # both orders at equal steps
+    assert lomdm["exponents"]["contrast"] >= 0
+    runs = {run["name"]: run for run in data["runs"]}
+    assert list(runs) == RUNS
+    for run in runs.values():
+        assert run["seeds"] == [0, 1] and _finite(run["final_bpc_mean"]) and _finite(run["final_bpc_sd"])
+        assert len(run["val_bpc_mean"]) == len(run["val_bpc_sd"]) == 2
+    assert _finite(runs["lomdm"]["context_ratio_mean"]) and runs["ar"]["context_ratio_mean"] is None
+    summary = data["summary"]
+    for baseline in ("mdlm_k2", "mdlm_k1"):
+        prefix = f"lomdm_vs_{baseline}_"
+        assert summary[prefix + "seeds"] == [0, 1]
+        assert _finite(summary[prefix + "final_bpc_diff"]) and _finite(summary[prefix + "final_bpc_diff_se"])
+        assert len(summary[prefix + "steps_ratio_per_seed"]) == 2
+    paired = [
+        a["val_bpc"][-1] - b["val_bpc"][-1] for a, b in zip(data["records"][1::6], data["records"][2::6])
+    ]
+    assert summary["lomdm_vs_mdlm_k2_final_bpc_diff"] == pytest.approx(sum(paired) / 2)
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_compare_schedules_char_smoke_preset_reports_bits_per_character(tmp_path):
+    data = _run_preset("smoke-char", tmp_path)
+    assert data["units"]["short"] == "bits/char" and data["judge"] is None
+    assert [r["name"] for r in data["records"]] == ["mdlm-k2", "lomdm"]
+    for record in data["records"]:
+        assert all(map(_finite, record["val_bpc"])) and _finite(record["context_use"]["ratio"])
+        assert not record["gen_ppl"] and all(_finite(h) and h >= 0 for h in record["entropy"].values())
+        assert isinstance(record["sample"]["random"], str)
+    assert _finite(data["summary"]["lomdm_vs_mdlm_k2_final_bpc_diff"])
+    assert data["summary"]["lomdm_vs_mdlm_k2_final_bpc_diff_se"] is None  # one seed: no s.e.

@@ -245,6 +245,14 @@ def test_scheduler_parameters_get_their_own_learning_rate(tmp_path):
     assert second["scheduler_learning_rate"] == pytest.approx(4e-2 * 2 / 3)
 
 
+@pytest.mark.parametrize(("schedule", "multiplier"), [("per_position", 25.0), ("lomdm", 1.0), ("linear", 1.0)])
+def test_default_scheduler_learning_rate_depends_on_the_schedule(tmp_path, schedule, multiplier):
+    trainer = make_trainer(tmp_path, model=tiny_model(schedule=schedule).train(), max_steps=1, learning_rate=2e-3)
+    trainer.create_optimizer()
+    rates = {group["lr"] for group in trainer.optimizer.param_groups}
+    assert rates == ({2e-3, 2e-3 * multiplier} if multiplier != 1.0 else {2e-3})
+
+
 def test_training_logs_objective_statistics(tmp_path):
     trainer = make_trainer(tmp_path, model=tiny_model(randomize_schedule=True).train(), max_steps=2)
     trainer.train()
@@ -495,3 +503,27 @@ def test_two_cpu_processes_keep_identical_weights(tmp_path):
     assert all(
         not torch.equal(rank0[n], initial[n].detach()) for n in rank0 if "score_proj" in n
     )  # schedulers trained
+
+
+def test_high_scheduler_learning_rate_does_not_saturate_the_lomdm_scheduler(tmp_path):
+    # The collapse setting: the schedulers at 50x the backbone's learning rate on a tiny task. With NormSig of raw
+    # scores, nothing held their common mode: within 20-60 steps every sigmoid saturated (fraction 1.0) and the
+    # exponents froze (std 0.0). Centred scores keep the sigmoids in their steep range and the spread alive.
+    from hf_lomdm.order_tasks import order_task
+
+    task = order_task("max", size=4, symbols=4)
+    torch.manual_seed(0)
+    model = LoMDMForMaskedDiffusion(
+        tiny_model(vocab_size=task.vocab_size, max_position_embeddings=task.length + 1, num_hidden_layers=1).config
+    )
+    args = make_args(
+        tmp_path, max_steps=60, per_device_train_batch_size=32, learning_rate=2e-3, scheduler_learning_rate=0.1,
+        logging_steps=10,
+    )
+    data = Dataset.from_dict(task.training_rows(32 * 60, torch.Generator().manual_seed(1)))
+    trainer = LoMDMTrainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorForMaskedDiffusion(1))
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "scheduler_saturated_fraction" in log]
+    assert len(logs) == 6
+    assert max(log["scheduler_saturated_fraction"] for log in logs) < 0.5
+    assert min(log["exponent_std"] for log in logs[1:]) > 0.01

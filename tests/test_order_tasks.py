@@ -1,0 +1,63 @@
+"""Synthetic order tasks: valid rows, validity checks that can fail, and a learned schedule that finds the order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
+from hf_lomdm.data import DataCollatorForMaskedDiffusion
+from hf_lomdm.order_tasks import BOS_ID, MASK_ID, TASKS, exponent_contrast, order_task
+from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_sampled_rows_are_valid_and_a_changed_effect_is_not(name):
+    task = order_task(name, size=4, symbols=5)
+    rows = task.sample(200, torch.Generator().manual_seed(0))
+    assert rows.shape == (200, task.length) and int(rows.max()) < task.vocab_size
+    assert task.is_valid(rows).all()
+    effects = (~task.cause_mask).nonzero().flatten()
+    broken = rows.clone()
+    broken[:, effects[0]] = torch.where(  # another value of the same group: in range, but wrong
+        rows[:, effects[0]] == rows[:, effects[0]].min(), rows[:, effects[0]] + 1, rows[:, effects[0]] - 1
+    )
+    assert not task.is_valid(broken).any()
+    foreign = rows.clone()
+    foreign[:, effects[-1]] = rows[:, 0]  # a cause's id in an effect's place
+    assert not task.is_valid(foreign).any()
+
+
+def test_known_values():
+    task = order_task("max", size=4, symbols=5)
+    assert task.cause_mask.tolist() == [True] * 4 + [False] * 4
+    add = order_task("add", size=2, symbols=10)
+    # a = 47, b = 85 (digits least significant first): c = 132 -> digits 2, 3, 1
+    row = torch.tensor([[7, 4, 5, 8, 2, 3, 1]]) + 4 + add.groups * 10
+    assert add.is_valid(row).all() and add.length == 7
+
+
+def test_unknown_task_is_rejected():
+    with pytest.raises(ValueError, match="unknown order task 'copy'"):
+        order_task("copy")
+
+
+def test_per_position_with_default_arguments_learns_causes_before_effects(tmp_path):
+    task = order_task("max", size=4, symbols=4)
+    torch.manual_seed(0)
+    config = LoMDMConfig(
+        vocab_size=task.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=task.length + 1, mask_token_id=MASK_ID, bos_token_id=BOS_ID, schedule="per_position",
+    )
+    model = LoMDMForMaskedDiffusion(config)
+    steps = 200
+    args = LoMDMTrainingArguments(  # the package's defaults, apart from size and bookkeeping
+        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=64, learning_rate=2e-3,
+        report_to=[], disable_tqdm=True, use_cpu=True, save_strategy="no", logging_steps=steps, seed=0,
+    )
+    data = Dataset.from_dict(task.training_rows(64 * steps, torch.Generator().manual_seed(1)))
+    LoMDMTrainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorForMaskedDiffusion(1)).train()
+    e, e_hat = task.exponents(model.eval(), task.sample(64, torch.Generator().manual_seed(2)))
+    assert exponent_contrast(e, task.cause_mask) > 0.05  # causes get the larger exponents: revealed first
+    torch.testing.assert_close(e_hat, e)  # state-independent: the sampler uses the same exponents
