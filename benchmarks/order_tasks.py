@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python benchmarks/order_tasks.py                  # 3 tasks x 4 schedules x 3 seeds, CPU
     python benchmarks/order_tasks.py --tasks max --seeds 0 --steps 60   # a quick look
 
-For each task of `hf_lomdm.order_tasks` (causes must come before effects) and each schedule (`linear`,
+For each task of `hf_lomdm.order_tasks` (causes must come before effects; every row starts with a `<bos>` anchor
+that is never noised) and each schedule (`linear`,
 `polynomial`, `per_position`, `lomdm`), a small LoMDM is trained with `LoMDMTrainer` at the package's default
 training arguments (fresh rows every step). Per run: the validation NELBO per row (importance-sampled bound), the
 exponent contrast (mean e of cause positions minus effect positions; for `lomdm` also the reverse exponents ê on a
@@ -41,7 +42,10 @@ ORDERS = ("learned", "random", "confidence")
 def contrasts(model, task, rows: torch.Tensor) -> dict[str, float]:
     """Exponent contrast of e (clean rows) and of ê on the fully masked canvas after `<bos>`."""
     e, e_hat = task.exponents(model, rows)
-    return {"forward": exponent_contrast(e, task.cause_mask), "reverse_at_start": exponent_contrast(e_hat, task.cause_mask)}
+    return {
+        "forward": exponent_contrast(e, task.cause_mask),
+        "reverse_at_start": exponent_contrast(e_hat, task.cause_mask),
+    }
 
 
 class _ContrastLog(TrainerCallback):
@@ -54,7 +58,9 @@ class _ContrastLog(TrainerCallback):
 
 
 def validity(model, task, order: str, steps: int, samples: int, seed: int) -> dict[str, float]:
-    rows = task.generate(model, samples, generator=torch.Generator().manual_seed(seed), steps=steps, order=order)
+    rows = task.generate(
+        model, samples, generator=torch.Generator().manual_seed(seed), steps=steps, order=order
+    )
     p = float(task.is_valid(rows).float().mean())
     return {"valid": p, "se": math.sqrt(max(p * (1 - p), 1e-12) / samples)}
 
@@ -109,8 +115,12 @@ def run(task_name: str, schedule: str, seed: int, args) -> dict:
     trainer.train()
     seconds = time.perf_counter() - start
     model.eval()
-    bound = nelbo_perplexity(model, [dict(input_ids=i, labels=l) for i, l in zip(val["input_ids"], val["labels"])],
-                             time_samples=8, generator=torch.Generator().manual_seed(0))
+    bound = nelbo_perplexity(
+        model,
+        [{"input_ids": i, "labels": l} for i, l in zip(val["input_ids"], val["labels"])],
+        time_samples=8,
+        generator=torch.Generator().manual_seed(0),
+    )
     record = {
         "task": task_name,
         "schedule": schedule,
@@ -164,27 +174,28 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
+def _validity_cell(row: dict, steps: int) -> str:
+    return " / ".join(
+        f"{row['validity'][f'{o}@{steps}']['valid']:.3f} ± {row['validity'][f'{o}@{steps}']['se']:.3f}"
+        for o in ORDERS
+    )
+
+
 def markdown(summary: list[dict]) -> str:
     lines = [
-        "| task | schedule | NELBO / row (mean ± seed sd) | e contrast (causes − effects) | right sign, all seeds "
-        "| valid: learned / random / confidence @ L/4 | @ L/2 | s / step |",
+        (
+            "| task | schedule | NELBO / row (mean ± seed sd) | e contrast (causes − effects) | right sign, all seeds "
+            "| valid: learned / random / confidence @ L/4 | @ L/2 | s / step |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in summary:
-        keys = list(row["validity"])
-        steps = sorted({int(k.split("@")[1]) for k in keys})
-
-        def cell(s):
-            return " / ".join(
-                f"{row['validity'][f'{o}@{s}']['valid']:.3f} ± {row['validity'][f'{o}@{s}']['se']:.3f}"
-                for o in ORDERS
-            )
-
+        steps = sorted({int(k.split("@")[1]) for k in row["validity"]})
         lines.append(
             f"| {row['task']} | {row['schedule']} | {row['nelbo_per_row']['mean']:.3f} ± {row['nelbo_per_row']['sd']:.3f} "
             f"| {row['contrast']['mean']:+.3f} ± {row['contrast']['sd']:.3f} | "
-            f"{'yes' if row['contrast_right_sign_all_seeds'] else 'no'} | {cell(steps[0])} | {cell(steps[-1])} "
-            f"| {row['s_per_step']['mean']:.3f} |"
+            f"{'yes' if row['contrast_right_sign_all_seeds'] else 'no'} | {_validity_cell(row, steps[0])} "
+            f"| {_validity_cell(row, steps[-1])} | {row['s_per_step']['mean']:.3f} |"
         )
     return "\n".join(lines)
 

@@ -24,11 +24,15 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
+from hf_lomdm.runtime import configure_threads
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--quick", action="store_true", help="32 new tokens, batch 1 and 4")
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+parser.add_argument(
+    "--threads", type=int, default=None,
+    help="torch CPU threads (default: hf_lomdm.runtime's choice: 1 on <= 2 cores unless OMP_NUM_THREADS is set)",
+)
 parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "sampling.json")
 parser.add_argument(
     "--resume", action="store_true", help="keep the rows already in --output, measure the others"
@@ -36,6 +40,8 @@ parser.add_argument(
 args = parser.parse_args()
 if args.threads is not None:
     torch.set_num_threads(args.threads)
+else:
+    configure_threads()
 device = torch.device(args.device)
 
 new_tokens = 32 if args.quick else 128

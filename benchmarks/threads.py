@@ -57,15 +57,28 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    config = LoMDMConfig(vocab_size=90, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                         intermediate_size=384, max_position_embeddings=128, mask_token_id=0,
-                         scheduler_intermediate_size=256, scheduler_head_size=64, schedule="lomdm")
+    config = LoMDMConfig(
+        vocab_size=90,
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=384,
+        max_position_embeddings=128,
+        mask_token_id=0,
+        scheduler_intermediate_size=256,
+        scheduler_head_size=64,
+        schedule="lomdm",
+    )
     model = LoMDMForMaskedDiffusion(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = torch.randint(5, 90, (32, 128))
     fast_bf16 = cpu_has_fast_bf16()
     settings = [(threads, load, False) for load in ("idle", "busy") for threads in (1, 2)]
-    settings += [(1, "idle", True)] if not fast_bf16 else [(t, load, True) for load in ("idle", "busy") for t in (1, 2)]
+    settings += (
+        [(1, "idle", True)]
+        if not fast_bf16
+        else [(t, load, True) for load in ("idle", "busy") for t in (1, 2)]
+    )
     seconds: dict[tuple, list[float]] = {s: [] for s in settings}
     _step_seconds(model, optimizer, batch, 1, False)  # warm-up
     for round_index in range(args.rounds):
@@ -83,12 +96,23 @@ def main(argv: list[str] | None = None) -> dict:
                 stop.set()
                 competitor.join()
     rows = [
-        {"threads": t, "load": load, "precision": "bf16 autocast" if bf16 else "float32",
-         "s_per_step": statistics.median(v), "rounds": len(v)}
-        for (t, load, bf16), v in seconds.items() if v
+        {
+            "threads": t,
+            "load": load,
+            "precision": "bf16 autocast" if bf16 else "float32",
+            "s_per_step": statistics.median(v),
+            "rounds": len(v),
+        }
+        for (t, load, bf16), v in seconds.items()
+        if v
     ]
-    result = {"cpu_count": os.cpu_count(), "fast_bf16": fast_bf16, "torch": torch.__version__,
-              "load_average_at_end": os.getloadavg(), "rows": rows}
+    result = {
+        "cpu_count": os.cpu_count(),
+        "fast_bf16": fast_bf16,
+        "torch": torch.__version__,
+        "load_average_at_end": os.getloadavg(),
+        "rows": rows,
+    }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     print("| threads | machine | precision | s / step (median) |\n|---|---|---|---|")

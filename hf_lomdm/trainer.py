@@ -607,11 +607,11 @@ class LoMDMTrainer(Trainer):
 
 __all__ = [
     "EMA_WEIGHTS_NAME",
+    "SCHEDULER_LR_MULTIPLIERS",
     "SCHEDULER_PARAMETER_NAMES",
     "ExponentialMovingAverage",
     "LoMDMTrainer",
     "LoMDMTrainingArguments",
-    "SCHEDULER_LR_MULTIPLIERS",
     "default_scheduler_learning_rate",
     "is_scheduler_parameter",
     "nelbo_metrics",
