@@ -23,7 +23,7 @@ from typing import Literal
 
 import torch
 
-from .objective import _noise_mask, lomdm_loss
+from .objective import lomdm_loss, targets_and_noise_mask
 
 __all__ = [
     "ContextUseResult",
@@ -305,7 +305,7 @@ def _context_use_sums(model, rows, fractions, labels, positions_per_row, batch_s
         batch = {
             key: value.to(device) for key, value in _collate(rows[start : start + batch_size], pad_id).items()
         }
-        targets, noise_mask = _noise_mask(
+        targets, noise_mask = targets_and_noise_mask(
             batch["input_ids"], batch["attention_mask"], batch["labels"], model.config.mask_token_id
         )
         size = noise_mask.sum(-1)  # |M| per row: (B,)

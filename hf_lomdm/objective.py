@@ -65,8 +65,11 @@ class LoMDMLossOutput:
     forward_scores: torch.Tensor | None = None
 
 
-def _noise_mask(input_ids, attention_mask, labels, mask_token_id) -> tuple[torch.Tensor, torch.Tensor]:
-    """Targets x and the set M = attention_mask & (labels != -100); validates both."""
+def targets_and_noise_mask(
+    input_ids, attention_mask, labels, mask_token_id
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets x and the set M = attention_mask & (labels != -100) of SPEC §1; validates both (ValueError for a
+    labels shape mismatch or the mask token among the targets)."""
     noise_mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     targets = input_ids
     if labels is not None:
@@ -159,7 +162,7 @@ def lomdm_loss(
     mask_id = config.mask_token_id
 
     # 1. The set M and the forward exponents e of the clean sequence.
-    targets, noise_mask = _noise_mask(input_ids, attention_mask, labels, mask_id)
+    targets, noise_mask = targets_and_noise_mask(input_ids, attention_mask, labels, mask_id)
     e, forward_scores = model.forward_exponents(
         targets, attention_mask=attention_mask, noise_mask=noise_mask, return_scores=True
     )
@@ -228,4 +231,4 @@ def lomdm_loss(
     )
 
 
-__all__ = ["LoMDMLossOutput", "lomdm_loss"]
+__all__ = ["LoMDMLossOutput", "lomdm_loss", "targets_and_noise_mask"]

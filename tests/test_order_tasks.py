@@ -12,6 +12,15 @@ from hf_lomdm.order_tasks import BOS_ID, MASK_ID, TASKS, exponent_contrast, orde
 from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
 
 
+def task_model(task, schedule: str) -> LoMDMForMaskedDiffusion:
+    """A one-layer, 32-wide model for `task` with room for the `<bos>` anchor."""
+    config = LoMDMConfig(
+        vocab_size=task.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=task.length + 1, mask_token_id=MASK_ID, bos_token_id=BOS_ID, schedule=schedule,
+    )
+    return LoMDMForMaskedDiffusion(config)
+
+
 @pytest.mark.parametrize("name", TASKS)
 def test_sampled_rows_are_valid_and_a_changed_effect_is_not(name):
     task = order_task(name, size=4, symbols=5)
@@ -46,18 +55,7 @@ def test_unknown_task_is_rejected():
 def test_per_position_with_default_arguments_learns_causes_before_effects(tmp_path):
     task = order_task("max", size=4, symbols=4)
     torch.manual_seed(0)
-    config = LoMDMConfig(
-        vocab_size=task.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=task.length + 1,
-        mask_token_id=MASK_ID,
-        bos_token_id=BOS_ID,
-        schedule="per_position",
-    )
-    model = LoMDMForMaskedDiffusion(config)
+    model = task_model(task, "per_position")
     steps = 200
     args = LoMDMTrainingArguments(  # the package's defaults, apart from size and bookkeeping
         output_dir=str(tmp_path),
@@ -85,19 +83,8 @@ def test_a_fully_masked_canvas_needs_an_anchor_to_tell_positions_apart():
     # the denoiser and the reverse scheduler cannot tell a cause's position from an effect's. That is why the order
     # tasks put a `<bos>` in front of every row (and why unanchored learned-order sampling starts at random).
     task = order_task("max", size=4, symbols=4)
-    config = LoMDMConfig(
-        vocab_size=task.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=task.length + 1,
-        mask_token_id=MASK_ID,
-        bos_token_id=BOS_ID,
-        schedule="lomdm",
-    )
     torch.manual_seed(0)
-    model = LoMDMForMaskedDiffusion(config).eval()
+    model = task_model(task, "lomdm").eval()
     with torch.no_grad():
         model.reverse_scheduler.score_proj.weight.normal_()  # a scheduler that is not constant
         bare = model(torch.full((1, task.length), MASK_ID))
