@@ -403,7 +403,7 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         if timesteps is not None and timesteps.shape != input_ids.shape[:1]:
             raise ValueError(f"`timesteps` must have shape ({input_ids.shape[0]},), got {tuple(timesteps.shape)}.")
 
-    def _scores(self, scheduler, features, input_ids, position_ids, key_mask) -> torch.Tensor | None:
+    def _scores(self, scheduler, features, position_ids, key_mask) -> torch.Tensor | None:
         """Raw scores v of one direction (None for the fixed schedules); `scheduler` is g_φ or g_ψ for `lomdm`."""
         if self.schedule in ("linear", "polynomial"):
             return None
@@ -450,7 +450,7 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         reverse_exponents = None
         if output_exponents:
             noise_mask = _default_noise_mask(noise_mask, attention_mask, input_ids)
-            scores = self._scores(self.reverse_scheduler, features, input_ids, position_ids, attention_mask)
+            scores = self._scores(self.reverse_scheduler, features, position_ids, attention_mask)
             reverse_exponents = self._exponents(scores, input_ids, noise_mask)
         return LoMDMOutput(
             logits=log_probs,
@@ -482,7 +482,7 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
             with torch.no_grad():
                 timesteps = torch.zeros(input_ids.shape[0], device=input_ids.device) if self.is_time_conditioned else None
                 features = self.model(input_ids, attention_mask, position_ids, timesteps).last_hidden_state
-        scores = self._scores(self.forward_scheduler, features, input_ids, position_ids, attention_mask)
+        scores = self._scores(self.forward_scheduler, features, position_ids, attention_mask)
         e = self._exponents(scores, input_ids, noise_mask)
         return (e, scores) if return_scores else e
 

@@ -27,7 +27,8 @@ _U_MIN = 1e-300
 
 def _mean_over(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `values` over the positions where `mask` is 1, per row `(B, 1)` (0 for an empty row)."""
-    return (values * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
+    inside = torch.where(mask > 0, values, torch.zeros_like(values))  # what lies outside M never leaks in
+    return inside.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
 
 
 def normsig(scores: torch.Tensor, noise_mask: torch.Tensor) -> torch.Tensor:

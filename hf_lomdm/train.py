@@ -201,7 +201,7 @@ def _resolve_auto_bf16(argv: list[str]) -> list[str]:
     auto = [
         i
         for i, arg in enumerate(argv)
-        if arg in ("--bf16=auto", "--bf16=AUTO")
+        if arg.lower() == "--bf16=auto"
         or (arg == "--bf16" and i + 1 < len(argv) and argv[i + 1].lower() == "auto")
     ]
     if not auto:
@@ -401,10 +401,10 @@ def train(argv: list[str]) -> dict[str, Any]:
         "eval_nelbo": eval_metrics["eval_nelbo"],
         "eval_ppl_bound": eval_metrics["eval_ppl_bound"],
         "eval_tokens": eval_metrics["eval_tokens"],
+        "eval_nelbo_stderr": eval_metrics["eval_nelbo_stderr"],
         "precision": "bf16 autocast" if training_args.bf16 else "float32",
         "cpu_threads": threads,
     }
-    report["eval_nelbo_stderr"] = eval_metrics["eval_nelbo_stderr"]
     if trainer.is_world_process_zero():
         with trainer.evaluation_weights():
             # Does the denoiser use context? Loss of a token with all others visible vs with everything masked.

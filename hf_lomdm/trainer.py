@@ -59,7 +59,21 @@ TRAINING_ARGS_JSON_NAME = "training_args.json"
 
 # Additive statistics of training batches (see `_batch_statistics`).
 _STATS = (
-    "nelbo", "main", "velocity", "tokens", "e", "e2", "n_e", "n_c", "x", "y", "xy", "xx", "yy", "saturated", "n_scored"
+    "nelbo",
+    "main",
+    "velocity",
+    "tokens",
+    "e",
+    "e2",
+    "n_e",
+    "n_c",
+    "x",
+    "y",
+    "xy",
+    "xx",
+    "yy",
+    "saturated",
+    "n_scored",
 )
 
 
