@@ -226,7 +226,7 @@ def reveal_order_figure(tokens: Sequence[str], order: Sequence[int], *, columns:
         ax.text(
             index % columns,
             index // columns,
-            token.strip()[:8] or "␣",
+            "".join(c if c.isprintable() else "·" for c in token.strip()[:8]) or "␣",  # no control glyphs
             ha="center",
             va="center",
             fontsize=7,
