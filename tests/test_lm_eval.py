@@ -158,6 +158,16 @@ def test_windowed_loglikelihood_is_the_one_pass_elbo_when_it_fits_and_finite_whe
     assert math.isfinite(elbo) and elbo < fits < 0 and isinstance(greedy, bool)
 
 
+MULTIPLE_CHOICE_TASK = """\
+output_type: multiple_choice
+doc_to_text: "{{question}}"
+doc_to_choice: "{{choices}}"
+doc_to_target: "{{answer}}"
+metric_list:
+  - metric: acc
+"""
+
+
 def _write_tasks(directory):
     (directory / "mc.jsonl").write_text(
         "\n".join(
@@ -170,32 +180,8 @@ def _write_tasks(directory):
     )
     (directory / "long_mc.jsonl").write_text("\n".join(json.dumps(d) for d in LONG_MC))
     (directory / "text.jsonl").write_text("\n".join(json.dumps({"text": s}) for s in SENTENCES))
-    _write_task(
-        directory,
-        "tiny_mc",
-        "mc.jsonl",
-        """\
-        output_type: multiple_choice
-        doc_to_text: "{{question}}"
-        doc_to_choice: "{{choices}}"
-        doc_to_target: "{{answer}}"
-        metric_list:
-          - metric: acc
-        """,
-    )
-    _write_task(
-        directory,
-        "tiny_long_mc",
-        "long_mc.jsonl",
-        """\
-        output_type: multiple_choice
-        doc_to_text: "{{question}}"
-        doc_to_choice: "{{choices}}"
-        doc_to_target: "{{answer}}"
-        metric_list:
-          - metric: acc
-        """,
-    )
+    for name, data in (("tiny_mc", "mc.jsonl"), ("tiny_long_mc", "long_mc.jsonl")):
+        _write_task(directory, name, data, MULTIPLE_CHOICE_TASK)
     _write_task(
         directory,
         "tiny_ppl",
