@@ -132,6 +132,7 @@ def run(task_name: str, schedule: str, seed: int, args) -> dict:
         "contrast": contrasts(model, task, val_rows[:256]),
         "contrast_curve": log.curve,
         "scheduler_learning_rate": trainer.optimizer.param_groups[-1].get("initial_lr"),
+        "samples": args.samples,
         "validity": {},
     }
     for steps in sorted({max(task.length // 4, 1), task.length // 2}):
@@ -167,9 +168,9 @@ def summarize(records: list[dict]) -> list[dict]:
         }
         for key in runs[0]["validity"]:
             valid = [r["validity"][key]["valid"] for r in runs]
-            n = len(runs) * runs[0]["samples"] if "samples" in runs[0] else None
+            n = len(runs) * runs[0]["samples"]
             p = statistics.fmean(valid)
-            row["validity"][key] = {"valid": p, "se": math.sqrt(max(p * (1 - p), 1e-12) / n) if n else None}
+            row["validity"][key] = {"valid": p, "se": math.sqrt(max(p * (1 - p), 1e-12) / n)}
         rows.append(row)
     return rows
 
@@ -255,7 +256,6 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in [int(s) for s in args.seeds.split(",")]:
             for schedule in args.schedules.split(","):
                 record = run(task, schedule, seed, args)
-                record["samples"] = args.samples
                 records.append(record)
                 print(
                     json.dumps(

@@ -245,7 +245,11 @@ def train_char_tokenizer(
     tokenizer.add_special_tokens(specials)
     kwargs = {"model_max_length": model_max_length} if model_max_length is not None else {}
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token=UNK_TOKEN, clean_up_tokenization_spaces=False, **SPECIAL_TOKENS, **kwargs
+        tokenizer_object=tokenizer,
+        unk_token=UNK_TOKEN,
+        clean_up_tokenization_spaces=False,
+        **SPECIAL_TOKENS,
+        **kwargs,
     )
 
 
@@ -255,6 +259,13 @@ def _check_special_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
             raise ValueError(
                 f"the tokenizer has no {name[: -len('_id')]}; LoMDM data needs mask, pad, bos and eos."
             )
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of raw texts, no special tokens added. `split_special_tokens`: a literal "<|mask|>" in the text is
+    plain characters, never the mask id. `verbose=False`: documents longer than `model_max_length` are expected
+    (they are cut into rows afterwards), so transformers' length warning would be noise."""
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
 
 
 def _wrap_rows(documents: list[list[int]], block_size: int, bos: int, eos: int) -> Iterator[list[int]]:
@@ -291,9 +302,7 @@ def group_texts(
 
     def tokenize_and_group(batch: dict[str, list[Any]]) -> dict[str, list[list[int]]]:
         texts = [text for text in batch[text_column] if text]
-        # split_special_tokens: a literal "<|mask|>" in the text is plain bytes, never the mask id. verbose=False:
-        # whole documents are longer than `model_max_length` on purpose (they are cut into rows right after).
-        ids = tokenizer(texts, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
+        ids = _encode(tokenizer, texts)
         return {"input_ids": list(rows(ids, block_size, bos, eos))}
 
     # In `wrap` mode a batch of documents is concatenated before cutting, so only the tail of each map batch
@@ -325,9 +334,8 @@ def prompt_response_rows(
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
 
     def build(batch: dict[str, list[Any]]) -> dict[str, list[list[int]]]:
-        kwargs = {"add_special_tokens": False, "split_special_tokens": True, "verbose": False}
-        prompts = tokenizer(batch[prompt_column], **kwargs)["input_ids"]
-        responses = tokenizer(batch[response_column], **kwargs)["input_ids"]
+        prompts = _encode(tokenizer, batch[prompt_column])
+        responses = _encode(tokenizer, batch[response_column])
         input_ids, labels = [], []
         for prompt, response in zip(prompts, responses):
             response = (response + [eos])[: max(block_size // 2, block_size - len(prompt) - 2)]

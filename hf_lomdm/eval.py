@@ -187,12 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_checkpoint(parser: argparse.ArgumentParser, checkpoint: str) -> None:
-    """Refuse, with the path in the message, a local folder that does not exist (the Hub would otherwise answer
-    with a repo-id validation traceback)."""
+def _check_checkpoint(parser: argparse.ArgumentParser, checkpoint: str) -> str:
+    """The checkpoint with `~` expanded; refuses, with the path in the message, a local folder that does not exist
+    (the Hub would otherwise answer with a repo-id validation traceback)."""
     checkpoint = os.path.expanduser(checkpoint)
     if os.path.isdir(checkpoint):
-        return
+        return checkpoint
     if os.path.exists(checkpoint):
         parser.error(f"checkpoint {checkpoint!r} is a file; pass the folder that holds config.json.")
     looks_local = (
@@ -206,14 +206,14 @@ def _check_checkpoint(parser: argparse.ArgumentParser, checkpoint: str) -> None:
         looks_local = True
     if looks_local:
         parser.error(f"checkpoint folder {checkpoint!r} does not exist (and it is not a Hub repo id).")
+    return checkpoint
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse `argv` (default: `sys.argv[1:]`), evaluate, print the table, write `--output`; returns the report."""
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    _check_checkpoint(parser, args.checkpoint)
-    args.checkpoint = os.path.expanduser(args.checkpoint)
+    args.checkpoint = _check_checkpoint(parser, args.checkpoint)
     report = evaluate_checkpoint(args)
     print(_table(report))
     if args.output:

@@ -74,20 +74,20 @@ def test_report_has_bound_context_use_and_generation_quality(saved, tmp_path, ca
     assert "PPL bound" in table and "context ratio" in table
 
 
+def quick_argv(saved) -> list[str]:
+    """`lomdm-eval` arguments for a quick run: the saved checkpoint on the unseen text, no context use."""
+    return [
+        str(saved / "ckpt"),
+        "--text_file",
+        str(saved / "unseen.txt"),
+        "--time_samples",
+        "2",
+        "--no-context_use",
+    ]
+
+
 def test_main_returns_none_and_context_use_can_be_switched_off(saved, capsys):
-    assert (
-        main(
-            [
-                str(saved / "ckpt"),
-                "--text_file",
-                str(saved / "unseen.txt"),
-                "--time_samples",
-                "2",
-                "--no-context_use",
-            ]
-        )
-        is None
-    )
+    assert main(quick_argv(saved)) is None
     assert "context ratio" not in capsys.readouterr().out
 
 
@@ -96,17 +96,7 @@ def test_console_script_exits_zero_without_dumping_the_report(saved):
     code = "import sys; from hf_lomdm.eval import main; sys.exit(main())"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            code,
-            str(saved / "ckpt"),
-            "--text_file",
-            str(saved / "unseen.txt"),
-            "--time_samples",
-            "2",
-            "--no-context_use",
-        ],
+        [sys.executable, "-c", code, *quick_argv(saved)],
         capture_output=True,
         text=True,
         env=env,

@@ -221,14 +221,17 @@ def _write_task(directory, name: str, data_file: str, body: str) -> None:
     (directory / f"{name}.yaml").write_text(header + textwrap.dedent(body))
 
 
+def _evaluate_local_tasks(checkpoint, directory, tasks: list[str], **harness_kwargs) -> dict:
+    """`simple_evaluate` of the local tasks of `_write_tasks` with a `LoMDMEvalHarness` on `checkpoint`."""
+    _write_tasks(directory)
+    lm = LoMDMEvalHarness(pretrained=str(checkpoint), mc_samples=8, batch_size=16, **harness_kwargs)
+    return simple_evaluate(model=lm, tasks=tasks, task_manager=TaskManager(include_path=str(directory)))[
+        "results"
+    ]
+
+
 def test_harness_runs_offline_on_local_tasks(checkpoint, tmp_path):
-    _write_tasks(tmp_path)
-    lm = LoMDMEvalHarness(pretrained=str(checkpoint), mc_samples=8, batch_size=16, steps=3)
-    results = simple_evaluate(
-        model=lm,
-        tasks=["tiny_mc", "tiny_ppl", "tiny_gen"],
-        task_manager=TaskManager(include_path=str(tmp_path)),
-    )["results"]
+    results = _evaluate_local_tasks(checkpoint, tmp_path, ["tiny_mc", "tiny_ppl", "tiny_gen"], steps=3)
     assert results["tiny_mc"]["acc,none"] == 1.0
     assert math.isfinite(results["tiny_ppl"]["word_perplexity,none"])
     assert math.isfinite(results["tiny_ppl"]["bits_per_byte,none"])
@@ -237,13 +240,9 @@ def test_harness_runs_offline_on_local_tasks(checkpoint, tmp_path):
 
 def test_harness_completes_when_continuations_exceed_max_length(checkpoint, tmp_path):
     # issue 12: one continuation longer than max_length used to abort the run (every metric NaN)
-    _write_tasks(tmp_path)
-    lm = LoMDMEvalHarness(pretrained=str(checkpoint), mc_samples=8, batch_size=16, max_length=6)
-    results = simple_evaluate(
-        model=lm,
-        tasks=["tiny_long_mc", "tiny_mc", "tiny_ppl"],
-        task_manager=TaskManager(include_path=str(tmp_path)),
-    )["results"]
+    results = _evaluate_local_tasks(
+        checkpoint, tmp_path, ["tiny_long_mc", "tiny_mc", "tiny_ppl"], max_length=6
+    )
     assert 0.0 <= results["tiny_long_mc"]["acc,none"] <= 1.0  # not NaN; with one token of context per
     assert 0.0 <= results["tiny_mc"]["acc,none"] <= 1.0  # window the tiny model cannot rank, so no target
     assert math.isfinite(results["tiny_ppl"]["word_perplexity,none"])
