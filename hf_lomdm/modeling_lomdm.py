@@ -6,6 +6,14 @@ Shapes: B = batch, L = sequence length, H = hidden size, V = vocabulary, D = hea
 §3.2: the mask token gets probability 0, unmasked tokens are copied) and the reverse exponents ê; the
 forward exponents e come from `forward_exponents`. The loss is not computed here: it needs several noisy
 samples, the clean-input features and an RLOO term, so it lives in `hf_lomdm.objective`.
+
+SUBS and the shift option. Let h_j = f(z)_j be the backbone's last hidden state at position j and
+r_i = h_i (default) or r_i = h_{i-1} (`config.shift`, r_0 = h_0). The denoiser's distribution for position i is
+p_θ^i(· | z) = softmax(W r_i) with the mask token's logit set to -inf (zero-masking) where z_i is the mask token,
+and the one-hot of z_i where it is not (carry-over). With the shift, a model converted from a causal LM
+(`from_causal_lm`) starts from that model's next-token head: run with a causal mask it reproduces the source
+model's log-probabilities exactly (tested). The exponents are never shifted: e_i and ê_i belong to token i, and
+the schedulers read all of f(·) bidirectionally.
 """
 
 from __future__ import annotations
@@ -63,6 +71,13 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def repeat_kv(hidden_states: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, kv_heads, L, D) -> (B, kv_heads * groups, L, D): each key/value head serves `groups` query heads."""
+    if groups == 1:
+        return hidden_states
+    return hidden_states.repeat_interleave(groups, dim=1)
+
+
 def apply_rotary_pos_emb(q, k, cos, sin):
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, L, D): broadcast over heads
     return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
@@ -78,7 +93,10 @@ def eager_attention_forward(
     scaling: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bidirectional attention; `attention_mask` is a bool `(B, 1, 1, L)` key mask (True = attend)."""
+    """Attention with a bool mask broadcastable to `(B, 1, L, L)` (True = attend): a `(B, 1, 1, L)` key mask
+    (bidirectional) or a full `(B, 1, L, L)` mask given by the caller."""
+    key = repeat_kv(key, module.num_key_value_groups)  # grouped-query attention: (B, heads, L, D)
+    value = repeat_kv(value, module.num_key_value_groups)
     attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, heads, L, L)
     if attention_mask is not None:
         attn_weights = attn_weights.masked_fill(~attention_mask, torch.finfo(attn_weights.dtype).min)
@@ -94,21 +112,22 @@ class LoMDMAttention(nn.Module):
         self.config = config
         self.head_dim = config.head_dim
         self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads  # read by transformers' SDPA
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.dropout
         self.is_causal = False
-        hidden = config.hidden_size
-        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        hidden, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(hidden, self.num_key_value_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(hidden, self.num_key_value_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=bias)
 
     def forward(self, hidden_states, attention_mask, position_embeddings):
         batch, length, _ = hidden_states.shape
-        shape = (batch, length, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)  # (B, heads, L, D)
-        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        query = self.q_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, heads, L, D)
+        key = self.k_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, kv_heads, L, D)
+        value = self.v_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
         query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
 
         attention_interface = eager_attention_forward
@@ -254,8 +273,11 @@ def _bidirectional_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | N
     """(B, L) 0/1 padding mask -> bool (B, 1, 1, L) key mask, or None when nothing is padded.
 
     A row with no real token attends everywhere instead of nowhere, so no query row is ever fully
-    masked (a fully masked softmax row is how padded batches turn into NaN).
+    masked (a fully masked softmax row is how padded batches turn into NaN). A bool `(B, 1, L, L)` mask
+    (e.g. causal) given to the backbone is used as it is.
     """
+    if attention_mask is not None and attention_mask.dim() == 4:
+        return attention_mask.bool()
     if attention_mask is None or bool(attention_mask.all()):
         return None
     keys = attention_mask.bool()
@@ -265,7 +287,7 @@ def _bidirectional_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | N
 
 def _position_ids(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:
     """Positions count from each row's first real token, so left padding changes nothing."""
-    if attention_mask is None:
+    if attention_mask is None or attention_mask.dim() == 4:
         return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
@@ -279,7 +301,11 @@ def _default_noise_mask(noise_mask, attention_mask, input_ids) -> torch.Tensor:
 
 
 class LoMDMModel(LoMDMPreTrainedModel):
-    """The bidirectional transformer backbone; returns the final normalised hidden states f(z)."""
+    """The bidirectional transformer backbone; returns the final normalised hidden states f(z).
+
+    `attention_mask` is a `(B, L)` padding mask, or a bool `(B, 1, L, L)` mask (True = attend) used as given;
+    with the latter, positions count from 0 unless `position_ids` are passed.
+    """
 
     def __init__(self, config: LoMDMConfig):
         super().__init__(config)
@@ -329,6 +355,11 @@ class LoMDMModel(LoMDMPreTrainedModel):
         return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden)
 
 
+def shift_right(features: torch.Tensor) -> torch.Tensor:
+    """`config.shift`: the features that predict position i are those of i - 1; position 0 keeps its own."""
+    return torch.cat([features[:, :1], features[:, :-1]], dim=1)
+
+
 def subs_log_probs(logits: torch.Tensor, input_ids: torch.Tensor, mask_token_id: int) -> torch.Tensor:
     """SUBS parameterisation (MDLM §3.2): zero-masking and carry-over, as float32 log-probabilities."""
     logits = logits.float()  # softmax in float32: bf16 log-probs lose ~2 digits
@@ -359,11 +390,38 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         )
         # Read once here; forward never reads self.config.
         self.schedule = config.schedule
+        self.shift = config.shift
         self.c1, self.c2 = config.c1, config.c2
         self.mask_token_id = config.mask_token_id
         self.vocab_size = config.vocab_size
         self.max_length = config.max_position_embeddings
         self.post_init()
+
+    @classmethod
+    def from_causal_lm(
+        cls, model_or_path, schedule: str = "lomdm", shift: bool = True, **config_overrides
+    ) -> LoMDMForMaskedDiffusion:
+        r"""A LoMDM whose backbone carries a causal LM's weights one to one (Llama and Qwen2 layouts).
+
+        Args:
+            model_or_path (`PreTrainedModel` or `str`): a `LlamaForCausalLM` / `Qwen2ForCausalLM`, or a folder /
+                Hub id to load one from (a folder holding a single `.gguf` file loads through transformers' GGUF
+                support).
+            schedule (`str`): the LoMDM schedule; the new schedulers start as e = c1.
+            shift (`bool`): read the prediction for position i from the hidden state at i - 1 (see the module
+                docstring), so the model starts from the source model's next-token head.
+            tokenizer (`PreTrainedTokenizerBase`, *optional*, keyword): the source tokenizer; a `<|mask|>` token is
+                added to it in place unless it has a mask token (loaded from `model_or_path` when that is a path,
+                but then not returned: pass it, or use `lomdm-convert`, which saves both).
+            dtype (keyword, defaults to `"auto"`): dtype when loading from a path; the model keeps the source's.
+            config_overrides: other `LoMDMConfig` fields (`max_position_embeddings`, `c1`, `c2`, ...); fields
+                fixed by the source weights raise a `ValueError`.
+
+        Without a tokenizer the mask token is the id just past the source vocabulary (`config.mask_token_id`).
+        """
+        from .conversion_lomdm import from_causal_lm
+
+        return from_causal_lm(cls, model_or_path, schedule, shift, **config_overrides)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
@@ -446,7 +504,8 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
             position_ids = _position_ids(attention_mask, input_ids)
         outputs = self.model(input_ids, attention_mask, position_ids, timesteps, output_hidden_states)
         features = outputs.last_hidden_state  # f(z): (B, L, H)
-        log_probs = subs_log_probs(self.lm_head(features), input_ids, self.mask_token_id)  # (B, L, V)
+        head_features = shift_right(features) if self.shift else features  # prediction for i read at i - 1
+        log_probs = subs_log_probs(self.lm_head(head_features), input_ids, self.mask_token_id)  # (B, L, V)
         reverse_exponents = None
         if output_exponents:
             noise_mask = _default_noise_mask(noise_mask, attention_mask, input_ids)

@@ -224,4 +224,4 @@ def test_hub_facing_files_import_only_torch_transformers_and_siblings():
                 continue
             for name in names:
                 assert name in {"torch", "transformers", ".", "__future__", "math", "dataclasses", "typing",
-                                "collections", "copy", "warnings"}, f"{path.name} imports {name}"
+                                "collections", "copy", "os", "warnings"}, f"{path.name} imports {name}"
