@@ -235,8 +235,8 @@ class LoMDMScheduler(nn.Module):
 class LoMDMOutput(ModelOutput):
     """
     Args:
-        logits (`torch.FloatTensor` of shape `(B, L, V)`): float32 SUBS log-probabilities: -inf at the mask
-            token; one-hot (0 / -inf) at unmasked input positions.
+        logits (`torch.FloatTensor` of shape `(B, L, V)`, or `(N, V)` with `logits_mask`): float32 SUBS
+            log-probabilities: -inf at the mask token; one-hot (0 / -inf) at unmasked input positions.
         reverse_exponents (`torch.FloatTensor` of shape `(B, L)`): ê of the reverse process (= e for
             state-independent schedules); `None` if `output_exponents=False`.
         last_hidden_state (`torch.FloatTensor` of shape `(B, L, H)`): backbone features f(z).
@@ -487,6 +487,7 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         timesteps: torch.Tensor | None = None,
         output_exponents: bool = True,
         output_hidden_states: bool = False,
+        logits_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> LoMDMOutput:
         r"""
@@ -498,14 +499,24 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
             position_ids (`torch.LongTensor`, *optional*): defaults to counting from each row's first real token.
             timesteps (`torch.Tensor` of shape `(B,)`, *optional*): t, required iff `time_conditioning`.
             output_exponents (`bool`): also compute the reverse exponents ê (one scheduler block for `lomdm`).
+            logits_mask (`torch.BoolTensor` of shape `(B, L)`, *optional*): compute the output head and the
+                log-softmax only where True (e.g. the masked positions, the only ones the loss and the sampler
+                read); `logits` is then the packed `(N, V)` tensor of those positions in row-major order
+                (`N = logits_mask.sum()`). The head is the largest single matmul of a small model. Default: all.
         """
         self._check_inputs(input_ids, attention_mask, noise_mask, timesteps)
+        if logits_mask is not None and (logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool):
+            raise ValueError(f"`logits_mask` must be a bool tensor of shape {tuple(input_ids.shape)}, got "
+                             f"{logits_mask.dtype} of shape {tuple(logits_mask.shape)}.")
         if position_ids is None:
             position_ids = _position_ids(attention_mask, input_ids)
         outputs = self.model(input_ids, attention_mask, position_ids, timesteps, output_hidden_states)
         features = outputs.last_hidden_state  # f(z): (B, L, H)
         head_features = shift_right(features) if self.shift else features  # prediction for i read at i - 1
-        log_probs = subs_log_probs(self.lm_head(head_features), input_ids, self.mask_token_id)  # (B, L, V)
+        head_inputs = input_ids
+        if logits_mask is not None:
+            head_features, head_inputs = head_features[logits_mask], input_ids[logits_mask]  # (N, H), (N,)
+        log_probs = subs_log_probs(self.lm_head(head_features), head_inputs, self.mask_token_id)  # (B, L, V) / (N, V)
         reverse_exponents = None
         if output_exponents:
             noise_mask = _default_noise_mask(noise_mask, attention_mask, input_ids)

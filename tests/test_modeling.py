@@ -225,3 +225,18 @@ def test_hub_facing_files_import_only_torch_transformers_and_siblings():
             for name in names:
                 assert name in {"torch", "transformers", ".", "__future__", "math", "dataclasses", "typing",
                                 "collections", "copy", "os", "warnings"}, f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_logits_mask_computes_exactly_the_selected_rows_of_the_full_head(shift):
+    model = tiny_model(shift=shift)
+    x = torch.randint(4, 99, (3, 10), generator=torch.Generator().manual_seed(0))
+    z = x.masked_fill(torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < 0.5, MASK_ID)
+    selected = z == MASK_ID
+    with torch.no_grad():
+        full, packed = model(z), model(z, logits_mask=selected)
+    assert packed.logits.shape == (int(selected.sum()), 99)
+    torch.testing.assert_close(packed.logits, full.logits[selected], rtol=0, atol=0)
+    torch.testing.assert_close(packed.reverse_exponents, full.reverse_exponents, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="`logits_mask` must be a bool tensor"):
+        model(z, logits_mask=selected.long())
