@@ -5,9 +5,11 @@ import importlib
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 from .configuration_lomdm import LoMDMConfig
-from .generation_lomdm import LoMDMGenerateOutput, LoMDMGenerationConfig, LoMDMGenerationMixin, LoMDMSampler
+from .generation_config_lomdm import LoMDMGenerationConfig
+from .generation_lomdm import LoMDMGenerateOutput, LoMDMGenerationMixin
 from .modeling_lomdm import LoMDMForMaskedDiffusion, LoMDMModel, LoMDMOutput, LoMDMPreTrainedModel
 from .objective import LoMDMLossOutput, lomdm_loss
+from .sampler_lomdm import LoMDMSampler, LoMDMSamplerState
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,7 @@ __all__ = [
     "LoMDMOutput",
     "LoMDMPreTrainedModel",
     "LoMDMSampler",
+    "LoMDMSamplerState",
     "LoMDMTrainer",
     "LoMDMTrainingArguments",
     "lomdm_loss",

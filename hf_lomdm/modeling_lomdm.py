@@ -32,7 +32,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_lomdm import LoMDMConfig
-from .generation_lomdm import LoMDMGenerationConfig, LoMDMGenerationMixin
+from .generation_config_lomdm import LoMDMGenerationConfig
+from .generation_lomdm import LoMDMGenerationMixin
 from .schedule_lomdm import exponents
 
 

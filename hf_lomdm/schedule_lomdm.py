@@ -11,7 +11,7 @@ even in float64; every quantity needed here is finite and smooth in `log t`.
 Shapes: B = batch, L = sequence length. `log_t` must broadcast against the exponents `e: (B, L)`
 (pass `(B, 1)`). Schedule math runs in float32 or wider; callers cast bf16 scores up first.
 
-The objective (`objective.py`), the sampler (`generation_lomdm.py`) and the tests call these functions;
+The objective (`objective.py`), the sampler (`sampler_lomdm.py`) and the tests call these functions;
 no other file re-types a formula.
 """
 

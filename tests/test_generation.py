@@ -11,7 +11,7 @@ from transformers import AutoModelForMaskedLM, LogitsProcessor, LogitsProcessorL
 from transformers.generation.streamers import BaseStreamer
 
 from hf_lomdm import LoMDMGenerationConfig, LoMDMSampler
-from hf_lomdm.generation_lomdm import sample_categorical
+from hf_lomdm.sampler_lomdm import sample_categorical
 from hf_lomdm.schedule_lomdm import unmask_prob
 
 EOS_ID, PAD_ID = 3, 1
@@ -154,20 +154,15 @@ def test_tau_grid_step_reveals_at_unmask_prob_rate():
     config = LoMDMGenerationConfig(order="learned", steps=4, mask_token_id=MASK_ID)
     sampler = LoMDMSampler(config, generator=torch.Generator().manual_seed(0))
     num_rows, vocab = 20000, 5
-    state = sampler.initialize(
+    sampler.initialize(
         torch.zeros(num_rows, 0, dtype=torch.long), torch.zeros(num_rows, 0, dtype=torch.long), 2
     )
-    sampler.begin_block(state, 0)
+    sampler.begin_block(0)
     e_hat = torch.tensor([1.0, 0.3]).expand(num_rows, 2)
-    sampler.record_pass(
-        state,
-        torch.arange(num_rows),
-        torch.full((num_rows, 2, vocab), -math.log(vocab - 1)).index_fill(
-            -1, torch.tensor([MASK_ID]), -math.inf
-        ),
-        e_hat,
+    log_probs = torch.full((num_rows, 2, vocab), -math.log(vocab - 1)).index_fill(
+        -1, torch.tensor([MASK_ID]), -math.inf
     )
-    revealed = sampler.step(state).double().mean(0)
+    revealed = sampler.step(log_probs, e_hat).double().mean(0)
     expected = unmask_prob(torch.tensor(math.log(0.75)), torch.tensor(0.0), e_hat[0])
     assert expected.tolist() == pytest.approx([0.25, 0.0827], abs=1e-4)
     standard_error = (expected * (1 - expected) / num_rows).sqrt()
@@ -429,7 +424,10 @@ def test_generation_config_round_trips_as_lomdm_class(make_model, tmp_path):
     model = make_model()
     model.generation_config.update(steps=16, order="margin", top_k=5, block_length=4)
     model.save_pretrained(tmp_path)
-    assert (tmp_path / "generation_config.json").is_file() and (tmp_path / "generation_lomdm.py").is_file()
+    assert (tmp_path / "generation_config.json").is_file()
+    shipped = {path.name for path in tmp_path.iterdir()}
+    remote = {"generation_lomdm.py", "generation_config_lomdm.py", "sampler_lomdm.py", "schedule_lomdm.py"}
+    assert remote <= shipped  # the remote code travels with the checkpoint
     loaded = AutoModelForMaskedLM.from_pretrained(tmp_path)
     assert type(loaded.generation_config) is LoMDMGenerationConfig
     assert loaded.generation_config == model.generation_config

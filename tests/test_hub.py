@@ -56,20 +56,21 @@ assert type(config).__name__ == "LoMDMGenerationConfig" and config.steps == 7 an
 assert tokenizer.mask_token_id == model.config.mask_token_id == 0
 z = torch.tensor([[5, 0, 7, 0, 9]])
 results = [model(z).logits]
+sample = model.generate(torch.tensor([[2, 5]]), max_new_tokens=4)  # the Hub generation config drives it
+assert sample.shape == (1, 6)
 if not {block}:
     from peft import PeftModel
     from conftest import tiny_model
     lora = PeftModel.from_pretrained(tiny_model(schedule="lomdm", vocab_size=40), "{repo}-lora").eval()
     results.append(lora(z).logits)
-    sample = model.generate(torch.tensor([[2, 5]]), max_new_tokens=4)  # the Hub generation config drives it
-    assert sample.shape == (1, 6)
 torch.save(results, "{out}/loaded_{block}.pt")
 """
 
 
 def _run(script: str, hub: LocalHub, home: Path) -> None:
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_local_test_token", "HF_HUB_OFFLINE": "0",
-           "HF_HOME": str(home), "HF_MODULES_CACHE": str(home / "modules"), "PYTHONPATH": str(TESTS)}
+           "HF_HOME": str(home), "HF_MODULES_CACHE": str(home / "modules"),
+           "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}  # this checkout, not another install
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=TESTS)
     assert result.returncode == 0, result.stderr[-4000:]
 
@@ -80,7 +81,8 @@ def test_push_to_hub_then_from_pretrained_with_and_without_the_package(tmp_path)
         _run(PUSH.format(repo=repo, out=tmp_path), hub, tmp_path / "push_home")
         stored = set(hub.repos[repo].files)
         assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
-                "modeling_lomdm.py", "configuration_lomdm.py", "generation_lomdm.py", "schedule_lomdm.py"} <= stored
+                "modeling_lomdm.py", "configuration_lomdm.py", "generation_lomdm.py", "generation_config_lomdm.py",
+                "sampler_lomdm.py", "schedule_lomdm.py"} <= stored
         assert {"adapter_config.json", "adapter_model.safetensors"} <= set(hub.repos[f"{repo}-lora"].files)
         for block in (False, True):  # fresh caches: every file must come from the server
             _run(LOAD.format(repo=repo, out=tmp_path, block=block), hub, tmp_path / f"load_home_{block}")

@@ -1,0 +1,186 @@
+"""Sampling settings of LoMDM: `LoMDMGenerationConfig`, saved as `generation_config.json` (SPEC §2-3).
+
+The valid `order` values are the keys of the sampler's reveal-rule registry (`sampler_lomdm.REVEAL_RULES`), so
+the config and the sampler cannot disagree on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import GenerationConfig
+
+from .sampler_lomdm import REVEAL_RULES
+
+ORDERS = tuple(REVEAL_RULES)
+# Generation settings that default to the model config's special token ids.
+SPECIAL_TOKENS = ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class LoMDMGenerationConfig(GenerationConfig):
+    r"""
+    Sampling settings of [`LoMDMGenerationMixin.generate`], saved as `generation_config.json`.
+
+    Args:
+        > Length
+
+        max_new_tokens (`int`, *optional*): Mask tokens appended to the prompt. Defaults to `max_length` minus
+            the prompt length, or to 0 (pure infilling) when neither is set.
+        max_length (`int`, *optional*): Total length of the output (prompt included).
+
+        > Sampler
+
+        steps (`int`, *optional*): Sampler steps. `None`: the exact first-hitting sampler for `learned` /
+            `random` and one token per pass for the other orders. Never more passes than `steps` per row.
+        order (`str`, defaults to `"learned"`): `learned` (the model's reverse schedule ê), `random` (ê ≡ 1,
+            MDLM), `confidence` (probability of the sampled token), `margin` (top-1 minus top-2 probability),
+            `entropy` (lowest entropy first) or `left_to_right`.
+        threshold (`float`, *optional*): With `order="confidence"`, also reveal every position whose sampled
+            token has probability ≥ `threshold`; at least one token per row per step.
+        block_length (`int`, *optional*): Semi-autoregressive blocks of this many new tokens, generated left
+            to right (`max_new_tokens` and `steps` must split evenly). Not available with infilling.
+        eps (`float`, defaults to 0.0): MDLM's time truncation for `learned` / `random`: once t would fall
+            below `eps`, every remaining position is revealed at once. 0 keeps the sampler exact.
+        use_cache (`bool`, defaults to `True`): Reuse a row's last pass while its canvas is unchanged (only
+            when the backbone is not time-conditioned, where it is exact).
+
+        > Token distribution (applied to log p_θ before sampling, through transformers' warpers)
+
+        temperature (`float`, defaults to 1.0): Softmax temperature; 0 picks the most likely token (greedy).
+        top_k (`int`, *optional*): Keep the `top_k` most likely tokens.
+        top_p (`float`, *optional*): Nucleus sampling mass.
+
+        > Outputs
+
+        num_return_sequences (`int`, defaults to 1): Samples per input row.
+        return_dict_in_generate (`bool`, defaults to `False`): Return a [`LoMDMGenerateOutput`], not a tensor.
+        output_order (`bool`, defaults to `False`): Also return the pass index that revealed each position.
+        output_history (`bool`, defaults to `False`): Also return the canvas after each revealing step.
+
+        > Special tokens (default to the model config's)
+
+        mask_token_id (`int`): The mask token; must equal the model's.
+        pad_token_id (`int`, *optional*): Fills the generated positions after the first EOS (default: EOS).
+        bos_token_id (`int`, *optional*): Prompt used when `generate` is called without inputs.
+        eos_token_id (`int` or `list[int]`, *optional*): End of sequence; a row whose block contains it stops.
+    """
+
+    def __init__(self, **kwargs: Any):
+        # GenerationConfig.__init__ is not called on purpose (as in diffusion_gemma): its autoregressive
+        # fields (beams, penalties, ...) mean nothing here, and an unknown field must raise instead of being
+        # stored.
+        self.max_new_tokens: int | None = kwargs.pop("max_new_tokens", None)
+        self.max_length: int | None = kwargs.pop("max_length", None)
+
+        self.steps: int | None = kwargs.pop("steps", None)
+        self.order: str = kwargs.pop("order", "learned")
+        self.threshold: float | None = kwargs.pop("threshold", None)
+        self.block_length: int | None = kwargs.pop("block_length", None)
+        self.eps: float = kwargs.pop("eps", 0.0)
+        self.use_cache: bool = kwargs.pop("use_cache", True)
+
+        self.temperature: float = kwargs.pop("temperature", 1.0)
+        self.top_k: int | None = kwargs.pop("top_k", None)
+        self.top_p: float | None = kwargs.pop("top_p", None)
+
+        self.num_return_sequences: int = kwargs.pop("num_return_sequences", 1)
+        self.return_dict_in_generate: bool = kwargs.pop("return_dict_in_generate", False)
+        self.output_order: bool = kwargs.pop("output_order", False)
+        self.output_history: bool = kwargs.pop("output_history", False)
+
+        self.mask_token_id: int | None = kwargs.pop("mask_token_id", None)
+        self.pad_token_id: int | None = kwargs.pop("pad_token_id", None)
+        self.bos_token_id: int | None = kwargs.pop("bos_token_id", None)
+        self.eos_token_id: int | list[int] | None = kwargs.pop("eos_token_id", None)
+
+        # Metadata written by transformers.
+        kwargs.pop("_commit_hash", None)
+        self._from_model_config: bool | None = kwargs.pop("_from_model_config", None)
+        self.transformers_version: str | None = kwargs.pop("transformers_version", None)
+
+        if kwargs:
+            raise ValueError(
+                f"unknown LoMDM generation settings {sorted(kwargs)}; valid ones are {self.field_names}."
+            )
+        self.validate()
+
+    @property
+    def field_names(self) -> list[str]:
+        return [name for name in vars(self) if not name.startswith("_") and name != "transformers_version"]
+
+    def update(self, **kwargs: Any) -> dict[str, Any]:
+        """Set the fields named in `kwargs`, validate, and return the entries that are not fields."""
+        known = set(self.field_names)
+        for key, value in kwargs.items():
+            if key in known:
+                setattr(self, key, value)
+        self.validate()
+        return {key: value for key, value in kwargs.items() if key not in known}
+
+    def validate(self, strict: bool = True) -> None:
+        """Raise a `ValueError` naming the first invalid setting.
+
+        Every problem raises, whatever `strict` says (it is part of `GenerationConfig.validate`'s signature,
+        which `save_pretrained` calls).
+        """
+        positive = {
+            "max_length": self.max_length,
+            "steps": self.steps,
+            "block_length": self.block_length,
+            "top_k": self.top_k,
+            "num_return_sequences": self.num_return_sequences,
+        }
+        for name, value in positive.items():
+            if value is not None and (not _is_int(value) or value <= 0):
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.max_new_tokens is not None and (not _is_int(self.max_new_tokens) or self.max_new_tokens < 0):
+            raise ValueError(f"`max_new_tokens` must be an integer >= 0, got {self.max_new_tokens!r}.")
+        if self.order not in ORDERS:
+            raise ValueError(f"`order` must be one of {ORDERS}, got {self.order!r}.")
+        if self.threshold is not None:
+            if isinstance(self.threshold, bool) or not 0.0 < self.threshold <= 1.0:
+                raise ValueError(f"`threshold` must be in (0, 1], got {self.threshold!r}.")
+            if not REVEAL_RULES[self.order].accepts_threshold:
+                accepting = " or ".join(
+                    repr(order) for order, rule in REVEAL_RULES.items() if rule.accepts_threshold
+                )
+                raise ValueError(
+                    f"`threshold` decoding ranks by confidence and needs order={accepting}, "
+                    f"got order={self.order!r}."
+                )
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0.0 <= self.eps < 1.0:
+            raise ValueError(f"`eps` must be in [0, 1), got {self.eps!r}.")
+        if (
+            isinstance(self.temperature, bool)
+            or not isinstance(self.temperature, (int, float))
+            or self.temperature < 0
+        ):
+            raise ValueError(f"`temperature` must be a number >= 0 (0 = greedy), got {self.temperature!r}.")
+        if self.top_p is not None and (isinstance(self.top_p, bool) or not 0.0 < self.top_p <= 1.0):
+            raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p!r}.")
+        for name in ("use_cache", "return_dict_in_generate", "output_order", "output_history"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")  # noqa: TRY004 (SPEC §3)
+        for name in ("output_order", "output_history"):
+            if getattr(self, name) and not self.return_dict_in_generate:
+                raise ValueError(
+                    f"`{name}=True` needs `return_dict_in_generate=True` (a tensor has no room for it)."
+                )
+        for name in SPECIAL_TOKENS:
+            value = getattr(self, name)
+            ids = value if name == "eos_token_id" and isinstance(value, list) else [value]
+            if value is not None and not all(_is_int(i) and i >= 0 for i in ids):
+                raise ValueError(f"`{name}` must be a non-negative token id, got {value!r}.")
+
+    @classmethod
+    def from_model_config(cls, model_config: Any) -> LoMDMGenerationConfig:
+        """Default sampling settings with the special token ids of a model config (or its dict)."""
+        config = model_config if isinstance(model_config, dict) else model_config.to_dict()
+        return cls(**{name: config.get(name) for name in SPECIAL_TOKENS})
+
+
+__all__ = ["ORDERS", "SPECIAL_TOKENS", "LoMDMGenerationConfig"]
