@@ -359,16 +359,23 @@ class LoMDMGenerationMixin:
         """One backbone pass on the canvas rows `rows` `(R,)`; noise_mask = the set M, as in training.
 
         Returns log p_θ `(R, L, V)` and, when the sampler's reveal rule reads them, ê `(R, L)` (else `None`).
+        The head runs only at positions still to be revealed (the only ones the sampler reads); the other
+        rows of log p_θ are 0 and never used.
         """
+        canvas = sampler.canvas[rows]
+        still_masked = sampler.generated[rows] & (canvas == self.config.mask_token_id)  # (R, L)
         timesteps = sampler.timesteps()[rows].float() if self.is_time_conditioned else None
         out = self(
-            sampler.canvas[rows],
+            canvas,
             attention_mask=sampler.attention_mask[rows],
             noise_mask=sampler.generated[rows],
             timesteps=timesteps,
             output_exponents=sampler.needs_exponents,
+            logits_mask=still_masked,
         )
-        return out.logits, out.reverse_exponents
+        log_probs = out.logits.new_zeros(canvas.shape + out.logits.shape[-1:])  # (R, L, V)
+        log_probs[still_masked] = out.logits
+        return log_probs, out.reverse_exponents
 
 
 class _TokenStream:

@@ -42,14 +42,15 @@ if TYPE_CHECKING:  # the config module imports this one for `REVEAL_RULES`
 SampleFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def sample_categorical(scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def sample_categorical(scores: torch.Tensor, u: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
     """Draw one token per row of `scores` `(K, V)` (logits) by inverting the CDF at `u` `(K,)`, u in (0, 1].
+    `probs`: their float64 softmax when the caller has it already (it is not computed twice).
 
     Runs in float64: float32 truncates the tail of the distribution (a token of probability 1e-9 is lost next
     to the cumulative mass), which lowers the effective temperature and fakes low generative perplexity
     (Zheng et al., arXiv 2409.02908). One uniform per token keeps per-row generators cheap to honour.
     """
-    cdf = torch.softmax(scores.double(), dim=-1).cumsum(-1)  # (K, V)
+    cdf = (torch.softmax(scores.double(), dim=-1) if probs is None else probs).cumsum(-1)  # (K, V)
     target = u.double() * cdf[:, -1]  # u > 0, so the draw never lands on a zero-probability token
     return torch.searchsorted(cdf, target[:, None]).squeeze(-1).clamp(max=scores.shape[-1] - 1)  # (K,)
 
@@ -572,7 +573,7 @@ class LoMDMSampler:
         rows, columns = positions.nonzero(as_tuple=True)
         scores = self.logits_processor(self.state.canvas[rows], self.state.log_probs[rows, columns])  # (K, V)
         probs = torch.softmax(scores.double(), dim=-1)
-        tokens = probs.argmax(-1) if self.greedy else sample_categorical(scores, u[rows, columns])
+        tokens = probs.argmax(-1) if self.greedy else sample_categorical(scores, u[rows, columns], probs)
         return tokens, probs
 
 
