@@ -242,12 +242,18 @@ class LoMDMOutput(ModelOutput):
             state-independent schedules); `None` if `output_exponents=False`.
         last_hidden_state (`torch.FloatTensor` of shape `(B, L, H)`): backbone features f(z).
         hidden_states (`tuple`, *optional*): per-layer hidden states if requested.
+        forward_exponents (`torch.FloatTensor` of shape `(B, L)`, *optional*): e of the clean input (with
+            `noise`); carries the forward scheduler's gradient.
+        forward_scores (`torch.FloatTensor` of shape `(B, L)`, *optional*): the raw scores v behind e (with
+            `noise`, `None` for the fixed schedules).
     """
 
     logits: torch.FloatTensor | None = None
     reverse_exponents: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    forward_exponents: torch.FloatTensor | None = None
+    forward_scores: torch.FloatTensor | None = None
 
 
 class LoMDMPreTrainedModel(PreTrainedModel):
@@ -489,6 +495,7 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         output_exponents: bool = True,
         output_hidden_states: bool = False,
         logits_mask: torch.Tensor | None = None,
+        noise=None,
         **kwargs,
     ) -> LoMDMOutput:
         r"""
@@ -504,11 +511,30 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
                 log-softmax only where True (e.g. the masked positions, the only ones the loss and the sampler
                 read); `logits` is then the packed `(N, V)` tensor of those positions in row-major order
                 (`N = logits_mask.sum()`). The head is the largest single matmul of a small model. Default: all.
+            noise (*optional*): the training step of SPEC §1 in one call (what `hf_lomdm.objective.lomdm_loss`
+                passes): `input_ids` are then the clean x, and the model (1) computes the forward exponents e
+                of x as `forward_exponents` does, (2) asks `noise.corrupt(e.detach(), noise_mask)` for the K noisy
+                samples (it returns a `(K, B, L)` bool mask of the masked positions and the `(B,)` times t),
+                (3) runs the denoiser on all K samples as one `(K B, L)` batch with the head only at masked
+                positions (`logits` packed as with `logits_mask`). One module call per step is what DDP, FSDP,
+                PEFT and accelerate's autocast wrap.
         """
+        if noise is not None:
+            return self._training_forward(input_ids, attention_mask, noise_mask, position_ids, noise)
         self._check_inputs(input_ids, attention_mask, noise_mask, timesteps)
         if logits_mask is not None and (logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool):
             raise ValueError(f"`logits_mask` must be a bool tensor of shape {tuple(input_ids.shape)}, got "
                              f"{logits_mask.dtype} of shape {tuple(logits_mask.shape)}.")
+        return self._denoise(
+            input_ids, attention_mask, noise_mask, position_ids, timesteps, output_exponents, output_hidden_states,
+            logits_mask,
+        )
+
+    def _denoise(
+        self, input_ids, attention_mask, noise_mask, position_ids, timesteps, output_exponents=True,
+        output_hidden_states=False, logits_mask=None,
+    ) -> LoMDMOutput:
+        """The denoiser pass of `forward` on checked inputs: log p_θ(· | z) (SUBS) and ê(z)."""
         if position_ids is None:
             position_ids = _position_ids(attention_mask, input_ids)
         outputs = self.model(input_ids, attention_mask, position_ids, timesteps, output_hidden_states)
@@ -529,6 +555,29 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
             last_hidden_state=features,
             hidden_states=outputs.hidden_states,
         )
+
+    def _training_forward(self, input_ids, attention_mask, noise_mask, position_ids, noise) -> LoMDMOutput:
+        """`forward(..., noise=...)`: e of the clean rows, then the K noisy rows in one batch (see `forward`)."""
+        e, scores = self.forward_exponents(input_ids, attention_mask, noise_mask, position_ids, return_scores=True)
+        noise_mask = _default_noise_mask(noise_mask, attention_mask, input_ids)
+        is_mask, t = noise.corrupt(e.detach().float(), noise_mask)  # (K, B, L) bool, (B,)
+        num_samples = is_mask.shape[0]
+
+        def tile(tensor):  # (B, ...) -> (K B, ...): sample k of row b is row k B + b
+            return None if tensor is None else tensor.repeat(num_samples, *([1] * (tensor.dim() - 1)))
+
+        z_is_mask = is_mask.flatten(0, 1)  # (K B, L)
+        z = torch.where(z_is_mask, torch.full_like(z_is_mask, self.mask_token_id, dtype=torch.long), tile(input_ids))
+        out = self._denoise(
+            z,
+            tile(attention_mask),
+            tile(noise_mask),
+            tile(position_ids),
+            tile(t.float()) if self.is_time_conditioned else None,
+            logits_mask=z_is_mask,
+        )
+        out.forward_exponents, out.forward_scores = e, scores
+        return out
 
     def forward_exponents(
         self,
