@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_model
-from test_lm_eval import word_tokenizer
+from helpers import tiny_model, word_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_lomdm.eval import main, run

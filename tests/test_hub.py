@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_model
 from hub_server import USER, LocalHub
 
 TESTS = Path(__file__).parent
 
 PUSH = """
 import torch
-from conftest import tiny_model
+from helpers import tiny_model, word_tokenizer
 from peft import get_peft_model
-from test_lm_eval import word_tokenizer
 from hf_lomdm.lora import lomdm_lora_config
 
 model = tiny_model(schedule="lomdm", vocab_size=40)
@@ -58,7 +58,7 @@ z = torch.tensor([[5, 0, 7, 0, 9]])
 results = [model(z).logits]
 if not {block}:
     from peft import PeftModel
-    from conftest import tiny_model
+    from helpers import tiny_model
     lora = PeftModel.from_pretrained(tiny_model(schedule="lomdm", vocab_size=40), "{repo}-lora").eval()
     results.append(lora(z).logits)
     sample = model.generate(torch.tensor([[2, 5]]), max_new_tokens=4)  # the Hub generation config drives it
@@ -122,8 +122,6 @@ assert tokenizer("ab").input_ids == plain("ab").input_ids
 
 
 def test_saved_folder_loads_tokenizer_and_model_without_the_package_and_without_a_prompt(tmp_path):
-    from conftest import tiny_model
-
     from hf_lomdm.data import train_char_tokenizer
 
     tokenizer = train_char_tokenizer(["abc de", "fgh"], model_max_length=64)

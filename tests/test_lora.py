@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import MASK_ID, tiny_model
+from helpers import CLI_RECIPE, MASK_ID, tiny_model
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForMaskedLM
 
@@ -89,7 +89,6 @@ def test_cli_lora_sft_trains_only_the_adapter_on_responses(tmp_path):
     import json
 
     from huggingface_hub import ModelCard
-    from test_trainer import CLI_RECIPE
 
     from hf_lomdm.train import train
 

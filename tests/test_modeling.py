@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import MASK_ID, tiny_config, tiny_model
+from helpers import MASK_ID, tiny_config, tiny_model
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion, LoMDMModel

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from conftest import MASK_ID, tiny_model
+from helpers import MASK_ID, tiny_model
 
 from hf_lomdm import schedule_lomdm as S
 from hf_lomdm.objective import lomdm_loss

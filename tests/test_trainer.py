@@ -12,8 +12,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_model
 from datasets import Dataset
+from helpers import CLI_RECIPE, tiny_model
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, AutoTokenizer, TrainerCallback
 
@@ -399,26 +399,6 @@ def test_one_thread_by_default_on_small_machines(monkeypatch):
     assert runtime.default_num_threads() is None  # the user's choice wins
 
 
-CLI_RECIPE = """\
-train_files: [{corpus}]
-validation_split_percentage: 25
-tokenizer_vocab_size: 300
-hidden_size: 32
-num_hidden_layers: 1
-num_attention_heads: 2
-intermediate_size: 64
-block_size: 32
-max_steps: 2
-per_device_train_batch_size: 4
-report_to: none
-disable_tqdm: true
-use_cpu: true
-save_strategy: 'no'
-sample_count: 1
-sample_steps: 4
-"""
-
-
 def test_cli_trains_saves_a_loadable_checkpoint_and_generates(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(
@@ -451,7 +431,7 @@ import sys, torch
 from datasets import Dataset
 from safetensors.torch import save_file
 sys.path.insert(0, {tests!r})
-from conftest import tiny_model
+from helpers import tiny_model
 from hf_lomdm.data import DataCollatorForMaskedDiffusion
 from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
 torch.set_num_threads(1)
