@@ -34,19 +34,17 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
-from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments
+from transformers import EvalPrediction, Trainer, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
 
+from .ema import EMA_WEIGHTS_NAME, EMACallback, ExponentialMovingAverage
 from .objective import LoMDMLossOutput, lomdm_loss
 from .schedule_lomdm import saturated
 
@@ -54,7 +52,6 @@ logger = logging.get_logger(__name__)
 
 # Modules / parameters of the learned schedules (φ, ψ of `lomdm`, θ of `per_position`).
 SCHEDULER_PARAMETER_NAMES = ("forward_scheduler", "reverse_scheduler", "position_scores")
-EMA_WEIGHTS_NAME = "ema.safetensors"
 TRAINING_ARGS_JSON_NAME = "training_args.json"
 
 # Additive statistics of training batches (see `_batch_statistics`).
@@ -264,83 +261,6 @@ def _summarize(stats: torch.Tensor) -> dict[str, float]:
     return logs
 
 
-class ExponentialMovingAverage:
-    """EMA of the trainable weights, `w̄ ← d w̄ + (1 − d) w`, kept in float32.
-
-    The decay warms up as `d_n = min(decay, (1 + n) / (10 + n))` after `n` updates, so that short runs are not
-    averaged towards the random initialisation. The shadow is created from the weights at the first update.
-
-    Args:
-        decay: the asymptotic decay `d` in (0, 1).
-    """
-
-    def __init__(self, decay: float):
-        self.decay = decay
-        self.num_updates = 0
-        self.shadow: dict[str, torch.Tensor] = {}
-
-    @staticmethod
-    def _parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-        return (
-            (name, p) for name, p in model.named_parameters() if p.requires_grad and p.is_floating_point()
-        )
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        if not self.shadow:
-            self.shadow = {name: p.detach().float().clone() for name, p in self._parameters(model)}
-        self.num_updates += 1
-        decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        for name, p in self._parameters(model):
-            self.shadow[name].lerp_(p.detach().float(), 1.0 - decay)
-
-    @contextlib.contextmanager
-    def applied(self, model: nn.Module) -> Iterator[None]:
-        """Temporarily load the EMA weights into `model` (no-op before the first update)."""
-        if not self.shadow:
-            yield
-            return
-        params = dict(self._parameters(model))
-        backup = {name: p.detach().clone() for name, p in params.items()}
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(self.shadow[name])
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.copy_(backup[name])
-
-    def save(self, path: str) -> None:
-        save_file(
-            {k: v.contiguous() for k, v in self.shadow.items()},
-            path,
-            metadata={"num_updates": str(self.num_updates), "decay": str(self.decay)},
-        )
-
-    def load(self, path: str, model: nn.Module) -> None:
-        devices = {name: p.device for name, p in self._parameters(model)}
-        with safe_open(path, framework="pt") as f:
-            self.num_updates = int(f.metadata()["num_updates"])
-            names = f.keys()  # a safe_open handle is not iterable
-            self.shadow = {name: f.get_tensor(name).to(devices[name]) for name in names}
-
-
-class _EMACallback(TrainerCallback):
-    """Updates the EMA after every optimizer step and stores it beside each checkpoint's raw weights."""
-
-    def __init__(self, ema: ExponentialMovingAverage):
-        self.ema = ema
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.ema.update(model)
-
-    def on_save(self, args, state, control, **kwargs):
-        if args.should_save:
-            self.ema.save(os.path.join(args.output_dir, f"checkpoint-{state.global_step}", EMA_WEIGHTS_NAME))
-
-
 class _RoutedModel:
     """What `lomdm_loss` needs from a model: the bare model's attributes, denoiser calls through the wrapper.
 
@@ -401,7 +321,7 @@ class LoMDMTrainer(Trainer):
             self.label_names = ["labels"]  # keeps a `labels` column of the data set (e.g. prompt masking)
         self._ema = ExponentialMovingAverage(self.args.ema_decay) if self.args.ema_decay is not None else None
         if self._ema is not None:
-            self.add_callback(_EMACallback(self._ema))
+            self.add_callback(EMACallback(self._ema))
         self._train_stats: torch.Tensor | None = None
         self._noise_step, self._micro_step = -1, 0
         self._eval_generator: torch.Generator | None = None
@@ -620,10 +540,8 @@ class LoMDMTrainer(Trainer):
 
 
 __all__ = [
-    "EMA_WEIGHTS_NAME",
     "SCHEDULER_LR_MULTIPLIERS",
     "SCHEDULER_PARAMETER_NAMES",
-    "ExponentialMovingAverage",
     "LoMDMTrainer",
     "LoMDMTrainingArguments",
     "default_scheduler_learning_rate",

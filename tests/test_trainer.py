@@ -22,7 +22,8 @@ from hf_lomdm import LoMDMForMaskedDiffusion
 from hf_lomdm.data import DataCollatorForMaskedDiffusion
 from hf_lomdm.objective import LoMDMLossOutput, lomdm_loss
 from hf_lomdm.train import parse_args, train
-from hf_lomdm.trainer import EMA_WEIGHTS_NAME, LoMDMTrainer, LoMDMTrainingArguments, is_scheduler_parameter
+from hf_lomdm.ema import EMA_WEIGHTS_NAME
+from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments, is_scheduler_parameter
 
 PAD_ID = 1
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
