@@ -42,7 +42,7 @@ class LoMDMLossOutput:
         loss: scalar surrogate to backpropagate: sum over the batch of the per-sequence surrogate divided
             by the total number of noisable tokens (per-token scale). Includes the RLOO term.
         nelbo: `(B,)` detached per-sequence NELBO estimate (sum over M, mean over the K samples).
-        main, velocity: `(B,)` the L_main and L_velocity parts of `nelbo`.
+        loss_main, loss_velocity: `(B,)` the L_main and L_velocity parts of `nelbo`.
         num_tokens: `(B,)` |M| per sequence.
         t: `(B,)` the times used (may underflow to 0 for the smallest importance samples; see `log_t`).
         log_t: `(B,)` float64 log-times.
@@ -54,8 +54,8 @@ class LoMDMLossOutput:
 
     loss: torch.Tensor
     nelbo: torch.Tensor
-    main: torch.Tensor
-    velocity: torch.Tensor
+    loss_main: torch.Tensor
+    loss_velocity: torch.Tensor
     num_tokens: torch.Tensor
     t: torch.Tensor
     log_t: torch.Tensor
@@ -219,8 +219,8 @@ def lomdm_loss(
     return LoMDMLossOutput(
         loss=surrogate.sum() / num_tokens.sum().clamp(min=1),
         nelbo=per_sample.detach().mean(0),
-        main=torch.stack(mains).detach().mean(0),
-        velocity=torch.stack(velocities).detach().mean(0),
+        loss_main=torch.stack(mains).detach().mean(0),
+        loss_velocity=torch.stack(velocities).detach().mean(0),
         num_tokens=num_tokens,
         t=torch.exp(log_t),
         log_t=log_t,

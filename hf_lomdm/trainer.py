@@ -54,23 +54,23 @@ logger = logging.get_logger(__name__)
 SCHEDULER_PARAMETER_NAMES = ("forward_scheduler", "reverse_scheduler", "position_scores")
 TRAINING_ARGS_JSON_NAME = "training_args.json"
 
-# Additive statistics of training batches (see `_batch_statistics`).
+# Additive statistics of training batches, summed over a logging window (see `_batch_statistics`).
 _STATS = (
     "nelbo",
-    "main",
-    "velocity",
+    "loss_main",
+    "loss_velocity",
     "tokens",
-    "e",
-    "e2",
-    "n_e",
-    "n_c",
-    "x",
-    "y",
-    "xy",
-    "xx",
-    "yy",
-    "saturated",
-    "n_scored",
+    "exponent_sum",
+    "exponent_square_sum",
+    "exponent_count",
+    "masked_count",
+    "masked_exponent_sum",
+    "masked_confidence_sum",
+    "masked_exponent_confidence_sum",
+    "masked_exponent_square_sum",
+    "masked_confidence_square_sum",
+    "saturated_count",
+    "scored_count",
 )
 
 
@@ -211,8 +211,9 @@ def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
 def _batch_statistics(res: LoMDMLossOutput) -> torch.Tensor:
     """Additive float64 sums of one batch, in the order of `_STATS`.
 
-    NELBO terms and |M|; Σe and Σe² over M; and the moments (n, Σx, Σy, Σxy, Σx², Σy²) of x = e_i,
-    y = p_θ(x_i | z_t) over the masked positions of the first noise sample, for Pearson's r.
+    NELBO terms and |M|; Σe, Σe² and the count over M; the moments (n, Σx, Σy, Σxy, Σx², Σy²) of x = e_i,
+    y = p_θ(x_i | z_t) over the masked positions of the first noise sample, for Pearson's r; and the saturated
+    scheduler sigmoids with the number of scores (zero for fixed schedules).
     """
     e = res.forward_exponents.double()
     in_m = res.noise_mask
@@ -220,8 +221,8 @@ def _batch_statistics(res: LoMDMLossOutput) -> torch.Tensor:
     x, y = e[masked], res.confidence[masked].double()
     sums = [
         res.nelbo.sum(),
-        res.main.sum(),
-        res.velocity.sum(),
+        res.loss_main.sum(),
+        res.loss_velocity.sum(),
         res.num_tokens.sum(),
         e[in_m].sum(),
         e[in_m].square().sum(),
@@ -241,21 +242,24 @@ def _batch_statistics(res: LoMDMLossOutput) -> torch.Tensor:
 
 
 def _summarize(stats: torch.Tensor) -> dict[str, float]:
+    """The logged statistics of a window's summed `_batch_statistics`."""
     s = dict(zip(_STATS, stats.tolist()))
-    tokens, n_e, n_c = max(s["tokens"], 1.0), max(s["n_e"], 1.0), max(s["n_c"], 1.0)
-    mean_e = s["e"] / n_e
+    tokens = max(s["tokens"], 1.0)
+    num_exponents, num_masked = max(s["exponent_count"], 1.0), max(s["masked_count"], 1.0)
+    mean_e = s["exponent_sum"] / num_exponents
     logs = {
         "nelbo": s["nelbo"] / tokens,
-        "main": s["main"] / tokens,
-        "velocity": s["velocity"] / tokens,
+        "main": s["loss_main"] / tokens,
+        "velocity": s["loss_velocity"] / tokens,
         "exponent_mean": mean_e,
-        "exponent_std": math.sqrt(max(s["e2"] / n_e - mean_e**2, 0.0)),
+        "exponent_std": math.sqrt(max(s["exponent_square_sum"] / num_exponents - mean_e**2, 0.0)),
     }
-    if s["n_scored"] > 0:
-        logs["scheduler_saturated_fraction"] = s["saturated"] / s["n_scored"]
-    cov = s["xy"] / n_c - (s["x"] / n_c) * (s["y"] / n_c)
-    var_x = s["xx"] / n_c - (s["x"] / n_c) ** 2
-    var_y = s["yy"] / n_c - (s["y"] / n_c) ** 2
+    if s["scored_count"] > 0:
+        logs["scheduler_saturated_fraction"] = s["saturated_count"] / s["scored_count"]
+    mean_x, mean_y = s["masked_exponent_sum"] / num_masked, s["masked_confidence_sum"] / num_masked
+    cov = s["masked_exponent_confidence_sum"] / num_masked - mean_x * mean_y
+    var_x = s["masked_exponent_square_sum"] / num_masked - mean_x**2
+    var_y = s["masked_confidence_square_sum"] / num_masked - mean_y**2
     if var_x > 1e-12 and var_y > 1e-12:  # undefined for fixed schedules (every e equal)
         logs["exponent_confidence_corr"] = cov / math.sqrt(var_x * var_y)
     return logs
@@ -491,7 +495,7 @@ class LoMDMTrainer(Trainer):
                 time_sampling="importance",
                 generator=self._eval_generator,
             )
-        stats = torch.stack([res.nelbo, res.main, res.velocity], dim=-1)  # (R B, 3)
+        stats = torch.stack([res.nelbo, res.loss_main, res.loss_velocity], dim=-1)  # (R B, 3)
         stats = stats.view(repeats, -1, 3).mean(0)  # (B, 3)
         return None, stats, res.num_tokens[: stats.shape[0]]
 

@@ -20,7 +20,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
 
 from hf_lomdm.evaluation import sequence_nelbo_samples
-from hf_lomdm.lm_eval import LoMDMEvalHarness
+from hf_lomdm.lm_eval_adapter import LoMDMEvalHarness
 from hf_lomdm.objective import lomdm_loss
 
 LONG_MC = [  # continuations of 10-11 tokens, longer than the max_length=6 the tests below score them with
@@ -235,7 +235,7 @@ def test_module_cli_runs_the_harness_with_the_model_registered(checkpoint, tmp_p
     command = [
         sys.executable,
         "-m",
-        "hf_lomdm.lm_eval",
+        "hf_lomdm.lm_eval_adapter",
         "--model",
         "lomdm",
         "--model_args",

@@ -111,8 +111,8 @@ def rowwise_loss(model, input_ids, attention_mask=None, labels=None, **_):
     return LoMDMLossOutput(
         loss=sum(o.loss * n for o, n in zip(outs, tokens)) / tokens.sum(),
         nelbo=cat("nelbo"),
-        main=cat("main"),
-        velocity=cat("velocity"),
+        loss_main=cat("loss_main"),
+        loss_velocity=cat("loss_velocity"),
         num_tokens=cat("num_tokens"),
         t=cat("t"),
         log_t=cat("log_t"),
@@ -199,8 +199,8 @@ def test_eval_nelbo_weights_tokens_not_sequences(tmp_path, monkeypatch):
         return LoMDMLossOutput(
             loss=nelbo.sum(),
             nelbo=nelbo,
-            main=nelbo,
-            velocity=0 * nelbo,
+            loss_main=nelbo,
+            loss_velocity=0 * nelbo,
             num_tokens=tokens,
             t=0 * nelbo,
             log_t=0 * nelbo,
