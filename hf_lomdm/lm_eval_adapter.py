@@ -128,7 +128,6 @@ class LoMDMEvalHarness(LM):
                 time_samples=self.mc_samples,
                 batch_size=self.batch_size,
                 time_sampling="importance",
-                uniform_weight=0.5,
                 generator=self.generator,
             )
         return (-samples.mean(1)).tolist()

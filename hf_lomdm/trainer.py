@@ -34,8 +34,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,13 +46,21 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
 
 from .ema import EMA_WEIGHTS_NAME, EMACallback, ExponentialMovingAverage
-from .objective import LoMDMLossOutput, lomdm_loss
+from .evaluation import perplexity
+from .objective import (
+    TIME_UNIFORM_WEIGHT,
+    Estimator,
+    LoMDMLossOutput,
+    TimeSampling,
+    check_estimator_arguments,
+    lomdm_loss,
+    stratified_nelbo,
+)
+from .parameter_groups import is_scheduler_parameter
 from .schedule_lomdm import saturated
 
 logger = logging.get_logger(__name__)
 
-# Modules / parameters of the learned schedules (φ, ψ of `lomdm`, θ of `per_position`).
-SCHEDULER_PARAMETER_NAMES = ("forward_scheduler", "reverse_scheduler", "position_scores")
 TRAINING_ARGS_JSON_NAME = "training_args.json"
 
 # Additive statistics of training batches, summed over a logging window (see `_batch_statistics`).
@@ -81,13 +90,13 @@ class LoMDMTrainingArguments(TrainingArguments):
     num_noise_samples: int = field(
         default=2, metadata={"help": "K noisy samples per sequence and step (RLOO needs K >= 2)."}
     )
-    estimator: Literal["rloo", "plain"] = field(
+    estimator: Estimator = field(
         default="rloo",
         metadata={
             "help": "'rloo' (score-function term with a leave-one-out baseline) or 'plain' (MDLM, K = 1)."
         },
     )
-    time_sampling: Literal["importance", "uniform_eps"] = field(
+    time_sampling: TimeSampling = field(
         default="importance",
         metadata={
             "help": "Training times: 'importance' (unbiased over (0, 1]) or MDLM's 'uniform_eps' "
@@ -95,7 +104,8 @@ class LoMDMTrainingArguments(TrainingArguments):
         },
     )
     time_uniform_weight: float = field(
-        default=0.5, metadata={"help": "Weight of the uniform part of the importance mixture q(t) (SPEC §1)."}
+        default=TIME_UNIFORM_WEIGHT,
+        metadata={"help": "Weight of the uniform part of the importance mixture q(t) (SPEC §1)."},
     )
     noise_eps: float = field(
         default=1e-3, metadata={"help": "ε of time_sampling='uniform_eps': t ~ U(ε, 1)."}
@@ -121,8 +131,7 @@ class LoMDMTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         if self.ddp_find_unused_parameters is None:
-            # Every parameter gets a gradient each step; and the forward scheduler runs in
-            # `forward_exponents`,
+            # Every parameter gets a gradient each step; and the forward scheduler runs in `forward_exponents`,
             # outside DDP's forward, where DDP's unused-parameter search would wrongly mark it unused.
             self.ddp_find_unused_parameters = False
         super().__post_init__()
@@ -131,19 +140,9 @@ class LoMDMTrainingArguments(TrainingArguments):
                 "`ddp_find_unused_parameters=True` is not supported: the forward scheduler runs outside "
                 "DDP's forward (in `forward_exponents`) and would be marked ready twice."
             )
-        if self.num_noise_samples < 1:
-            raise ValueError(f"`num_noise_samples` must be >= 1, got {self.num_noise_samples}.")
-        if self.estimator not in ("rloo", "plain"):
-            raise ValueError(f"`estimator` must be 'rloo' or 'plain', got {self.estimator!r}.")
-        if self.estimator == "rloo" and self.num_noise_samples < 2:
-            raise ValueError(
-                f"the RLOO estimator needs `num_noise_samples` >= 2, got {self.num_noise_samples}; "
-                "use estimator='plain' for K = 1."
-            )
-        if self.time_sampling not in ("importance", "uniform_eps"):
-            raise ValueError(
-                f"`time_sampling` must be 'importance' or 'uniform_eps', got {self.time_sampling!r}."
-            )
+        check_estimator_arguments(
+            self.num_noise_samples, self.estimator, self.time_sampling, num_samples_name="num_noise_samples"
+        )
         if not 0.0 < self.time_uniform_weight <= 1.0:
             raise ValueError(f"`time_uniform_weight` must be in (0, 1], got {self.time_uniform_weight}.")
         if not 0.0 <= self.noise_eps < 1.0:
@@ -175,11 +174,6 @@ def default_scheduler_learning_rate(schedule: str | None, learning_rate: float) 
     return learning_rate * SCHEDULER_LR_MULTIPLIERS.get(schedule, 1.0)
 
 
-def is_scheduler_parameter(name: str) -> bool:
-    """Whether a parameter name (as in `model.named_parameters()`, wrappers included) is a scheduler's."""
-    return any(part in SCHEDULER_PARAMETER_NAMES for part in name.split("."))
-
-
 def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     """Per-token NELBO over an evaluation set from `LoMDMTrainer.prediction_step` outputs.
 
@@ -196,14 +190,13 @@ def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     residuals = per_sequence[:, 0] - nelbo * counts
     n = len(counts)
     stderr = math.sqrt(n / max(n - 1, 1) * float((residuals**2).sum())) / max(tokens, 1.0)
-    ppl_bound = math.exp(nelbo) if nelbo < 700 else math.inf
     return {
         "loss": nelbo,
         "nelbo": nelbo,
         "nelbo_stderr": stderr,
         "main": main,
         "velocity": velocity,
-        "ppl_bound": ppl_bound,
+        "ppl_bound": perplexity(nelbo),
         "tokens": tokens,
     }
 
@@ -358,13 +351,13 @@ class LoMDMTrainer(Trainer):
             self._fsdp_method_registered = True
         return _RoutedModel(model, module)
 
-    def _lomdm_loss(
-        self, model: nn.Module, inputs: dict[str, torch.Tensor], **kwargs: Any
-    ) -> LoMDMLossOutput:
-        # Autocast here as well: accelerate only wraps `forward`, and the objective also calls
-        # `forward_exponents`.
+    def _objective(
+        self, objective: Callable[..., Any], model: nn.Module, inputs: dict[str, torch.Tensor], **kwargs: Any
+    ) -> Any:
+        """`objective` (`lomdm_loss` or `stratified_nelbo`) of a batch with the training arguments' times."""
+        # Autocast here as well: accelerate wraps only `forward`, and the objective calls `forward_exponents`.
         with self.accelerator.autocast():
-            return lomdm_loss(
+            return objective(
                 self._routed(model),
                 inputs["input_ids"],
                 attention_mask=inputs.get("attention_mask"),
@@ -390,7 +383,8 @@ class LoMDMTrainer(Trainer):
         divides
         by the accumulation steps.
         """
-        res = self._lomdm_loss(
+        res = self._objective(
+            lomdm_loss,
             model,
             inputs,
             num_samples=self.args.num_noise_samples,
@@ -475,29 +469,19 @@ class LoMDMTrainer(Trainer):
         statistics are the evaluation.
         """
         inputs = self._prepare_inputs(inputs)
-        repeats = self.args.eval_time_samples
-        device = inputs["input_ids"].device
         if self._eval_generator is None:
-            self._eval_generator = self._generator(device, 1)
-        # Row r * B + b is time sample r of sequence b: the antithetic times of `lomdm_loss`
-        # (u_j = u_0 + j / (R B) mod 1) give each sequence R evenly spaced points, a stratified time integral.
-        batch = {
-            k: v.repeat(repeats, 1)
-            for k, v in inputs.items()
-            if k in ("input_ids", "attention_mask", "labels")
-        }
+            self._eval_generator = self._generator(inputs["input_ids"].device, 1)
         with torch.no_grad():
-            res = self._lomdm_loss(
+            samples = self._objective(
+                stratified_nelbo,
                 model,
-                batch,
-                num_samples=1,
-                estimator="plain",
+                inputs,
+                time_samples=self.args.eval_time_samples,
                 time_sampling="importance",
                 generator=self._eval_generator,
             )
-        stats = torch.stack([res.nelbo, res.loss_main, res.loss_velocity], dim=-1)  # (R B, 3)
-        stats = stats.view(repeats, -1, 3).mean(0)  # (B, 3)
-        return None, stats, res.num_tokens[: stats.shape[0]]
+        stats = torch.stack([samples.nelbo, samples.loss_main, samples.loss_velocity], dim=-1)  # (R, B, 3)
+        return None, stats.mean(0), samples.num_tokens
 
     # ---- checkpoints, EMA and logging -----------------------------------------------------------------
 
@@ -545,10 +529,8 @@ class LoMDMTrainer(Trainer):
 
 __all__ = [
     "SCHEDULER_LR_MULTIPLIERS",
-    "SCHEDULER_PARAMETER_NAMES",
     "LoMDMTrainer",
     "LoMDMTrainingArguments",
     "default_scheduler_learning_rate",
-    "is_scheduler_parameter",
     "nelbo_metrics",
 ]

@@ -126,7 +126,6 @@ def test_windowed_loglikelihood_is_the_one_pass_elbo_when_it_fits_and_finite_whe
         time_samples=8,
         batch_size=lm.batch_size,
         time_sampling="importance",
-        uniform_weight=0.5,
         generator=torch.Generator().manual_seed(0),
     )
     lm.generator = torch.Generator().manual_seed(0)

@@ -10,8 +10,9 @@ from helpers import CLI_RECIPE, MASK_ID, tiny_model
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForMaskedLM
 
-from hf_lomdm.lora import lomdm_lora_config, scheduler_modules
+from hf_lomdm.lora import lomdm_lora_config
 from hf_lomdm.objective import lomdm_loss
+from hf_lomdm.parameter_groups import scheduler_modules
 
 
 def _lora_model(schedule="lomdm", train_schedulers=True, seed=0):

@@ -25,14 +25,7 @@ from hf_lomdm.tabular import (
     train_tabular_model,
 )
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models: intra-op threads only add synchronisation (and stall badly on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mixed_table(num_rows: int = 400, seed: int = 0) -> pd.DataFrame:

@@ -17,25 +17,19 @@ from helpers import CLI_RECIPE, tiny_model
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, AutoTokenizer, TrainerCallback
 
+import hf_lomdm.objective as objective_module
 import hf_lomdm.trainer as trainer_module
 from hf_lomdm import LoMDMForMaskedDiffusion
 from hf_lomdm.data import DataCollatorForMaskedDiffusion
-from hf_lomdm.objective import LoMDMLossOutput, lomdm_loss
-from hf_lomdm.train import parse_args, train
 from hf_lomdm.ema import EMA_WEIGHTS_NAME
-from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments, is_scheduler_parameter
+from hf_lomdm.objective import LoMDMLossOutput, lomdm_loss
+from hf_lomdm.parameter_groups import is_scheduler_parameter
+from hf_lomdm.train import parse_args, train
+from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
 
 PAD_ID = 1
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread avoids OpenMP spin-waits that make these tests crawl on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ragged_rows(n: int, seed: int = 0, min_len: int = 3, max_len: int = 16) -> Dataset:
@@ -209,7 +203,7 @@ def test_eval_nelbo_weights_tokens_not_sequences(tmp_path, monkeypatch):
             confidence=zeros,
         )
 
-    monkeypatch.setattr(trainer_module, "lomdm_loss", fake_loss)
+    monkeypatch.setattr(objective_module, "lomdm_loss", fake_loss)  # what `stratified_nelbo` calls
     rows = ragged_rows(7, seed=4)
     metrics = make_trainer(
         tmp_path, eval_rows=rows, per_device_eval_batch_size=3, eval_time_samples=2
