@@ -162,6 +162,24 @@ def test_auto_classes_resolve_to_lomdm():
     assert isinstance(AutoModelForMaskedLM.from_config(config), LoMDMForMaskedDiffusion)
 
 
+def test_package_exports_resolve_and_training_loads_on_first_use():
+    script = textwrap.dedent(
+        """
+        import sys
+        import hf_lomdm
+        heavy = ("peft", "datasets", "hf_lomdm.trainer", "hf_lomdm.evaluation", "hf_lomdm.lora")
+        assert not [name for name in heavy if name in sys.modules], [n for n in heavy if n in sys.modules]
+        assert set(hf_lomdm.__all__) <= set(dir(hf_lomdm)), set(hf_lomdm.__all__) - set(dir(hf_lomdm))
+        from hf_lomdm.evaluation import nelbo_perplexity
+        from hf_lomdm.lora import lomdm_lora_config
+        assert hf_lomdm.nelbo_perplexity is nelbo_perplexity and hf_lomdm.lomdm_lora_config is lomdm_lora_config
+        assert all(getattr(hf_lomdm, name) is not None for name in hf_lomdm.__all__)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_save_load_round_trip_logits_equal(tmp_path, schedule):
     model = tiny_model(schedule=schedule)
