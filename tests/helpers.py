@@ -42,9 +42,19 @@ sample_steps: 4
 
 def tiny_config(**overrides) -> LoMDMConfig:
     kwargs = dict(
-        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, mask_token_id=MASK_ID, pad_token_id=1, bos_token_id=2, eos_token_id=3,
-        schedule="lomdm", scheduler_intermediate_size=32, scheduler_head_size=16,
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        mask_token_id=MASK_ID,
+        pad_token_id=1,
+        bos_token_id=2,
+        eos_token_id=3,
+        schedule="lomdm",
+        scheduler_intermediate_size=32,
+        scheduler_head_size=16,
     )
     kwargs.update(overrides)
     return LoMDMConfig(**kwargs)
