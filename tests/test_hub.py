@@ -69,7 +69,8 @@ torch.save(results, "{out}/loaded_{block}.pt")
 
 def _run(script: str, hub: LocalHub, home: Path) -> None:
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_local_test_token", "HF_HUB_OFFLINE": "0",
-           "HF_HOME": str(home), "HF_MODULES_CACHE": str(home / "modules"), "PYTHONPATH": str(TESTS)}
+           "HF_HOME": str(home), "HF_MODULES_CACHE": str(home / "modules"),
+           "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}  # the helpers and this tree's package
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=TESTS)
     assert result.returncode == 0, result.stderr[-4000:]
 
