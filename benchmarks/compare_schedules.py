@@ -45,16 +45,11 @@ from hf_lomdm.data import (
     DataCollatorForMaskedDiffusion,
     group_texts,
     load_text_datasets,
+    tokenizer_config_kwargs,
     train_bpe_tokenizer,
     train_char_tokenizer,
 )
-from hf_lomdm.evaluation import (
-    context_use,
-    generative_perplexity,
-    load_smollm2_judge,
-    nelbo_perplexity,
-    unigram_entropy,
-)
+from hf_lomdm.evaluation import context_use, load_judge, nelbo_perplexity, perplexity, sample_orders
 from hf_lomdm.runtime import configure_threads, resolve_bf16
 from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
 
@@ -199,8 +194,8 @@ class _EvalCallback(TrainerCallback):
         record.val_nelbo.append(nelbo)
         record.val_bpc.append(nelbo / LN2)
         record.val_bpc_se.append(se / LN2)
-        record.val_ppl.append(math.exp(nelbo))
-        record.val_ppl_se.append(math.exp(nelbo) * se)  # delta method: se(exp(x)) = exp(x) se(x)
+        record.val_ppl.append(perplexity(nelbo))
+        record.val_ppl_se.append(perplexity(nelbo) * se)  # delta method: se(exp(x)) = exp(x) se(x)
         record.wall_s.append(wall)
         record.exponent_confidence_corr.append(next((log["exponent_confidence_corr"] for log in logs), None))
         print(
@@ -234,17 +229,15 @@ def _training_args(preset, output_dir: Path, seed: int, bf16: bool, cls=Training
 
 
 def _backbone(preset: Preset, tokenizer) -> dict:
-    """Config fields every run shares, the AR model's included."""
+    """Config fields every run shares: the tokenizer's (`tokenizer_config_kwargs`) and the sizes. The AR model
+    drops `mask_token_id`."""
     return {
-        "vocab_size": len(tokenizer),
+        **tokenizer_config_kwargs(tokenizer),
         "hidden_size": preset.hidden_size,
         "num_hidden_layers": preset.num_hidden_layers,
         "num_attention_heads": preset.num_attention_heads,
         "intermediate_size": preset.intermediate_size,
         "max_position_embeddings": preset.block_size,
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
     }
 
 
@@ -259,7 +252,6 @@ def _lomdm_run(name, preset, tokenizer, train, val_rows, output_dir, seed, bf16)
         **_backbone(preset, tokenizer),
         scheduler_intermediate_size=preset.scheduler_intermediate_size,
         scheduler_head_size=preset.scheduler_head_size,
-        mask_token_id=tokenizer.mask_token_id,
         **spec,
     )
     model = LoMDMForMaskedDiffusion(config)
@@ -293,7 +285,8 @@ def _lomdm_run(name, preset, tokenizer, train, val_rows, output_dir, seed, bf16)
 
 def _ar_run(preset, tokenizer, train, val_rows, output_dir, seed, bf16) -> RunRecord:
     set_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**_backbone(preset, tokenizer), tie_word_embeddings=False))
+    backbone = {k: v for k, v in _backbone(preset, tokenizer).items() if k != "mask_token_id"}
+    model = LlamaForCausalLM(LlamaConfig(**backbone, tie_word_embeddings=False))
     record = RunRecord(name="ar", seed=seed, parameters=sum(p.numel() for p in model.parameters()))
     batch = DataCollatorForMaskedDiffusion(tokenizer.pad_token_id)([{"input_ids": r} for r in val_rows])
 
@@ -367,37 +360,29 @@ def _judge(preset: Preset, tokenizer):
             num_attention_heads=2,
         )
         return LlamaForCausalLM(config).eval(), tokenizer
-    return load_smollm2_judge()
+    return load_judge(preset.judge)
 
 
-@torch.no_grad()
 def _generation_metrics(record, model, tokenizer, preset, judge, judge_tokenizer, seed) -> None:
     """Unconditional samples (a BOS prompt) per order at `gen_steps` steps: gen-PPL under the judge (if any),
     the mean per-sample unigram entropy and the first sample's text."""
     orders = ("random",) if record.name.startswith("mdlm") else ("learned", "random")
-    prompt = torch.full(
-        (preset.gen_samples, 1), tokenizer.bos_token_id, dtype=torch.long, device=model.device
+    samples = sample_orders(
+        model,
+        tokenizer,
+        orders,
+        num_samples=preset.gen_samples,
+        steps=preset.gen_steps,
+        max_length=preset.block_size,
+        judge=judge,
+        judge_tokenizer=judge_tokenizer,
+        seed=seed,
     )
-    special = set(tokenizer.all_special_ids)
-    model.eval()
-    for order in orders:
-        sequences = model.generate(
-            prompt,
-            max_length=preset.block_size,
-            steps=preset.gen_steps,
-            order=order,
-            generator=torch.Generator(device=model.device).manual_seed(seed),
-        )
-        texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
-        record.sample[order] = texts[0]
-        if judge is None:  # entropy of the model's own tokens (characters for the char tokenizer)
-            samples = [[t for t in row if t not in special] for row in sequences[:, 1:].tolist()]
-            record.entropy[order] = statistics.fmean(unigram_entropy(ids) for ids in samples)
-            continue
-        texts = [text if text.strip() else "." for text in texts]
-        result = generative_perplexity(texts, judge=judge, judge_tokenizer=judge_tokenizer)
-        record.gen_ppl[order] = result.gen_ppl
-        record.entropy[order] = result.entropy
+    for order, scored in samples.items():
+        record.sample[order] = scored.texts[0]
+        record.entropy[order] = scored.entropy
+        if scored.gen_ppl is not None:
+            record.gen_ppl[order] = scored.gen_ppl
 
 
 def _steps_to_reach(record: RunRecord, target: float) -> tuple[float | None, float | None]:

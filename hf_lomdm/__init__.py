@@ -11,7 +11,7 @@ from .modeling_lomdm import LoMDMForMaskedDiffusion, LoMDMModel, LoMDMOutput, Lo
 from .objective import LoMDMLossOutput, lomdm_loss
 from .sampler_lomdm import LoMDMSampler, LoMDMSamplerState
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written: pyproject.toml reads it
 
 AutoConfig.register("lomdm", LoMDMConfig, exist_ok=True)
 AutoModel.register(LoMDMConfig, LoMDMModel, exist_ok=True)
@@ -21,14 +21,24 @@ LoMDMConfig.register_for_auto_class()
 LoMDMModel.register_for_auto_class("AutoModel")
 LoMDMForMaskedDiffusion.register_for_auto_class("AutoModelForMaskedLM")
 
-# Training classes load on first use, so `import hf_lomdm` does not import Trainer, accelerate and datasets.
-_LAZY = {"LoMDMTrainer": "trainer", "LoMDMTrainingArguments": "trainer", "DataCollatorForMaskedDiffusion": "data"}
+# Training and evaluation load on first use, so `import hf_lomdm` does not import Trainer, datasets or peft.
+_LAZY = {
+    "DataCollatorForMaskedDiffusion": "data",
+    "LoMDMTrainer": "trainer",
+    "LoMDMTrainingArguments": "trainer",
+    "lomdm_lora_config": "lora",
+    "nelbo_perplexity": "evaluation",
+}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
@@ -46,5 +56,7 @@ __all__ = [
     "LoMDMSamplerState",
     "LoMDMTrainer",
     "LoMDMTrainingArguments",
+    "lomdm_lora_config",
     "lomdm_loss",
+    "nelbo_perplexity",
 ]

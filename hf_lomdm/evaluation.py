@@ -17,26 +17,40 @@ Shapes: B = batch, L = length.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
 
-from .objective import lomdm_loss, targets_and_noise_mask
+from .data import DataCollatorForMaskedDiffusion
+from .objective import TIME_UNIFORM_WEIGHT, TimeSampling, stratified_nelbo, targets_and_noise_mask
 
 __all__ = [
     "ContextUseResult",
     "GenerativePerplexityResult",
     "NelboResult",
+    "OrderSamples",
     "context_use",
     "generative_perplexity",
+    "load_judge",
     "load_smollm2_judge",
     "smollm2_gguf",
     "nelbo_perplexity",
+    "perplexity",
+    "sample_orders",
     "sequence_nelbo_samples",
     "unigram_entropy",
 ]
+
+
+def perplexity(nats_per_token: float) -> float:
+    """exp of a per-token NELBO or NLL in nats: a perplexity (bound); inf where exp overflows (~709.8)."""
+    try:
+        return math.exp(nats_per_token)
+    except OverflowError:
+        return math.inf
 
 
 @dataclass
@@ -98,49 +112,43 @@ def _as_rows(data, tokenizer, max_length: int | None) -> list[dict[str, torch.Te
     return rows
 
 
-def _collate(rows: Sequence[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad rows to one batch; padding is excluded from M through the attention mask."""
-    length = max(row["input_ids"].numel() for row in rows)
-    batch = {
-        "input_ids": torch.full((len(rows), length), pad_token_id, dtype=torch.long),
-        "attention_mask": torch.zeros((len(rows), length), dtype=torch.long),
-        "labels": torch.full((len(rows), length), -100, dtype=torch.long),
-    }
-    for i, row in enumerate(rows):
-        n = row["input_ids"].numel()
-        batch["input_ids"][i, :n] = row["input_ids"]
-        batch["attention_mask"][i, :n] = row.get("attention_mask", torch.ones(n, dtype=torch.long))
-        batch["labels"][i, :n] = row.get("labels", row["input_ids"])
-    return batch
+def _collator(model) -> DataCollatorForMaskedDiffusion:
+    """Right padding with the model's pad id (0 without one): padding is excluded from M."""
+    pad_id = model.config.pad_token_id
+    return DataCollatorForMaskedDiffusion(pad_id if pad_id is not None else 0)
 
 
 @torch.no_grad()
 def sequence_nelbo_samples(
-    model, rows, *, time_samples, batch_size, time_sampling, uniform_weight, generator
-):
-    """(N, K) NELBO samples and (N,) token counts. Each batch tiles its sequences K times, so that the
-    antithetic draw u_b = (u_0 + b / B) of `lomdm_loss` gives every sequence K times spaced 1/K apart."""
+    model,
+    rows,
+    *,
+    time_samples: int,
+    batch_size: int,
+    time_sampling: TimeSampling = "importance",
+    uniform_weight: float = TIME_UNIFORM_WEIGHT,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float64 NELBO samples and (N,) token counts of `rows`, K = `time_samples` stratified times per
+    sequence (`hf_lomdm.objective.stratified_nelbo`), `batch_size // K` sequences per forward pass."""
     device = next(model.parameters()).device
-    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    collate = _collator(model)
     per_batch = max(1, batch_size // time_samples)
     samples, tokens = [], []
     for start in range(0, len(rows), per_batch):
-        batch = _collate(rows[start : start + per_batch], pad_id)
-        n = batch["input_ids"].shape[0]
-        tiled = {key: value.repeat(time_samples, 1).to(device) for key, value in batch.items()}  # (K*n, L)
-        res = lomdm_loss(
+        batch = {key: value.to(device) for key, value in collate(rows[start : start + per_batch]).items()}
+        result = stratified_nelbo(
             model,
-            tiled["input_ids"],
-            tiled["attention_mask"],
-            tiled["labels"],
-            num_samples=1,
-            estimator="plain",
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["labels"],
+            time_samples=time_samples,
             time_sampling=time_sampling,
             uniform_weight=uniform_weight,
             generator=generator,
         )
-        samples.append(res.nelbo.double().cpu().view(time_samples, n).T)  # (n, K)
-        tokens.append(res.num_tokens[:n].cpu())
+        samples.append(result.nelbo.double().cpu().T)  # (n, K)
+        tokens.append(result.num_tokens.cpu())
     return torch.cat(samples), torch.cat(tokens)
 
 
@@ -152,7 +160,7 @@ def nelbo_perplexity(
     time_samples: int = 8,
     batch_size: int = 32,
     max_length: int | None = None,
-    uniform_weight: float = 0.5,
+    uniform_weight: float = TIME_UNIFORM_WEIGHT,
     include_uniform_eps: bool = False,
     generator: torch.Generator | None = None,
 ) -> NelboResult:
@@ -199,13 +207,13 @@ def nelbo_perplexity(
         stderr = math.sqrt((samples.var(1) / time_samples).sum().item()) / total_tokens
     return NelboResult(
         nelbo=nelbo,
-        ppl_bound=math.exp(nelbo),
+        ppl_bound=perplexity(nelbo),
         stderr=stderr,
         num_tokens=int(total_tokens),
         num_sequences=len(rows),
         time_samples=time_samples,
         nelbo_uniform_eps=eps_nelbo,
-        ppl_uniform_eps=None if eps_nelbo is None else math.exp(eps_nelbo),
+        ppl_uniform_eps=None if eps_nelbo is None else perplexity(eps_nelbo),
     )
 
 
@@ -298,14 +306,12 @@ def _context_use_sums(model, rows, fractions, labels, positions_per_row, batch_s
     tokens that "one" scored (the paired denominator of the ratio). Random draws per batch, in this order:
     the "one" positions `(B, L)`, then one `(B, L)` draw per float fraction in the order given."""
     device = next(model.parameters()).device
-    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    collate = _collator(model)
     sums = {label: [] for label in labels}
     counts = {label: [] for label in labels}
     paired_all = []
     for start in range(0, len(rows), batch_size):
-        batch = {
-            key: value.to(device) for key, value in _collate(rows[start : start + batch_size], pad_id).items()
-        }
+        batch = {key: value.to(device) for key, value in collate(rows[start : start + batch_size]).items()}
         targets, noise_mask = targets_and_noise_mask(
             batch["input_ids"], batch["attention_mask"], batch["labels"], model.config.mask_token_id
         )
@@ -490,7 +496,7 @@ def generative_perplexity(
     entropies = [unigram_entropy(ids) for ids in samples]
     nll = total_nll / total_tokens
     return GenerativePerplexityResult(
-        gen_ppl=math.exp(nll),
+        gen_ppl=perplexity(nll),
         nll=nll,
         entropy=sum(entropies) / len(entropies),
         per_sample_entropy=entropies,
@@ -521,3 +527,86 @@ def load_smollm2_judge(dtype: torch.dtype = torch.float32):
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=dtype).eval()
     return model, tokenizer
+
+
+def load_judge(name: str):
+    """`(model, tokenizer)` of a judge LM for `generative_perplexity`: `"smollm2"` (`load_smollm2_judge`) or the
+    path or Hub id of any causal LM."""
+    if name == "smollm2":
+        return load_smollm2_judge()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(name).eval(), AutoTokenizer.from_pretrained(name)
+
+
+@dataclass
+class OrderSamples:
+    """Unconditional samples of one generation order, decoded and scored.
+
+    Args:
+        texts: the samples, decoded without special tokens.
+        entropy: mean per-sample unigram entropy (nats) of the judge-tokenized samples, or without a judge of the
+            samples' own tokens (prompt and special tokens dropped).
+        gen_ppl: gen-PPL under the judge (None without one).
+        nfe: mean denoiser passes per sample.
+    """
+
+    texts: list[str]
+    entropy: float
+    gen_ppl: float | None
+    nfe: float
+
+
+@torch.no_grad()
+def sample_orders(
+    model,
+    tokenizer,
+    orders: Sequence[str],
+    *,
+    num_samples: int,
+    steps: int | None,
+    max_length: int,
+    judge=None,
+    judge_tokenizer=None,
+    seed: int = 0,
+) -> dict[str, OrderSamples]:
+    """Generate per order, decode, score: unconditional samples (a BOS prompt filled to `max_length`) for each
+    order at the same `steps` and seed, scored by `generative_perplexity` under `judge` (an empty sample is
+    scored as ".") or, without a judge, by the unigram entropy of its own tokens.
+
+    Args:
+        model: a `LoMDMForMaskedDiffusion`.
+        tokenizer: its tokenizer (BOS prompt, decoding).
+        orders: `LoMDMGenerationConfig.order` values.
+        num_samples: samples per order.
+        steps: sampler steps (None: the exact first-hitting sampler).
+        max_length: length of each sample, prompt included.
+        judge, judge_tokenizer: a causal LM and its tokenizer (`load_judge`), or None.
+        seed: seed of every order's sampling generator.
+    """
+    prompt = torch.full((num_samples, 1), tokenizer.bos_token_id, dtype=torch.long, device=model.device)
+    special = set(tokenizer.all_special_ids)
+    model.eval()
+    results = {}
+    for order in orders:
+        out = model.generate(
+            prompt,
+            max_length=max_length,
+            steps=steps,
+            order=order,
+            return_dict_in_generate=True,
+            generator=torch.Generator(device=model.device).manual_seed(seed),
+        )
+        texts = tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
+        nfe = float(out.nfe.float().mean())
+        if judge is None:  # entropy of the model's own tokens (characters for a character tokenizer)
+            own = [[t for t in row if t not in special] for row in out.sequences[:, 1:].tolist()]
+            entropy = statistics.fmean(unigram_entropy(ids) for ids in own)
+            results[order] = OrderSamples(texts=texts, entropy=entropy, gen_ppl=None, nfe=nfe)
+            continue
+        scores = generative_perplexity(
+            [text if text.strip() else "." for text in texts], judge=judge, judge_tokenizer=judge_tokenizer
+        )
+        results[order] = OrderSamples(texts=texts, entropy=scores.entropy, gen_ppl=scores.gen_ppl, nfe=nfe)
+    return results
+

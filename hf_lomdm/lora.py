@@ -21,15 +21,11 @@ from collections.abc import Sequence
 
 from peft import LoraConfig
 
+from .parameter_groups import scheduler_modules
+
 BACKBONE_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-__all__ = ["BACKBONE_TARGET_MODULES", "lomdm_lora_config", "scheduler_modules"]
-
-
-def scheduler_modules(model) -> list[str]:
-    """Names of the learned-schedule modules of a `LoMDMForMaskedDiffusion` (empty for fixed schedules)."""
-    return [name for name in ("forward_scheduler", "reverse_scheduler", "position_scores")
-            if getattr(model, name, None) is not None]
+__all__ = ["BACKBONE_TARGET_MODULES", "lomdm_lora_config"]
 
 
 def lomdm_lora_config(

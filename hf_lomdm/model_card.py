@@ -16,7 +16,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .data import SHAKESPEARE
-from .lora import scheduler_modules
+from .parameter_groups import scheduler_modules
 
 __all__ = [
     "ORDER_PLOT_NAME",

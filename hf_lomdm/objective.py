@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -32,6 +32,8 @@ from .schedule_lomdm import (
 
 Estimator = Literal["rloo", "plain"]
 TimeSampling = Literal["importance", "uniform_eps"]
+# Weight of the uniform part of the importance mixture q(t) of the times (SPEC §1): the default everywhere.
+TIME_UNIFORM_WEIGHT = 0.5
 
 
 @dataclass
@@ -42,7 +44,7 @@ class LoMDMLossOutput:
         loss: scalar surrogate to backpropagate: sum over the batch of the per-sequence surrogate divided
             by the total number of noisable tokens (per-token scale). Includes the RLOO term.
         nelbo: `(B,)` detached per-sequence NELBO estimate (sum over M, mean over the K samples).
-        main, velocity: `(B,)` the L_main and L_velocity parts of `nelbo`.
+        loss_main, loss_velocity: `(B,)` the L_main and L_velocity parts of `nelbo`.
         num_tokens: `(B,)` |M| per sequence.
         t: `(B,)` the times used (may underflow to 0 for the smallest importance samples; see `log_t`).
         log_t: `(B,)` float64 log-times.
@@ -54,8 +56,8 @@ class LoMDMLossOutput:
 
     loss: torch.Tensor
     nelbo: torch.Tensor
-    main: torch.Tensor
-    velocity: torch.Tensor
+    loss_main: torch.Tensor
+    loss_velocity: torch.Tensor
     num_tokens: torch.Tensor
     t: torch.Tensor
     log_t: torch.Tensor
@@ -63,6 +65,31 @@ class LoMDMLossOutput:
     noise_mask: torch.Tensor
     confidence: torch.Tensor
     forward_scores: torch.Tensor | None = None
+
+
+def check_estimator_arguments(
+    num_samples: int, estimator: str, time_sampling: str, *, num_samples_name: str = "num_samples"
+) -> None:
+    """Raise a `ValueError` naming the value for fewer than one noise sample, an unknown `estimator` or
+    `time_sampling`, or RLOO with one sample (its leave-one-out baseline needs two).
+
+    Args:
+        num_samples: K, noise samples per sequence.
+        estimator: `rloo` or `plain`.
+        time_sampling: `importance` or `uniform_eps`.
+        num_samples_name: the name the caller gives K (`num_noise_samples` in the training arguments).
+    """
+    if num_samples < 1:
+        raise ValueError(f"`{num_samples_name}` must be >= 1, got {num_samples}.")
+    if estimator not in get_args(Estimator):
+        raise ValueError(f"`estimator` must be 'rloo' or 'plain', got {estimator!r}.")
+    if estimator == "rloo" and num_samples < 2:
+        raise ValueError(
+            f"the RLOO estimator needs `{num_samples_name}` >= 2, got {num_samples}; "
+            "use estimator='plain' for K = 1."
+        )
+    if time_sampling not in get_args(TimeSampling):
+        raise ValueError(f"`time_sampling` must be 'importance' or 'uniform_eps', got {time_sampling!r}.")
 
 
 def targets_and_noise_mask(
@@ -117,7 +144,7 @@ def lomdm_loss(
     num_samples: int = 2,
     estimator: Estimator = "rloo",
     time_sampling: TimeSampling = "importance",
-    uniform_weight: float = 0.5,
+    uniform_weight: float = TIME_UNIFORM_WEIGHT,
     eps: float = 1e-3,
     generator: torch.Generator | None = None,
 ) -> LoMDMLossOutput:
@@ -150,14 +177,7 @@ def lomdm_loss(
         eps: lower time limit of `uniform_eps`.
         generator: optional `torch.Generator` for reproducibility.
     """
-    if num_samples < 1:
-        raise ValueError(f"`num_samples` must be >= 1, got {num_samples}.")
-    if estimator not in ("rloo", "plain"):
-        raise ValueError(f"`estimator` must be 'rloo' or 'plain', got {estimator!r}.")
-    if estimator == "rloo" and num_samples < 2:
-        raise ValueError("the RLOO estimator needs `num_samples` >= 2; use estimator='plain' for K = 1.")
-    if time_sampling not in ("importance", "uniform_eps"):
-        raise ValueError(f"`time_sampling` must be 'importance' or 'uniform_eps', got {time_sampling!r}.")
+    check_estimator_arguments(num_samples, estimator, time_sampling)
     config = model.config
     mask_id = config.mask_token_id
 
@@ -219,8 +239,8 @@ def lomdm_loss(
     return LoMDMLossOutput(
         loss=surrogate.sum() / num_tokens.sum().clamp(min=1),
         nelbo=per_sample.detach().mean(0),
-        main=torch.stack(mains).detach().mean(0),
-        velocity=torch.stack(velocities).detach().mean(0),
+        loss_main=torch.stack(mains).detach().mean(0),
+        loss_velocity=torch.stack(velocities).detach().mean(0),
         num_tokens=num_tokens,
         t=torch.exp(log_t),
         log_t=log_t,
@@ -231,4 +251,77 @@ def lomdm_loss(
     )
 
 
-__all__ = ["LoMDMLossOutput", "lomdm_loss", "targets_and_noise_mask"]
+@dataclass
+class NelboSamples:
+    """Result of `stratified_nelbo`: R NELBO samples per sequence at stratified times.
+
+    Args:
+        nelbo: `(R, B)` detached per-sequence NELBO, time sample r of sequence b at `[r, b]`.
+        loss_main, loss_velocity: `(R, B)` its L_main and L_velocity parts.
+        num_tokens: `(B,)` |M| per sequence.
+    """
+
+    nelbo: torch.Tensor
+    loss_main: torch.Tensor
+    loss_velocity: torch.Tensor
+    num_tokens: torch.Tensor
+
+
+@torch.no_grad()
+def stratified_nelbo(
+    model,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor | None = None,
+    labels: torch.LongTensor | None = None,
+    *,
+    time_samples: int,
+    time_sampling: TimeSampling = "importance",
+    uniform_weight: float = TIME_UNIFORM_WEIGHT,
+    eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> NelboSamples:
+    """NELBO of each sequence at `time_samples` = R stratified times (one noise sample each, no gradient).
+
+    The batch is tiled R times: row r * B + b is time sample r of sequence b, so the antithetic draws of
+    `lomdm_loss` (u_j = u_0 + j / (R B) mod 1) give every sequence R points spaced 1/R apart, a stratified
+    estimate of its time integral. The same random numbers as one `lomdm_loss` call on the tiled batch.
+
+    Args:
+        model, input_ids, attention_mask, labels: as for `lomdm_loss`, `(B, L)`.
+        time_samples: R >= 1 times per sequence.
+        time_sampling, uniform_weight, eps, generator: as for `lomdm_loss`.
+    """
+    batch = input_ids.shape[0]
+
+    def tile(tensor):
+        return None if tensor is None else tensor.repeat(time_samples, 1)  # (R B, L)
+
+    res = lomdm_loss(
+        model,
+        tile(input_ids),
+        tile(attention_mask),
+        tile(labels),
+        num_samples=1,
+        estimator="plain",
+        time_sampling=time_sampling,
+        uniform_weight=uniform_weight,
+        eps=eps,
+        generator=generator,
+    )
+    return NelboSamples(
+        nelbo=res.nelbo.view(time_samples, batch),
+        loss_main=res.loss_main.view(time_samples, batch),
+        loss_velocity=res.loss_velocity.view(time_samples, batch),
+        num_tokens=res.num_tokens[:batch],
+    )
+
+
+__all__ = [
+    "TIME_UNIFORM_WEIGHT",
+    "LoMDMLossOutput",
+    "NelboSamples",
+    "check_estimator_arguments",
+    "lomdm_loss",
+    "stratified_nelbo",
+    "targets_and_noise_mask",
+]

@@ -46,6 +46,7 @@ from .data import (
     group_texts,
     load_text_datasets,
     prompt_response_rows,
+    tokenizer_config_kwargs,
     train_bpe_tokenizer,
     train_char_tokenizer,
 )
@@ -289,13 +290,7 @@ def _model(
         and getattr(model_args, f.name) is not None
     }
     config = LoMDMConfig(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=block_size,
-        mask_token_id=tokenizer.mask_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **architecture,
+        **tokenizer_config_kwargs(tokenizer), max_position_embeddings=block_size, **architecture
     )
     config._attn_implementation = model_args.attn_implementation
     return LoMDMForMaskedDiffusion(config)

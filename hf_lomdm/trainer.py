@@ -11,22 +11,23 @@ precision, checkpoints, resuming, callbacks):
    split into gradient-accumulation steps and processes.
 2. Noise. Times and masks come from a `torch.Generator` seeded by `(seed, process, global step, micro-step)`:
    processes draw different noise, and a resumed run draws exactly the noise of an uninterrupted one.
-3. Evaluation. `prediction_step` returns per-sequence NELBO sums (L_velocity included), and `nelbo_metrics`
-   turns them into `eval_nelbo = sum NELBO / sum |M|` over the whole set and `eval_ppl_bound =
-   exp(eval_nelbo)`.
-   Every evaluation uses importance-sampled times (an unbiased bound, whatever `time_sampling` training uses)
-   and the same noise, so two checkpoints are compared on common random numbers.
+3. Evaluation. `prediction_step` returns per-sequence NELBO sums (L_velocity included, `stratified_nelbo`),
+   and `nelbo_metrics` turns them into `eval_nelbo = sum NELBO / sum |M|` over the whole set and
+   `eval_ppl_bound = exp(eval_nelbo)`. Every evaluation uses importance-sampled times (an unbiased bound,
+   whatever `time_sampling` training uses) and the same noise, so two checkpoints are compared on common
+   random numbers.
 4. Parameters. The scheduler parameters (g_φ, g_ψ or θ) get their own learning rate (by default 25x the
    backbone's for `per_position`, 1x for `lomdm`; see `SCHEDULER_LR_MULTIPLIERS`), and an exponential
-   moving average of the weights is used for evaluation and by `save_model`.
+   moving average of the weights (`hf_lomdm.ema`) is used for evaluation and by `save_model`.
 
-Logged every `logging_steps`: `loss` is Trainer's mean of the backpropagated surrogate (its RLOO score-function
-term has mean ~0 but large variance, so it jumps); `nelbo`, `main`, `velocity` are the NELBO estimate and its parts
-per token over the logging window (the numbers to watch); the forward exponent `exponent_mean` / `exponent_std`
-over M; `scheduler_saturated_fraction`, the share of the forward scheduler's NormSig sigmoids within 0.01 of 0 or
-1 (a scheduler that saturates stops learning); and `exponent_confidence_corr`: Pearson's r between the forward
-exponent e_i (the velocity A^i = e_i / t up to the per-row time) and the denoiser's probability of the true token,
-over the masked positions (LoMDM's curriculum signal: positive when easy tokens are revealed first).
+Logged every `logging_steps`: `loss` is Trainer's mean of the backpropagated surrogate (its RLOO
+score-function term has mean ~0 but large variance, so it jumps); `nelbo`, `main`, `velocity` are the NELBO
+estimate and its parts L_main, L_velocity per token over the logging window (the numbers to watch); the
+forward exponent `exponent_mean` / `exponent_std` over M; `scheduler_saturated_fraction`, the share of the
+forward scheduler's NormSig sigmoids within 0.01 of 0 or 1 (a scheduler that saturates stops learning); and
+`exponent_confidence_corr`: Pearson's r between the forward exponent e_i (the velocity A^i = e_i / t up to the
+per-row time) and the denoiser's probability of the true token, over the masked positions (LoMDM's curriculum
+signal: positive when easy tokens are revealed first).
 """
 
 from __future__ import annotations
@@ -34,46 +35,52 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
-from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments
+from transformers import EvalPrediction, Trainer, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
 
-from .objective import LoMDMLossOutput, lomdm_loss
+from .ema import EMA_WEIGHTS_NAME, EMACallback, ExponentialMovingAverage
+from .evaluation import perplexity
+from .objective import (
+    TIME_UNIFORM_WEIGHT,
+    Estimator,
+    LoMDMLossOutput,
+    TimeSampling,
+    check_estimator_arguments,
+    lomdm_loss,
+    stratified_nelbo,
+)
+from .parameter_groups import is_scheduler_parameter
 from .schedule_lomdm import saturated
 
 logger = logging.get_logger(__name__)
 
-# Modules / parameters of the learned schedules (φ, ψ of `lomdm`, θ of `per_position`).
-SCHEDULER_PARAMETER_NAMES = ("forward_scheduler", "reverse_scheduler", "position_scores")
-EMA_WEIGHTS_NAME = "ema.safetensors"
 TRAINING_ARGS_JSON_NAME = "training_args.json"
 
-# Additive statistics of training batches (see `_batch_statistics`).
+# Additive statistics of training batches, summed over a logging window (see `_batch_statistics`).
 _STATS = (
     "nelbo",
-    "main",
-    "velocity",
+    "loss_main",
+    "loss_velocity",
     "tokens",
-    "e",
-    "e2",
-    "n_e",
-    "n_c",
-    "x",
-    "y",
-    "xy",
-    "xx",
-    "yy",
-    "saturated",
-    "n_scored",
+    "exponent_sum",
+    "exponent_square_sum",
+    "exponent_count",
+    "masked_count",
+    "masked_exponent_sum",
+    "masked_confidence_sum",
+    "masked_exponent_confidence_sum",
+    "masked_exponent_square_sum",
+    "masked_confidence_square_sum",
+    "saturated_count",
+    "scored_count",
 )
 
 
@@ -84,13 +91,13 @@ class LoMDMTrainingArguments(TrainingArguments):
     num_noise_samples: int = field(
         default=2, metadata={"help": "K noisy samples per sequence and step (RLOO needs K >= 2)."}
     )
-    estimator: Literal["rloo", "plain"] = field(
+    estimator: Estimator = field(
         default="rloo",
         metadata={
             "help": "'rloo' (score-function term with a leave-one-out baseline) or 'plain' (MDLM, K = 1)."
         },
     )
-    time_sampling: Literal["importance", "uniform_eps"] = field(
+    time_sampling: TimeSampling = field(
         default="importance",
         metadata={
             "help": "Training times: 'importance' (unbiased over (0, 1]) or MDLM's 'uniform_eps' "
@@ -98,7 +105,8 @@ class LoMDMTrainingArguments(TrainingArguments):
         },
     )
     time_uniform_weight: float = field(
-        default=0.5, metadata={"help": "Weight of the uniform part of the importance mixture q(t) (SPEC §1)."}
+        default=TIME_UNIFORM_WEIGHT,
+        metadata={"help": "Weight of the uniform part of the importance mixture q(t) (SPEC §1)."},
     )
     noise_eps: float = field(
         default=1e-3, metadata={"help": "ε of time_sampling='uniform_eps': t ~ U(ε, 1)."}
@@ -125,8 +133,8 @@ class LoMDMTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         if self.ddp_find_unused_parameters is None:
             # Every parameter gets a gradient each step; and the forward scheduler runs in
-            # `forward_exponents`,
-            # outside DDP's forward, where DDP's unused-parameter search would wrongly mark it unused.
+            # `forward_exponents`, outside DDP's forward, where DDP's unused-parameter search would wrongly
+            # mark it unused.
             self.ddp_find_unused_parameters = False
         super().__post_init__()
         if self.ddp_find_unused_parameters:
@@ -134,19 +142,9 @@ class LoMDMTrainingArguments(TrainingArguments):
                 "`ddp_find_unused_parameters=True` is not supported: the forward scheduler runs outside "
                 "DDP's forward (in `forward_exponents`) and would be marked ready twice."
             )
-        if self.num_noise_samples < 1:
-            raise ValueError(f"`num_noise_samples` must be >= 1, got {self.num_noise_samples}.")
-        if self.estimator not in ("rloo", "plain"):
-            raise ValueError(f"`estimator` must be 'rloo' or 'plain', got {self.estimator!r}.")
-        if self.estimator == "rloo" and self.num_noise_samples < 2:
-            raise ValueError(
-                f"the RLOO estimator needs `num_noise_samples` >= 2, got {self.num_noise_samples}; "
-                "use estimator='plain' for K = 1."
-            )
-        if self.time_sampling not in ("importance", "uniform_eps"):
-            raise ValueError(
-                f"`time_sampling` must be 'importance' or 'uniform_eps', got {self.time_sampling!r}."
-            )
+        check_estimator_arguments(
+            self.num_noise_samples, self.estimator, self.time_sampling, num_samples_name="num_noise_samples"
+        )
         if not 0.0 < self.time_uniform_weight <= 1.0:
             raise ValueError(f"`time_uniform_weight` must be in (0, 1], got {self.time_uniform_weight}.")
         if not 0.0 <= self.noise_eps < 1.0:
@@ -155,8 +153,9 @@ class LoMDMTrainingArguments(TrainingArguments):
             math.isfinite(self.scheduler_learning_rate) and self.scheduler_learning_rate > 0
         ):
             raise ValueError(
-                f"`scheduler_learning_rate` must be a finite number > 0 (or None), got {self.scheduler_learning_rate}; "
-                "to freeze the schedulers, set their parameters' requires_grad=False."
+                "`scheduler_learning_rate` must be a finite number > 0 (or None), got "
+                f"{self.scheduler_learning_rate}; to freeze the schedulers, set their parameters' "
+                "requires_grad=False."
             )
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must be in (0, 1), got {self.ema_decay}.")
@@ -164,12 +163,12 @@ class LoMDMTrainingArguments(TrainingArguments):
             raise ValueError(f"`eval_time_samples` must be >= 1, got {self.eval_time_samples}.")
 
 
-# Default scheduler learning rate as a multiple of the backbone's, per schedule (measured on the order tasks,
-# `benchmarks/order_tasks.py`; README "Learned orders"). `per_position` has one score per position: Adam moves each
-# by about the learning rate per step, so at the backbone's rate its exponents barely move in a few hundred steps
-# (contrast 0.006 at 1x, 0.064 at 10x, 0.14 at 25x, 300 steps). `lomdm`'s scores come out of a network in which
-# every weight moves by that much: at 10-25x they thrash from step to step and learn no order (contrast 0.000),
-# at 1x they learn it.
+# Default scheduler learning rate as a multiple of the backbone's, per schedule (measured on the order
+# tasks, `benchmarks/order_tasks.py`; README "Learned orders"). `per_position` has one score per position:
+# Adam moves each by about the learning rate per step, so at the backbone's rate its exponents barely move in
+# a few hundred steps (contrast 0.006 at 1x, 0.064 at 10x, 0.14 at 25x, 300 steps). `lomdm`'s scores come out
+# of a network in which every weight moves by that much: at 10-25x they thrash from step to step and learn no
+# order (contrast 0.000), at 1x they learn it.
 SCHEDULER_LR_MULTIPLIERS = {"per_position": 25.0, "lomdm": 1.0}
 
 
@@ -178,18 +177,13 @@ def default_scheduler_learning_rate(schedule: str | None, learning_rate: float) 
     return learning_rate * SCHEDULER_LR_MULTIPLIERS.get(schedule, 1.0)
 
 
-def is_scheduler_parameter(name: str) -> bool:
-    """Whether a parameter name (as in `model.named_parameters()`, wrappers included) is a scheduler's."""
-    return any(part in SCHEDULER_PARAMETER_NAMES for part in name.split("."))
-
-
 def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     """Per-token NELBO over an evaluation set from `LoMDMTrainer.prediction_step` outputs.
 
     `predictions`: `(N, 3)` per-sequence [NELBO, L_main, L_velocity]; `label_ids`: `(N,)` |M| per sequence.
-    `nelbo = sum NELBO / sum |M|` (tokens weigh equally, not sequences) with its standard error over sequences
-    `nelbo_stderr` (Monte-Carlo and data sampling together); `ppl_bound = exp(nelbo)` bounds the perplexity from
-    above; `loss` repeats `nelbo` so `metric_for_best_model="loss"` works.
+    `nelbo = sum NELBO / sum |M|` (tokens weigh equally, not sequences) with its standard error over
+    sequences `nelbo_stderr` (Monte-Carlo and data sampling together); `ppl_bound = exp(nelbo)` bounds the
+    perplexity from above; `loss` repeats `nelbo` so `metric_for_best_model="loss"` works.
     """
     per_sequence = np.asarray(eval_pred.predictions, dtype=np.float64).reshape(-1, 3)
     counts = np.asarray(eval_pred.label_ids, dtype=np.float64).reshape(-1)
@@ -199,14 +193,13 @@ def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     residuals = per_sequence[:, 0] - nelbo * counts
     n = len(counts)
     stderr = math.sqrt(n / max(n - 1, 1) * float((residuals**2).sum())) / max(tokens, 1.0)
-    ppl_bound = math.exp(nelbo) if nelbo < 700 else math.inf
     return {
         "loss": nelbo,
         "nelbo": nelbo,
         "nelbo_stderr": stderr,
         "main": main,
         "velocity": velocity,
-        "ppl_bound": ppl_bound,
+        "ppl_bound": perplexity(nelbo),
         "tokens": tokens,
     }
 
@@ -214,8 +207,9 @@ def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
 def _batch_statistics(res: LoMDMLossOutput) -> torch.Tensor:
     """Additive float64 sums of one batch, in the order of `_STATS`.
 
-    NELBO terms and |M|; Σe and Σe² over M; and the moments (n, Σx, Σy, Σxy, Σx², Σy²) of x = e_i,
-    y = p_θ(x_i | z_t) over the masked positions of the first noise sample, for Pearson's r.
+    NELBO terms and |M|; Σe, Σe² and the count over M; the moments (n, Σx, Σy, Σxy, Σx², Σy²) of x = e_i,
+    y = p_θ(x_i | z_t) over the masked positions of the first noise sample, for Pearson's r; and the saturated
+    scheduler sigmoids with the number of scores (zero for fixed schedules).
     """
     e = res.forward_exponents.double()
     in_m = res.noise_mask
@@ -223,8 +217,8 @@ def _batch_statistics(res: LoMDMLossOutput) -> torch.Tensor:
     x, y = e[masked], res.confidence[masked].double()
     sums = [
         res.nelbo.sum(),
-        res.main.sum(),
-        res.velocity.sum(),
+        res.loss_main.sum(),
+        res.loss_velocity.sum(),
         res.num_tokens.sum(),
         e[in_m].sum(),
         e[in_m].square().sum(),
@@ -244,110 +238,35 @@ def _batch_statistics(res: LoMDMLossOutput) -> torch.Tensor:
 
 
 def _summarize(stats: torch.Tensor) -> dict[str, float]:
+    """The logged statistics of a window's summed `_batch_statistics`."""
     s = dict(zip(_STATS, stats.tolist()))
-    tokens, n_e, n_c = max(s["tokens"], 1.0), max(s["n_e"], 1.0), max(s["n_c"], 1.0)
-    mean_e = s["e"] / n_e
+    tokens = max(s["tokens"], 1.0)
+    num_exponents, num_masked = max(s["exponent_count"], 1.0), max(s["masked_count"], 1.0)
+    mean_e = s["exponent_sum"] / num_exponents
     logs = {
         "nelbo": s["nelbo"] / tokens,
-        "main": s["main"] / tokens,
-        "velocity": s["velocity"] / tokens,
+        "main": s["loss_main"] / tokens,
+        "velocity": s["loss_velocity"] / tokens,
         "exponent_mean": mean_e,
-        "exponent_std": math.sqrt(max(s["e2"] / n_e - mean_e**2, 0.0)),
+        "exponent_std": math.sqrt(max(s["exponent_square_sum"] / num_exponents - mean_e**2, 0.0)),
     }
-    if s["n_scored"] > 0:
-        logs["scheduler_saturated_fraction"] = s["saturated"] / s["n_scored"]
-    cov = s["xy"] / n_c - (s["x"] / n_c) * (s["y"] / n_c)
-    var_x = s["xx"] / n_c - (s["x"] / n_c) ** 2
-    var_y = s["yy"] / n_c - (s["y"] / n_c) ** 2
+    if s["scored_count"] > 0:
+        logs["scheduler_saturated_fraction"] = s["saturated_count"] / s["scored_count"]
+    mean_x, mean_y = s["masked_exponent_sum"] / num_masked, s["masked_confidence_sum"] / num_masked
+    cov = s["masked_exponent_confidence_sum"] / num_masked - mean_x * mean_y
+    var_x = s["masked_exponent_square_sum"] / num_masked - mean_x**2
+    var_y = s["masked_confidence_square_sum"] / num_masked - mean_y**2
     if var_x > 1e-12 and var_y > 1e-12:  # undefined for fixed schedules (every e equal)
         logs["exponent_confidence_corr"] = cov / math.sqrt(var_x * var_y)
     return logs
-
-
-class ExponentialMovingAverage:
-    """EMA of the trainable weights, `w̄ ← d w̄ + (1 − d) w`, kept in float32.
-
-    The decay warms up as `d_n = min(decay, (1 + n) / (10 + n))` after `n` updates, so that short runs are not
-    averaged towards the random initialisation. The shadow is created from the weights at the first update.
-
-    Args:
-        decay: the asymptotic decay `d` in (0, 1).
-    """
-
-    def __init__(self, decay: float):
-        self.decay = decay
-        self.num_updates = 0
-        self.shadow: dict[str, torch.Tensor] = {}
-
-    @staticmethod
-    def _parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-        return (
-            (name, p) for name, p in model.named_parameters() if p.requires_grad and p.is_floating_point()
-        )
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        if not self.shadow:
-            self.shadow = {name: p.detach().float().clone() for name, p in self._parameters(model)}
-        self.num_updates += 1
-        decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        for name, p in self._parameters(model):
-            self.shadow[name].lerp_(p.detach().float(), 1.0 - decay)
-
-    @contextlib.contextmanager
-    def applied(self, model: nn.Module) -> Iterator[None]:
-        """Temporarily load the EMA weights into `model` (no-op before the first update)."""
-        if not self.shadow:
-            yield
-            return
-        params = dict(self._parameters(model))
-        backup = {name: p.detach().clone() for name, p in params.items()}
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(self.shadow[name])
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.copy_(backup[name])
-
-    def save(self, path: str) -> None:
-        save_file(
-            {k: v.contiguous() for k, v in self.shadow.items()},
-            path,
-            metadata={"num_updates": str(self.num_updates), "decay": str(self.decay)},
-        )
-
-    def load(self, path: str, model: nn.Module) -> None:
-        devices = {name: p.device for name, p in self._parameters(model)}
-        with safe_open(path, framework="pt") as f:
-            self.num_updates = int(f.metadata()["num_updates"])
-            names = f.keys()  # a safe_open handle is not iterable
-            self.shadow = {name: f.get_tensor(name).to(devices[name]) for name in names}
-
-
-class _EMACallback(TrainerCallback):
-    """Updates the EMA after every optimizer step and stores it beside each checkpoint's raw weights."""
-
-    def __init__(self, ema: ExponentialMovingAverage):
-        self.ema = ema
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.ema.update(model)
-
-    def on_save(self, args, state, control, **kwargs):
-        if args.should_save:
-            self.ema.save(os.path.join(args.output_dir, f"checkpoint-{state.global_step}", EMA_WEIGHTS_NAME))
 
 
 class _RoutedModel:
     """What `lomdm_loss` needs from a model: the bare model's attributes, denoiser calls through the wrapper.
 
     Under DDP the denoiser passes go through `DistributedDataParallel.forward`, which prepares gradient
-    reduction.
-    `forward_exponents` is not a wrapper method and runs on the bare module; DDP's per-parameter hooks still
-    reduce the forward scheduler's gradients (FSDP2 gets it registered as a forward method, see
+    reduction. `forward_exponents` is not a wrapper method and runs on the bare module; DDP's per-parameter
+    hooks still reduce the forward scheduler's gradients (FSDP2 gets it registered as a forward method, see
     `LoMDMTrainer`).
     """
 
@@ -367,8 +286,7 @@ class LoMDMTrainer(Trainer):
     Takes the usual `Trainer` arguments; `args` should be `LoMDMTrainingArguments` and the batches need
     `input_ids`, `attention_mask` and `labels` (-100 where nothing may be noised), as produced by
     `hf_lomdm.data.DataCollatorForMaskedDiffusion`. `compute_metrics` defaults to `nelbo_metrics`; a custom
-    one
-    receives the same per-sequence statistics.
+    one receives the same per-sequence statistics.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -401,7 +319,7 @@ class LoMDMTrainer(Trainer):
             self.label_names = ["labels"]  # keeps a `labels` column of the data set (e.g. prompt masking)
         self._ema = ExponentialMovingAverage(self.args.ema_decay) if self.args.ema_decay is not None else None
         if self._ema is not None:
-            self.add_callback(_EMACallback(self._ema))
+            self.add_callback(EMACallback(self._ema))
         self._train_stats: torch.Tensor | None = None
         self._noise_step, self._micro_step = -1, 0
         self._eval_generator: torch.Generator | None = None
@@ -434,13 +352,13 @@ class LoMDMTrainer(Trainer):
             self._fsdp_method_registered = True
         return _RoutedModel(model, module)
 
-    def _lomdm_loss(
-        self, model: nn.Module, inputs: dict[str, torch.Tensor], **kwargs: Any
-    ) -> LoMDMLossOutput:
-        # Autocast here as well: accelerate only wraps `forward`, and the objective also calls
-        # `forward_exponents`.
+    def _objective(
+        self, objective: Callable[..., Any], model: nn.Module, inputs: dict[str, torch.Tensor], **kwargs: Any
+    ) -> Any:
+        """`objective` (`lomdm_loss` or `stratified_nelbo`) of a batch with the training arguments' times."""
+        # Autocast here as well: accelerate wraps only `forward`, and the objective calls `forward_exponents`.
         with self.accelerator.autocast():
-            return lomdm_loss(
+            return objective(
                 self._routed(model),
                 inputs["input_ids"],
                 attention_mask=inputs.get("attention_mask"),
@@ -463,10 +381,10 @@ class LoMDMTrainer(Trainer):
         `res.loss = S / n` (S = summed surrogate, n = this micro-batch's |M|); the returned loss is
         `S / num_items_in_batch`, times the number of processes when `num_items_in_batch` counts all of them
         (DDP averages gradients over processes). Without `num_items_in_batch` it is `res.loss` and Trainer
-        divides
-        by the accumulation steps.
+        divides by the accumulation steps.
         """
-        res = self._lomdm_loss(
+        res = self._objective(
+            lomdm_loss,
             model,
             inputs,
             num_samples=self.args.num_noise_samples,
@@ -486,8 +404,8 @@ class LoMDMTrainer(Trainer):
     # ---- optimizer ------------------------------------------------------------------------------------
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """Trainer's optimizer; the scheduler parameters get their own groups at `scheduler_learning_rate` (or the
-        schedule's default, see `default_scheduler_learning_rate`) when it differs from `learning_rate`."""
+        """Trainer's optimizer; the scheduler parameters get their own groups at `scheduler_learning_rate` (or
+        the schedule's default, see `default_scheduler_learning_rate`) when it differs from `learning_rate`."""
         opt_model = self.model if model is None else model
         scheduler_lr = self.args.scheduler_learning_rate
         if scheduler_lr is None:
@@ -546,43 +464,33 @@ class LoMDMTrainer(Trainer):
         """Per-sequence NELBO statistics of one evaluation batch: `(None, stats (B, 3), num_tokens (B,))`.
 
         `stats` holds [NELBO, L_main, L_velocity] per sequence, each the mean over `eval_time_samples`
-        importance-sampled times. No loss is returned: `eval_loss` is then the exact per-token NELBO from
-        `nelbo_metrics` instead of Trainer's mean of batch means. `prediction_loss_only` is ignored: the
-        statistics are the evaluation.
+        stratified importance-sampled times (`stratified_nelbo`). No loss is returned: `eval_loss` is then the
+        exact per-token NELBO from `nelbo_metrics` instead of Trainer's mean of batch means.
+        `prediction_loss_only` is ignored: the statistics are the evaluation.
         """
         inputs = self._prepare_inputs(inputs)
-        repeats = self.args.eval_time_samples
-        device = inputs["input_ids"].device
         if self._eval_generator is None:
-            self._eval_generator = self._generator(device, 1)
-        # Row r * B + b is time sample r of sequence b: the antithetic times of `lomdm_loss`
-        # (u_j = u_0 + j / (R B) mod 1) give each sequence R evenly spaced points, a stratified time integral.
-        batch = {
-            k: v.repeat(repeats, 1)
-            for k, v in inputs.items()
-            if k in ("input_ids", "attention_mask", "labels")
-        }
+            self._eval_generator = self._generator(inputs["input_ids"].device, 1)
         with torch.no_grad():
-            res = self._lomdm_loss(
+            samples = self._objective(
+                stratified_nelbo,
                 model,
-                batch,
-                num_samples=1,
-                estimator="plain",
+                inputs,
+                time_samples=self.args.eval_time_samples,
                 time_sampling="importance",
                 generator=self._eval_generator,
             )
-        stats = torch.stack([res.nelbo, res.main, res.velocity], dim=-1)  # (R B, 3)
-        stats = stats.view(repeats, -1, 3).mean(0)  # (B, 3)
-        return None, stats, res.num_tokens[: stats.shape[0]]
+        stats = torch.stack([samples.nelbo, samples.loss_main, samples.loss_velocity], dim=-1)  # (R, B, 3)
+        return None, stats.mean(0), samples.num_tokens
 
     # ---- checkpoints, EMA and logging -----------------------------------------------------------------
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the model; a call from user code saves the EMA weights (with `ema_decay`) and writes the training
-        arguments as `training_args.json` instead of Trainer's pickled `training_args.bin`.
+        """Save the model; a call from user code saves the EMA weights (with `ema_decay`) and writes the
+        training arguments as `training_args.json` instead of Trainer's pickled `training_args.bin`.
 
-        Checkpoints (`_internal_call=True`) keep the raw weights and the pickle, which resuming needs, and store
-        the EMA beside them as `ema.safetensors`.
+        Checkpoints (`_internal_call=True`) keep the raw weights and the pickle, which resuming needs, and
+        store the EMA beside them as `ema.safetensors`.
         """
         if _internal_call:
             return super().save_model(output_dir, _internal_call)
@@ -620,13 +528,9 @@ class LoMDMTrainer(Trainer):
 
 
 __all__ = [
-    "EMA_WEIGHTS_NAME",
     "SCHEDULER_LR_MULTIPLIERS",
-    "SCHEDULER_PARAMETER_NAMES",
-    "ExponentialMovingAverage",
     "LoMDMTrainer",
     "LoMDMTrainingArguments",
     "default_scheduler_learning_rate",
-    "is_scheduler_parameter",
     "nelbo_metrics",
 ]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 from hub_server import USER, LocalHub
 
 from hf_lomdm.data import shakespeare_plays, train_bpe_tokenizer

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import MASK_ID
+from helpers import MASK_ID
 from transformers import AutoModelForMaskedLM, LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 

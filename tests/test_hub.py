@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_model
 from hub_server import USER, LocalHub
 
 TESTS = Path(__file__).parent
 
 PUSH = """
 import torch
-from conftest import tiny_model
+from helpers import tiny_model, word_tokenizer
 from peft import get_peft_model
-from test_lm_eval import word_tokenizer
 from hf_lomdm.lora import lomdm_lora_config
 
 model = tiny_model(schedule="lomdm", vocab_size=40)
@@ -60,7 +60,7 @@ sample = model.generate(torch.tensor([[2, 5]]), max_new_tokens=4)  # the Hub gen
 assert sample.shape == (1, 6)
 if not {block}:
     from peft import PeftModel
-    from conftest import tiny_model
+    from helpers import tiny_model
     lora = PeftModel.from_pretrained(tiny_model(schedule="lomdm", vocab_size=40), "{repo}-lora").eval()
     results.append(lora(z).logits)
 torch.save(results, "{out}/loaded_{block}.pt")
@@ -70,7 +70,7 @@ torch.save(results, "{out}/loaded_{block}.pt")
 def _run(script: str, hub: LocalHub, home: Path) -> None:
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_local_test_token", "HF_HUB_OFFLINE": "0",
            "HF_HOME": str(home), "HF_MODULES_CACHE": str(home / "modules"),
-           "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}  # this checkout, not another install
+           "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}  # the helpers and this tree's package
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=TESTS)
     assert result.returncode == 0, result.stderr[-4000:]
 
@@ -124,8 +124,6 @@ assert tokenizer("ab").input_ids == plain("ab").input_ids
 
 
 def test_saved_folder_loads_tokenizer_and_model_without_the_package_and_without_a_prompt(tmp_path):
-    from conftest import tiny_model
-
     from hf_lomdm.data import train_char_tokenizer
 
     tokenizer = train_char_tokenizer(["abc de", "fgh"], model_max_length=64)

@@ -11,21 +11,18 @@ import textwrap
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import SENTENCES, tiny_model, word_tokenizer
 
 pytest.importorskip("lm_eval")
 
 from lm_eval import simple_evaluate
 from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from hf_lomdm.evaluation import sequence_nelbo_samples
-from hf_lomdm.lm_eval import LoMDMEvalHarness
+from hf_lomdm.lm_eval_adapter import LoMDMEvalHarness
 from hf_lomdm.objective import lomdm_loss
 
-SENTENCES = ["the cat sat on the mat .", "a dog ran in the park .", "the bird sang a sweet song ."]
 LONG_MC = [  # continuations of 10-11 tokens, longer than the max_length=6 the tests below score them with
     {
         "question": "the cat sat on",
@@ -41,23 +38,6 @@ LONG_MC = [  # continuations of 10-11 tokens, longer than the max_length=6 the t
         "answer": 1,
     },
 ]
-WORDS = sorted({w for s in SENTENCES for w in s.split()} | {"red", "blue", "green", "tree", "car", "sky"})
-
-
-def word_tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level tokenizer whose special ids match the tiny config (mask 0, pad 1, bos 2, eos 3)."""
-    vocab = {"[MASK]": 0, "[PAD]": 1, "[BOS]": 2, "[EOS]": 3, "[UNK]": 4}
-    vocab.update({w: i + 5 for i, w in enumerate(WORDS)})
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        mask_token="[MASK]",
-        pad_token="[PAD]",
-        bos_token="[BOS]",
-        eos_token="[EOS]",
-        unk_token="[UNK]",
-    )
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +126,6 @@ def test_windowed_loglikelihood_is_the_one_pass_elbo_when_it_fits_and_finite_whe
         time_samples=8,
         batch_size=lm.batch_size,
         time_sampling="importance",
-        uniform_weight=0.5,
         generator=torch.Generator().manual_seed(0),
     )
     lm.generator = torch.Generator().manual_seed(0)
@@ -255,7 +234,7 @@ def test_module_cli_runs_the_harness_with_the_model_registered(checkpoint, tmp_p
     command = [
         sys.executable,
         "-m",
-        "hf_lomdm.lm_eval",
+        "hf_lomdm.lm_eval_adapter",
         "--model",
         "lomdm",
         "--model_args",

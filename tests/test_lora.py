@@ -6,12 +6,13 @@ import math
 
 import pytest
 import torch
-from conftest import MASK_ID, tiny_model
+from helpers import CLI_RECIPE, MASK_ID, tiny_model
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForMaskedLM
 
-from hf_lomdm.lora import lomdm_lora_config, scheduler_modules
+from hf_lomdm.lora import lomdm_lora_config
 from hf_lomdm.objective import lomdm_loss
+from hf_lomdm.parameter_groups import scheduler_modules
 
 
 def _lora_model(schedule="lomdm", train_schedulers=True, seed=0):
@@ -89,7 +90,6 @@ def test_cli_lora_sft_trains_only_the_adapter_on_responses(tmp_path):
     import json
 
     from huggingface_hub import ModelCard
-    from test_trainer import CLI_RECIPE
 
     from hf_lomdm.train import train
 

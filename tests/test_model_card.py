@@ -4,9 +4,8 @@ and a reveal-order plot whose colour bar says what the colours show."""
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_model
+from helpers import tiny_model, word_tokenizer
 from huggingface_hub import ModelCard
-from test_lm_eval import word_tokenizer
 
 from hf_lomdm.model_card import (
     ORDER_PLOT_NAME,

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import MASK_ID, tiny_config, tiny_model
+from helpers import MASK_ID, tiny_config, tiny_model
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion, LoMDMModel
@@ -160,6 +160,24 @@ def test_auto_classes_resolve_to_lomdm():
     assert isinstance(AutoConfig.for_model("lomdm", vocab_size=99, mask_token_id=MASK_ID), LoMDMConfig)
     assert isinstance(AutoModel.from_config(config), LoMDMModel)
     assert isinstance(AutoModelForMaskedLM.from_config(config), LoMDMForMaskedDiffusion)
+
+
+def test_package_exports_resolve_and_training_loads_on_first_use():
+    script = textwrap.dedent(
+        """
+        import sys
+        import hf_lomdm
+        heavy = ("peft", "datasets", "hf_lomdm.trainer", "hf_lomdm.evaluation", "hf_lomdm.lora")
+        assert not [name for name in heavy if name in sys.modules], [n for n in heavy if n in sys.modules]
+        assert set(hf_lomdm.__all__) <= set(dir(hf_lomdm)), set(hf_lomdm.__all__) - set(dir(hf_lomdm))
+        from hf_lomdm.evaluation import nelbo_perplexity
+        from hf_lomdm.lora import lomdm_lora_config
+        assert hf_lomdm.nelbo_perplexity is nelbo_perplexity and hf_lomdm.lomdm_lora_config is lomdm_lora_config
+        assert all(getattr(hf_lomdm, name) is not None for name in hf_lomdm.__all__)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)

@@ -12,29 +12,24 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_model
 from datasets import Dataset
+from helpers import CLI_RECIPE, tiny_model
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, AutoTokenizer, TrainerCallback
 
+import hf_lomdm.objective as objective_module
 import hf_lomdm.trainer as trainer_module
 from hf_lomdm import LoMDMForMaskedDiffusion
 from hf_lomdm.data import DataCollatorForMaskedDiffusion
+from hf_lomdm.ema import EMA_WEIGHTS_NAME
 from hf_lomdm.objective import LoMDMLossOutput, lomdm_loss
+from hf_lomdm.parameter_groups import is_scheduler_parameter
 from hf_lomdm.train import parse_args, train
-from hf_lomdm.trainer import EMA_WEIGHTS_NAME, LoMDMTrainer, LoMDMTrainingArguments, is_scheduler_parameter
+from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
 
 PAD_ID = 1
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread avoids OpenMP spin-waits that make these tests crawl on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ragged_rows(n: int, seed: int = 0, min_len: int = 3, max_len: int = 16) -> Dataset:
@@ -110,8 +105,8 @@ def rowwise_loss(model, input_ids, attention_mask=None, labels=None, **_):
     return LoMDMLossOutput(
         loss=sum(o.loss * n for o, n in zip(outs, tokens)) / tokens.sum(),
         nelbo=cat("nelbo"),
-        main=cat("main"),
-        velocity=cat("velocity"),
+        loss_main=cat("loss_main"),
+        loss_velocity=cat("loss_velocity"),
         num_tokens=cat("num_tokens"),
         t=cat("t"),
         log_t=cat("log_t"),
@@ -198,8 +193,8 @@ def test_eval_nelbo_weights_tokens_not_sequences(tmp_path, monkeypatch):
         return LoMDMLossOutput(
             loss=nelbo.sum(),
             nelbo=nelbo,
-            main=nelbo,
-            velocity=0 * nelbo,
+            loss_main=nelbo,
+            loss_velocity=0 * nelbo,
             num_tokens=tokens,
             t=0 * nelbo,
             log_t=0 * nelbo,
@@ -208,7 +203,7 @@ def test_eval_nelbo_weights_tokens_not_sequences(tmp_path, monkeypatch):
             confidence=zeros,
         )
 
-    monkeypatch.setattr(trainer_module, "lomdm_loss", fake_loss)
+    monkeypatch.setattr(objective_module, "lomdm_loss", fake_loss)  # what `stratified_nelbo` calls
     rows = ragged_rows(7, seed=4)
     metrics = make_trainer(
         tmp_path, eval_rows=rows, per_device_eval_batch_size=3, eval_time_samples=2
@@ -399,26 +394,6 @@ def test_one_thread_by_default_on_small_machines(monkeypatch):
     assert runtime.default_num_threads() is None  # the user's choice wins
 
 
-CLI_RECIPE = """\
-train_files: [{corpus}]
-validation_split_percentage: 25
-tokenizer_vocab_size: 300
-hidden_size: 32
-num_hidden_layers: 1
-num_attention_heads: 2
-intermediate_size: 64
-block_size: 32
-max_steps: 2
-per_device_train_batch_size: 4
-report_to: none
-disable_tqdm: true
-use_cpu: true
-save_strategy: 'no'
-sample_count: 1
-sample_steps: 4
-"""
-
-
 def test_cli_trains_saves_a_loadable_checkpoint_and_generates(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(
@@ -451,7 +426,7 @@ import sys, torch
 from datasets import Dataset
 from safetensors.torch import save_file
 sys.path.insert(0, {tests!r})
-from conftest import tiny_model
+from helpers import tiny_model
 from hf_lomdm.data import DataCollatorForMaskedDiffusion
 from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
 torch.set_num_threads(1)

@@ -31,7 +31,7 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from .data import DataArguments, group_texts, load_text_datasets
-from .evaluation import context_use, generative_perplexity, load_smollm2_judge, nelbo_perplexity
+from .evaluation import context_use, load_judge, nelbo_perplexity, sample_orders
 
 __all__ = ["build_parser", "evaluate_checkpoint", "main", "run"]
 
@@ -48,14 +48,6 @@ def _rows(args: argparse.Namespace, tokenizer, block_size: int) -> list[list[int
     if not rows:
         raise ValueError(f"the text is shorter than one row of {block_size} tokens.")
     return rows[: args.max_sequences] if args.max_sequences else rows
-
-
-def _judge(name: str):
-    if name == "smollm2":
-        return load_smollm2_judge()
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(name).eval(), AutoTokenizer.from_pretrained(name)
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
@@ -97,30 +89,28 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
 
     # 4. Generation quality at equal steps for every order.
     if args.generate:
-        judge, judge_tokenizer = _judge(args.judge)
-        prompt = torch.full((args.generate, 1), tokenizer.bos_token_id, dtype=torch.long)
-        report["generation"] = {}
-        for order in args.orders.split(","):
-            out = model.generate(
-                prompt,
-                max_length=block_size,
-                steps=args.steps,
-                order=order,
-                return_dict_in_generate=True,
-                generator=torch.Generator().manual_seed(args.seed),
-            )
-            texts = [
-                text if text.strip() else "."
-                for text in tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
-            ]
-            scores = generative_perplexity(texts, judge=judge, judge_tokenizer=judge_tokenizer)
-            report["generation"][order] = {
-                "gen_ppl": scores.gen_ppl,
-                "entropy": scores.entropy,
-                "nfe": float(out.nfe.float().mean()),
+        judge, judge_tokenizer = load_judge(args.judge)
+        samples = sample_orders(
+            model,
+            tokenizer,
+            args.orders.split(","),
+            num_samples=args.generate,
+            steps=args.steps,
+            max_length=block_size,
+            judge=judge,
+            judge_tokenizer=judge_tokenizer,
+            seed=args.seed,
+        )
+        report["generation"] = {
+            order: {
+                "gen_ppl": scored.gen_ppl,
+                "entropy": scored.entropy,
+                "nfe": scored.nfe,
                 "steps": args.steps,
-                "sample": texts[0][:200],
+                "sample": scored.texts[0][:200],
             }
+            for order, scored in samples.items()
+        }
     return report
 
 

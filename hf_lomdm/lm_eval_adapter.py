@@ -1,6 +1,6 @@
 """lm-evaluation-harness adapter: `--model lomdm` (optional extra `lm-eval`).
 
-    python -m hf_lomdm.lm_eval --model lomdm --model_args pretrained=PATH,mc_samples=32 --tasks TASK
+    python -m hf_lomdm.lm_eval_adapter --model lomdm --model_args pretrained=PATH,mc_samples=32 --tasks TASK
 
 - `loglikelihood`: a Monte-Carlo ELBO of the continuation given the context: the context is never
   noised (labels -100), the continuation is scored by the importance-sampled NELBO with `mc_samples`
@@ -128,7 +128,6 @@ class LoMDMEvalHarness(LM):
                 time_samples=self.mc_samples,
                 batch_size=self.batch_size,
                 time_sampling="importance",
-                uniform_weight=0.5,
                 generator=self.generator,
             )
         return (-samples.mean(1)).tolist()
