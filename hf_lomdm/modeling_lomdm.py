@@ -525,12 +525,12 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         if logits_mask is not None and (logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool):
             raise ValueError(f"`logits_mask` must be a bool tensor of shape {tuple(input_ids.shape)}, got "
                              f"{logits_mask.dtype} of shape {tuple(logits_mask.shape)}.")
-        return self._denoise(
+        return self._denoiser_pass(
             input_ids, attention_mask, noise_mask, position_ids, timesteps, output_exponents, output_hidden_states,
             logits_mask,
         )
 
-    def _denoise(
+    def _denoiser_pass(
         self, input_ids, attention_mask, noise_mask, position_ids, timesteps, output_exponents=True,
         output_hidden_states=False, logits_mask=None,
     ) -> LoMDMOutput:
@@ -568,7 +568,7 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
 
         z_is_mask = is_mask.flatten(0, 1)  # (K B, L)
         z = torch.where(z_is_mask, torch.full_like(z_is_mask, self.mask_token_id, dtype=torch.long), tile(input_ids))
-        out = self._denoise(
+        out = self._denoiser_pass(
             z,
             tile(attention_mask),
             tile(noise_mask),

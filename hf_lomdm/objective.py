@@ -112,26 +112,53 @@ def targets_and_noise_mask(
     return targets, noise_mask
 
 
-def _sample_times(
-    batch: int, *, t, a: torch.Tensor, time_sampling: TimeSampling, uniform_weight: float, eps: float,
-    generator, device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (log t, log of the per-row factor 1/(t q(t)) or 1/t), both float64 `(B,)`."""
-    if t is not None:
-        t = torch.as_tensor(t, dtype=torch.float64, device=device)
-        if t.shape != (batch,) or bool(((t <= 0) | (t > 1)).any()):
-            raise ValueError(f"`t` must be a ({batch},) tensor with values in (0, 1], got {t}.")
-        log_t = t.log()
-        return log_t, -log_t  # the integrand at the given t: no importance weight
-    # Antithetic draws u_b = (u_0 + b / B) mod 1 cover [0, 1) evenly within the batch.
-    u0 = torch.rand(1, generator=generator, dtype=torch.float64, device=generator.device if generator else device)
-    u = ((u0.to(device) + torch.arange(batch, dtype=torch.float64, device=device) / batch) % 1.0)
-    if time_sampling == "uniform_eps":
-        # MDLM's rule: t ~ U(eps, 1), weight 1. Drops [0, eps): NOT a bound for learned exponents.
-        log_t = torch.log(eps + (1.0 - eps) * u)
-        return log_t, -log_t
-    log_t = sample_log_times(u, a, uniform_weight)
-    return log_t, -log_t - log_time_density(log_t, a, uniform_weight)
+class DiffusionNoise:
+    """The random numbers of one `lomdm_loss` call and the rule that turns them into times and noisy samples.
+
+    The numbers are drawn here, before the model runs (u_0 `(1,)` for the antithetic times unless `t` is given,
+    then the mask uniforms `(K, B, L)`); the model's forward calls `corrupt(e, noise_mask)` once it has the
+    forward exponents e of the clean rows, so the clean pass and the K noisy passes are one module call.
+    After that call, `log_t`, `log_factor` and `is_mask` hold what the loss needs.
+    """
+
+    def __init__(
+        self, batch: int, length: int, *, num_samples: int, t, time_sampling: TimeSampling, uniform_weight: float,
+        eps: float, floor: float, generator: torch.Generator | None, device: torch.device,
+    ):
+        self.time_sampling, self.uniform_weight, self.eps, self.floor = time_sampling, uniform_weight, eps, floor
+        self.given_log_t = None
+        if t is not None:
+            t = torch.as_tensor(t, dtype=torch.float64, device=device)
+            if t.shape != (batch,) or bool(((t <= 0) | (t > 1)).any()):
+                raise ValueError(f"`t` must be a ({batch},) tensor with values in (0, 1], got {t}.")
+            self.given_log_t = t.log()
+        draw_device = generator.device if generator is not None else device
+        self.time_uniforms = None
+        if t is None:  # antithetic draws u_b = (u_0 + b / B) mod 1 cover [0, 1) evenly within the batch
+            u0 = torch.rand(1, generator=generator, dtype=torch.float64, device=draw_device).to(device)
+            self.time_uniforms = (u0 + torch.arange(batch, dtype=torch.float64, device=device) / batch) % 1.0
+        self.uniforms = torch.rand((num_samples, batch, length), generator=generator, device=draw_device).to(device)
+        self.log_t = self.log_factor = self.is_mask = None
+
+    def _times(self, e: torch.Tensor, noise_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log t, log of the per-row factor 1/(t q(t)) or 1/t), both float64 `(B,)`."""
+        if self.given_log_t is not None:
+            return self.given_log_t, -self.given_log_t  # the integrand at the given t: no importance weight
+        if self.time_sampling == "uniform_eps":
+            # MDLM's rule: t ~ U(eps, 1), weight 1. Drops [0, eps): NOT a bound for learned exponents.
+            log_t = torch.log(self.eps + (1.0 - self.eps) * self.time_uniforms)
+            return log_t, -log_t
+        a = mixture_power(e, noise_mask, self.floor)
+        log_t = sample_log_times(self.time_uniforms, a, self.uniform_weight)
+        return log_t, -log_t - log_time_density(log_t, a, self.uniform_weight)
+
+    def corrupt(self, e: torch.Tensor, noise_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Times and noisy samples for forward exponents e `(B, L)` (detached): returns the `(K, B, L)` bool mask
+        of masked positions (z^k_i = m with probability t**e_i on M) and t `(B,)`."""
+        self.log_t, self.log_factor = self._times(e, noise_mask)
+        p_mask = mask_prob(self.log_t.float()[:, None], e)  # (B, L)
+        self.is_mask = (self.uniforms < p_mask) & noise_mask  # (K, B, L)
+        return self.is_mask, torch.exp(self.log_t)
 
 
 def lomdm_loss(
@@ -151,20 +178,22 @@ def lomdm_loss(
     """Velocity-matched NELBO of LoMDM with the RLOO gradient estimator.
 
     Steps (keep in sync with the body):
-        1. M = attention_mask & (labels != -100); forward exponents e = model.forward_exponents(x).
-        2. One time per row: importance-sampled (antithetic) from the mixture q(t) with power
-           a = (min_i e_i of the row) / 2, MDLM's U(eps, 1) (`uniform_eps`, not a bound), or the given `t`
-           (no weight: `nelbo` is then the integrand).
-        3. K noisy samples z^k: masked with probability t**e_i on M; log q(z^k | x).
-        4. One denoiser pass per sample: log p_θ(x | z^k) and ê(z^k); L_k = L_main + L_velocity, weighted.
-        5. surrogate = mean_k L_k + mean_k log q(z^k|x) * sg(L_k - mean_{j != k} L_j)  (RLOO), or mean_k L_k
+        1. M = attention_mask & (labels != -100); the random numbers of the step (`DiffusionNoise`).
+        2. One model call (`model(x, noise=...)`): forward exponents e of x; one time per row, importance-sampled
+           (antithetic) from the mixture q(t) with power a = (min_i e_i of the row) / 2, MDLM's U(eps, 1)
+           (`uniform_eps`, not a bound), or the given `t` (no weight: `nelbo` is then the integrand); K noisy
+           samples z^k masked with probability t**e_i on M; the denoiser on all K: log p_θ(x | z^k) at the masked
+           positions and ê(z^k).
+        3. L_k = L_main + L_velocity, weighted by 1/(t q(t)); log q(z^k | x).
+        4. surrogate = mean_k L_k + mean_k log q(z^k|x) * sg(L_k - mean_{j != k} L_j)  (RLOO), or mean_k L_k
            (`plain`, the MDLM estimator).
 
     Random numbers are drawn from `generator` in this order: u_0 `(1,)` (only when `t` is None), then the
     mask uniforms `(K, B, L)`.
 
     Args:
-        model: a `LoMDMForMaskedDiffusion` (or a PEFT wrapper of one).
+        model: a `LoMDMForMaskedDiffusion`, or any wrapper whose forward passes keyword arguments on (PEFT, DDP,
+            FSDP): the whole step is one call of it.
         input_ids: `(B, L)` clean tokens x.
         attention_mask: `(B, L)` 1 for real tokens; all ones if None.
         labels: `(B, L)` targets; positions with -100 are never noised and do not count. Elsewhere the
@@ -178,77 +207,63 @@ def lomdm_loss(
         generator: optional `torch.Generator` for reproducibility.
     """
     check_estimator_arguments(num_samples, estimator, time_sampling)
-    config = model.config
+    config = _unwrap(model).config
     mask_id = config.mask_token_id
 
-    # 1. The set M and the forward exponents e of the clean sequence.
+    # 1. The set M and the random numbers.
     targets, noise_mask = targets_and_noise_mask(input_ids, attention_mask, labels, mask_id)
-    e, forward_scores = model.forward_exponents(
-        targets, attention_mask=attention_mask, noise_mask=noise_mask, return_scores=True
-    )
-    e = e.float()  # (B, L)
     batch, length = targets.shape
-    device = targets.device
-
-    # 2. Times and the per-row log factor.
-    floor = smallest_exponent(config.schedule, config.c1, config.c2) / 2
-    log_t, log_factor = _sample_times(
-        batch, t=t, a=mixture_power(e, noise_mask, floor), time_sampling=time_sampling, uniform_weight=uniform_weight,
-        eps=eps, generator=generator, device=device,
+    noise = DiffusionNoise(
+        batch, length, num_samples=num_samples, t=t, time_sampling=time_sampling, uniform_weight=uniform_weight,
+        eps=eps, floor=smallest_exponent(config.schedule, config.c1, config.c2) / 2, generator=generator,
+        device=targets.device,
     )
-    factor = torch.exp(log_factor).float()[:, None]  # (B, 1): 1/(t q(t)) is finite even when t underflows
-    log_t_col = log_t.float()[:, None]  # (B, 1)
 
-    # 3. K noisy samples (mask draws carry no gradient; log q carries φ's score).
-    draw_device = generator.device if generator is not None else device
-    uniforms = torch.rand((num_samples, batch, length), generator=generator, device=draw_device).to(device)
-    p_mask = mask_prob(log_t_col, e).detach()  # (B, L)
-    timesteps = torch.exp(log_t).float() if model.is_time_conditioned else None
+    # 2. One model call: e(x), the K noisy samples, log p_θ at their masked positions (packed) and ê.
+    out = model(targets, attention_mask=attention_mask, noise_mask=noise_mask, noise=noise)
+    e = out.forward_exponents.float()  # (B, L), carries φ's gradient
+    is_mask = noise.is_mask  # (K, B, L)
+    packed = out.logits.gather(-1, targets.expand(num_samples, -1, -1)[is_mask][:, None]).squeeze(-1)  # (N,)
+    log_p = torch.zeros(is_mask.shape, dtype=packed.dtype, device=packed.device).masked_scatter(is_mask, packed)
+    e_hat = out.reverse_exponents.float().view(num_samples, batch, length)
 
-    losses, log_qs, mains, velocities = [], [], [], []
-    confidence = None
-    for k in range(num_samples):
-        z_is_mask = (uniforms[k] < p_mask) & noise_mask  # (B, L)
-        z_t = torch.where(z_is_mask, torch.full_like(targets, mask_id), targets)
+    # 3. Per-sample losses (K, B): sum over masked positions of A^i (-log p) + velocity matching, times 1/(t q(t)).
+    factor = torch.exp(noise.log_factor).float()  # (B,): finite even when t underflows
+    weight = is_mask.float()
+    loss_main = (e * -log_p * weight).sum(-1) * factor
+    loss_velocity = (velocity_matching(e, e_hat) * weight).sum(-1) * factor
+    per_sample = loss_main + loss_velocity  # (K, B)
 
-        # 4. Denoiser pass on z_t: log p_θ(x^i | z_t) and ê(z_t).
-        out = model(z_t, attention_mask=attention_mask, noise_mask=noise_mask, timesteps=timesteps)
-        log_p = out.logits.gather(-1, targets[..., None]).squeeze(-1)  # (B, L)
-        log_p = torch.where(z_is_mask, log_p, torch.zeros_like(log_p))  # only masked positions count
-        e_hat = out.reverse_exponents.float()
-        weight = z_is_mask.float()
-        loss_main = (e * -log_p * weight).sum(-1) * factor[:, 0]  # sum_i A^i (-log p) with A = e/t
-        loss_velocity = (velocity_matching(e, e_hat) * weight).sum(-1) * factor[:, 0]
-        losses.append(loss_main + loss_velocity)
-        mains.append(loss_main)
-        velocities.append(loss_velocity)
-        log_qs.append(log_q(z_is_mask, log_t_col, e, noise_mask))
-        if k == 0:
-            confidence = torch.where(z_is_mask, log_p.detach().exp(), torch.full_like(log_p, math.nan))
-
-    # 5. Surrogate: the pathwise part plus (RLOO) the score-function part with a leave-one-out baseline.
-    per_sample = torch.stack(losses)  # (K, B)
+    # 4. Surrogate: the pathwise part plus (RLOO) the score-function part with a leave-one-out baseline.
     surrogate = per_sample.mean(0)
     if estimator == "rloo":
-        score_functions = torch.stack(log_qs)  # (K, B)
+        score_functions = log_q(is_mask, noise.log_t.float()[:, None], e, noise_mask)  # (K, B)
         detached = per_sample.detach()
         baseline = (detached.sum(0, keepdim=True) - detached) / (num_samples - 1)
         surrogate = surrogate + (score_functions * (detached - baseline)).mean(0)
 
     num_tokens = noise_mask.sum(-1)
+    forward_scores = out.forward_scores
     return LoMDMLossOutput(
         loss=surrogate.sum() / num_tokens.sum().clamp(min=1),
         nelbo=per_sample.detach().mean(0),
-        loss_main=torch.stack(mains).detach().mean(0),
-        loss_velocity=torch.stack(velocities).detach().mean(0),
+        loss_main=loss_main.detach().mean(0),
+        loss_velocity=loss_velocity.detach().mean(0),
         num_tokens=num_tokens,
-        t=torch.exp(log_t),
-        log_t=log_t,
+        t=torch.exp(noise.log_t),
+        log_t=noise.log_t,
         forward_exponents=e.detach(),
         forward_scores=None if forward_scores is None else forward_scores.detach(),
         noise_mask=noise_mask,
-        confidence=confidence,
+        confidence=torch.where(is_mask[0], log_p[0].detach().exp(), torch.full_like(log_p[0], math.nan)),
     )
+
+
+def _unwrap(model):
+    """The model under DDP-style wrappers (`.module`); PEFT and FSDP2 models expose `.config` themselves."""
+    while not hasattr(model, "config") and hasattr(model, "module"):
+        model = model.module
+    return model
 
 
 @dataclass
@@ -318,6 +333,7 @@ def stratified_nelbo(
 
 __all__ = [
     "TIME_UNIFORM_WEIGHT",
+    "DiffusionNoise",
     "LoMDMLossOutput",
     "NelboSamples",
     "check_estimator_arguments",

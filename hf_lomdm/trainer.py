@@ -1,6 +1,6 @@
 """Training LoMDM with `transformers.Trainer` (SPEC §4).
 
-`LoMDMTrainer` changes four things about `Trainer` and keeps everything else (accelerate, DDP, FSDP2, mixed
+`LoMDMTrainer` changes four things about `Trainer` and keeps everything else (accelerate, DDP, FSDP, mixed
 precision, checkpoints, resuming, callbacks):
 
 1. Loss. `compute_loss` calls `hf_lomdm.objective.lomdm_loss` (velocity-matched NELBO, RLOO over K noise
@@ -132,16 +132,8 @@ class LoMDMTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         if self.ddp_find_unused_parameters is None:
-            # Every parameter gets a gradient each step; and the forward scheduler runs in
-            # `forward_exponents`, outside DDP's forward, where DDP's unused-parameter search would wrongly
-            # mark it unused.
-            self.ddp_find_unused_parameters = False
+            self.ddp_find_unused_parameters = False  # every parameter gets a gradient each step: skip the search
         super().__post_init__()
-        if self.ddp_find_unused_parameters:
-            raise ValueError(
-                "`ddp_find_unused_parameters=True` is not supported: the forward scheduler runs outside "
-                "DDP's forward (in `forward_exponents`) and would be marked ready twice."
-            )
         check_estimator_arguments(
             self.num_noise_samples, self.estimator, self.time_sampling, num_samples_name="num_noise_samples"
         )
@@ -261,25 +253,6 @@ def _summarize(stats: torch.Tensor) -> dict[str, float]:
     return logs
 
 
-class _RoutedModel:
-    """What `lomdm_loss` needs from a model: the bare model's attributes, denoiser calls through the wrapper.
-
-    Under DDP the denoiser passes go through `DistributedDataParallel.forward`, which prepares gradient
-    reduction. `forward_exponents` is not a wrapper method and runs on the bare module; DDP's per-parameter
-    hooks still reduce the forward scheduler's gradients (FSDP2 gets it registered as a forward method, see
-    `LoMDMTrainer`).
-    """
-
-    def __init__(self, wrapped: nn.Module, module: nn.Module):
-        self._wrapped = wrapped
-        self.config = module.config
-        self.is_time_conditioned = module.is_time_conditioned
-        self.forward_exponents = module.forward_exponents
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._wrapped(*args, **kwargs)
-
-
 class LoMDMTrainer(Trainer):
     """`transformers.Trainer` for `LoMDMForMaskedDiffusion` (see the module docstring for what changes).
 
@@ -304,11 +277,6 @@ class LoMDMTrainer(Trainer):
             raise ValueError(
                 "`batch_eval_metrics=True` is not supported: the NELBO is summed over the whole set."
             )
-        if self.is_fsdp_enabled and self.accelerator.state.fsdp_plugin.fsdp_version != 2:
-            raise ValueError(
-                "LoMDMTrainer needs FSDP2 (`fsdp_version: 2`): the objective calls "
-                "`forward_exponents`, which FSDP1 cannot unshard for."
-            )
         if self.is_fsdp_enabled and self.args.ema_decay is not None:
             raise ValueError(
                 f"`ema_decay={self.args.ema_decay}` is not supported with FSDP (sharded weights)."
@@ -323,7 +291,6 @@ class LoMDMTrainer(Trainer):
         self._train_stats: torch.Tensor | None = None
         self._noise_step, self._micro_step = -1, 0
         self._eval_generator: torch.Generator | None = None
-        self._fsdp_method_registered = False
         self._scheduler_group: int | None = (
             None  # index of the scheduler's optimizer group, when it has its own
         )
@@ -343,30 +310,23 @@ class LoMDMTrainer(Trainer):
 
     # ---- loss -----------------------------------------------------------------------------------------
 
-    def _routed(self, model: nn.Module) -> _RoutedModel:
-        module = self.accelerator.unwrap_model(model)
-        if self.is_fsdp_enabled and not self._fsdp_method_registered:
-            from torch.distributed.fsdp import register_fsdp_forward_method
-
-            register_fsdp_forward_method(module, "forward_exponents")
-            self._fsdp_method_registered = True
-        return _RoutedModel(model, module)
-
     def _objective(
         self, objective: Callable[..., Any], model: nn.Module, inputs: dict[str, torch.Tensor], **kwargs: Any
     ) -> Any:
-        """`objective` (`lomdm_loss` or `stratified_nelbo`) of a batch with the training arguments' times."""
-        # Autocast here as well: accelerate wraps only `forward`, and the objective calls `forward_exponents`.
-        with self.accelerator.autocast():
-            return objective(
-                self._routed(model),
-                inputs["input_ids"],
-                attention_mask=inputs.get("attention_mask"),
-                labels=inputs.get("labels"),
-                uniform_weight=self.args.time_uniform_weight,
-                eps=self.args.noise_eps,
-                **kwargs,
-            )
+        """`objective` (`lomdm_loss` or `stratified_nelbo`) of a batch with the training arguments' times.
+
+        The objective calls the wrapped model once per step (`model(x, noise=...)`), so DDP's gradient reduction,
+        FSDP's unsharding, PEFT and accelerate's autocast all apply without special cases.
+        """
+        return objective(
+            model,
+            inputs["input_ids"],
+            attention_mask=inputs.get("attention_mask"),
+            labels=inputs.get("labels"),
+            uniform_weight=self.args.time_uniform_weight,
+            eps=self.args.noise_eps,
+            **kwargs,
+        )
 
     def compute_loss(
         self,

@@ -334,8 +334,6 @@ def test_invalid_training_arguments_name_the_value(tmp_path):
             make_args(tmp_path, scheduler_learning_rate=bad)
     with pytest.raises(ValueError, match="0.0"):
         make_args(tmp_path, ema_decay=0.0)
-    with pytest.raises(ValueError, match="find_unused"):
-        make_args(tmp_path, ddp_find_unused_parameters=True)
 
 
 def test_recipes_parse_and_document_their_launch(tmp_path):
