@@ -18,6 +18,7 @@ documentation, `pydoc_data.topics`, shipped with every Python) — in `block_siz
    scored by SmolLM2 (gen-PPL) with their unigram entropy.
 
 Results are merged into `--output` (JSON, one entry per checkpoint) and printed as Markdown tables (also written).
+The `--card_for` checkpoint is saved merged to `--card_dir` with a model card, copied to `model_cards/`.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ def load_checkpoint(path: str):
 
 def text_rows(tokenizer, block_size: int, num_rows: int) -> dict[str, torch.Tensor]:
     """`{"plays": (N, block), "python_docs": (N, block)}`: packed rows of the two texts."""
-    from datasets import Dataset
     from pydoc_data.topics import topics
+
+    from datasets import Dataset
 
     plays = load_text_datasets(DataArguments())["validation"]
     docs = Dataset.from_list([{"text": text} for _, text in sorted(topics.items())])
@@ -94,19 +96,30 @@ def schedule_statistics(model: LoMDMForMaskedDiffusion, rows: torch.Tensor, toke
     centred_nll = token_nll - token_nll.mean(1, keepdim=True)
     corr = (centred_e * centred_nll).sum() / (centred_e.norm() * centred_nll.norm()).clamp_min(1e-12)
     return {
-        "e_mean": e.mean().item(), "e_sd_within_row": e.std(1).mean().item(), "e_min": e.min().item(),
-        "e_max": e.max().item(), "e_hat_mean": e_hat.mean().item(), "e_hat_sd_within_row": e_hat.std(1).mean().item(),
+        "e_mean": e.mean().item(),
+        "e_sd_within_row": e.std(1).mean().item(),
+        "e_min": e.min().item(),
+        "e_max": e.max().item(),
+        "e_hat_mean": e_hat.mean().item(),
+        "e_hat_sd_within_row": e_hat.std(1).mean().item(),
         "corr_e_ar_nll": corr.item(),
     }
 
 
 @torch.no_grad()
-def samples(model, tokenizer, judge, judge_tokenizer, prompts: torch.Tensor, new_tokens: int, steps: int) -> dict:
+def samples(
+    model, tokenizer, judge, judge_tokenizer, prompts: torch.Tensor, new_tokens: int, steps: int
+) -> dict:
     out = {}
     for order in ("learned", "random"):
         start = time.perf_counter()
-        sequences = model.generate(prompts, max_new_tokens=new_tokens, steps=steps, order=order,
-                                   generator=torch.Generator().manual_seed(0))
+        sequences = model.generate(
+            prompts,
+            max_new_tokens=new_tokens,
+            steps=steps,
+            order=order,
+            generator=torch.Generator().manual_seed(0),
+        )
         seconds = time.perf_counter() - start
         texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
         # Same vocabulary as the judge: score the token ids (prompt included, as context of the first token).
@@ -123,45 +136,112 @@ def evaluate(name: str, path: str, judge, judge_tokenizer, args) -> dict:
         token_nll = ar_token_nll(judge, rows)
         labels = rows.clone()
         labels[:, 0] = -100  # position 0 is context for both models
-        bound = nelbo_perplexity(model, [{"input_ids": r, "labels": l} for r, l in zip(rows, labels)],
-                                 time_samples=args.time_samples, batch_size=8,
-                                 generator=torch.Generator().manual_seed(0))
-        context = context_use(model, rows, max_sequences=args.context_rows, batch_size=8,
-                              generator=torch.Generator().manual_seed(0))
+        bound = nelbo_perplexity(
+            model,
+            [{"input_ids": row, "labels": label} for row, label in zip(rows, labels)],
+            time_samples=args.time_samples,
+            batch_size=8,
+            generator=torch.Generator().manual_seed(0),
+        )
+        context = context_use(
+            model,
+            rows,
+            max_sequences=args.context_rows,
+            batch_size=8,
+            generator=torch.Generator().manual_seed(0),
+        )
         report["texts"][text] = {
-            "rows": len(rows), "tokens": bound.num_tokens, "nelbo": bound.nelbo, "nelbo_stderr": bound.stderr,
-            "ar_nll": token_nll.mean().item(), "context_ratio": context.ratio, "context_use": context.to_dict(),
+            "rows": len(rows),
+            "tokens": bound.num_tokens,
+            "nelbo": bound.nelbo,
+            "nelbo_stderr": bound.stderr,
+            "ar_nll": token_nll.mean().item(),
+            "context_ratio": context.ratio,
+            "context_use": context.to_dict(),
             "schedules": schedule_statistics(model, rows, token_nll),
         }
-        print(f"[{name}] {text}: NELBO {bound.nelbo:.3f} ± {bound.stderr:.3f}, AR NLL {token_nll.mean():.3f}, "
-              f"context ratio {context.ratio:.2f}", file=sys.stderr)
+        print(
+            f"[{name}] {text}: NELBO {bound.nelbo:.3f} ± {bound.stderr:.3f}, AR NLL {token_nll.mean():.3f}, "
+            f"context ratio {context.ratio:.2f}",
+            file=sys.stderr,
+        )
     prompts = text_rows(tokenizer, args.prompt_tokens, args.sample_count)["plays"]
-    report["samples"] = samples(model, tokenizer, judge, judge_tokenizer, prompts, args.new_tokens, args.steps)
-    report["sample_settings"] = {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-                                 "steps": args.steps, "count": args.sample_count}
+    report["samples"] = samples(
+        model, tokenizer, judge, judge_tokenizer, prompts, args.new_tokens, args.steps
+    )
+    report["sample_settings"] = {
+        "prompt_tokens": args.prompt_tokens,
+        "new_tokens": args.new_tokens,
+        "steps": args.steps,
+        "count": args.sample_count,
+    }
+    if name == args.card_for:
+        write_card(model, tokenizer, report, args.card_dir)
     return report
 
 
+def write_card(model, tokenizer, report: dict, directory: str) -> None:
+    """Save the merged model with a model card filled from `report`, and copy the card to `model_cards/`."""
+    import shutil
+
+    from hf_lomdm.model_card import write_model_card
+
+    plays = report["texts"]["plays"]
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    write_model_card(
+        directory,
+        model,
+        tokenizer,
+        eval_metrics={
+            "nelbo": plays["nelbo"],
+            "ppl_bound": math.exp(plays["nelbo"]),
+            "tokens": plays["tokens"],
+            "stderr": plays["nelbo_stderr"],
+        },
+        samples=report["samples"]["learned"]["texts"],
+        context_use=plays["context_use"],
+        repo_id=directory,
+        training_data="Converted from SmolLM2-135M-Instruct (`lomdm-convert smollm2`, shift option) and adapted with "
+        "LoRA (schedulers trained in full) by `training/configs/smollm2-shakespeare.yaml`; "
+        "`benchmarks/causal_lm_adaptation.py` measured this card's numbers.",
+    )
+    shutil.copy(
+        Path(directory) / "README.md", Path(__file__).parents[1] / "model_cards" / "smollm2-shakespeare.md"
+    )
+
+
 def markdown(results: dict) -> str:
-    lines = ["| checkpoint | text | NELBO bound (nats/token) | SmolLM2 AR NLL | context ratio | e sd | ê sd | "
-             "corr(e, AR NLL) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| checkpoint | text | NELBO bound (nats/token) | SmolLM2 AR NLL | context ratio | e sd | ê sd | "
+        "corr(e, AR NLL) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, report in results.items():
         for text, r in report["texts"].items():
             s = r["schedules"]
-            lines.append(f"| {name} | {text} | {r['nelbo']:.3f} ± {r['nelbo_stderr']:.3f} | {r['ar_nll']:.3f} | "
-                         f"{r['context_ratio']:.2f} | {s['e_sd_within_row']:.4f} | {s['e_hat_sd_within_row']:.4f} | "
-                         f"{s['corr_e_ar_nll']:+.3f} |")
+            lines.append(
+                f"| {name} | {text} | {r['nelbo']:.3f} ± {r['nelbo_stderr']:.3f} | {r['ar_nll']:.3f} | "
+                f"{r['context_ratio']:.2f} | {s['e_sd_within_row']:.4f} | {s['e_hat_sd_within_row']:.4f} | "
+                f"{s['corr_e_ar_nll']:+.3f} |"
+            )
     lines += ["", "| checkpoint | order | gen-PPL (SmolLM2) | entropy | seconds |", "|---|---|---|---|---|"]
     for name, report in results.items():
         for order, s in report["samples"].items():
-            lines.append(f"| {name} | {order} | {s['gen_ppl']:.1f} | {s['entropy']:.2f} | {s['seconds']:.1f} |")
+            lines.append(
+                f"| {name} | {order} | {s['gen_ppl']:.1f} | {s['entropy']:.2f} | {s['seconds']:.1f} |"
+            )
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["before=runs/smollm2-lomdm", "after=runs/smollm2-shakespeare"],
-                        help="name=path pairs")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["before=runs/smollm2-lomdm", "after=runs/smollm2-shakespeare"],
+        help="name=path pairs",
+    )
     parser.add_argument("--block_size", type=int, default=128)
     parser.add_argument("--rows", type=int, default=24, help="rows per text")
     parser.add_argument("--time_samples", type=int, default=2)
@@ -170,18 +250,28 @@ def main(argv=None) -> None:
     parser.add_argument("--prompt_tokens", type=int, default=16)
     parser.add_argument("--new_tokens", type=int, default=48)
     parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument(
+        "--card_for", default="after", help="checkpoint name whose merged model gets a model card"
+    )
+    parser.add_argument("--card_dir", default="runs/smollm2-shakespeare-merged")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     configure_threads()
     torch.manual_seed(0)
     judge, judge_tokenizer = load_smollm2_judge()
     output = Path(args.output)
-    results = json.loads(output.with_suffix(".json").read_text())["checkpoints"] if output.with_suffix(".json").exists() else {}
+    results = (
+        json.loads(output.with_suffix(".json").read_text())["checkpoints"]
+        if output.with_suffix(".json").exists()
+        else {}
+    )
     for pair in args.models:
         name, path = pair.split("=", 1)
         results[name] = evaluate(name, path, judge, judge_tokenizer, args)
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.with_suffix(".json").write_text(json.dumps({"settings": vars(args), "checkpoints": results}, indent=2))
+        output.with_suffix(".json").write_text(
+            json.dumps({"settings": vars(args), "checkpoints": results}, indent=2)
+        )
     table = markdown(results)
     output.with_suffix(".md").write_text(table + "\n")
     print(table)

@@ -117,7 +117,7 @@ def run(task_name: str, schedule: str, seed: int, args) -> dict:
     model.eval()
     bound = nelbo_perplexity(
         model,
-        [{"input_ids": i, "labels": l} for i, l in zip(val["input_ids"], val["labels"])],
+        [{"input_ids": ids, "labels": label} for ids, label in zip(val["input_ids"], val["labels"])],
         time_samples=8,
         generator=torch.Generator().manual_seed(0),
     )
@@ -193,7 +193,8 @@ def markdown(summary: list[dict]) -> str:
     for row in summary:
         steps = sorted({int(k.split("@")[1]) for k in row["validity"]})
         lines.append(
-            f"| {row['task']} | {row['schedule']} | {row['nelbo_per_row']['mean']:.3f} ± {row['nelbo_per_row']['sd']:.3f} "
+            f"| {row['task']} | {row['schedule']} | "
+            f"{row['nelbo_per_row']['mean']:.3f} ± {row['nelbo_per_row']['sd']:.3f} "
             f"| {row['contrast']['mean']:+.3f} ± {row['contrast']['sd']:.3f} | "
             f"{'yes' if row['contrast_right_sign_all_seeds'] else 'no'} | {_validity_cell(row, steps[0])} "
             f"| {_validity_cell(row, steps[-1])} | {row['s_per_step']['mean']:.3f} |"

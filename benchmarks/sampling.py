@@ -30,7 +30,9 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--quick", action="store_true", help="32 new tokens, batch 1 and 4")
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 parser.add_argument(
-    "--threads", type=int, default=None,
+    "--threads",
+    type=int,
+    default=None,
     help="torch CPU threads (default: hf_lomdm.runtime's choice: 1 on <= 2 cores unless OMP_NUM_THREADS is set)",
 )
 parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "sampling.json")

@@ -50,22 +50,47 @@ def build(kind: str, hidden: int, layers: int, heads: int, ffn: int, length: int
     torch.manual_seed(0)
     if kind in ("mdlm", "lomdm"):
         config = LoMDMConfig(
-            vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-            intermediate_size=ffn, max_position_embeddings=length, mask_token_id=MASK_ID,
-            schedule="linear" if kind == "mdlm" else "lomdm", scheduler_intermediate_size=2 * hidden,
+            vocab_size=VOCAB,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=ffn,
+            max_position_embeddings=length,
+            mask_token_id=MASK_ID,
+            schedule="linear" if kind == "mdlm" else "lomdm",
+            scheduler_intermediate_size=2 * hidden,
             scheduler_head_size=hidden // 2,
         )
         return LoMDMForMaskedDiffusion(config)
     if kind == "bert":
-        return BertForMaskedLM(BertConfig(
-            vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-            intermediate_size=ffn, max_position_embeddings=length, attn_implementation="sdpa",
-        ))
-    return ModernBertForMaskedLM(ModernBertConfig(
-        vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=ffn, max_position_embeddings=length, pad_token_id=1, bos_token_id=2, eos_token_id=3,
-        cls_token_id=2, sep_token_id=3, sparse_prediction=True, attn_implementation="sdpa",
-    ))
+        return BertForMaskedLM(
+            BertConfig(
+                vocab_size=VOCAB,
+                hidden_size=hidden,
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                intermediate_size=ffn,
+                max_position_embeddings=length,
+                attn_implementation="sdpa",
+            )
+        )
+    return ModernBertForMaskedLM(
+        ModernBertConfig(
+            vocab_size=VOCAB,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=ffn,
+            max_position_embeddings=length,
+            pad_token_id=1,
+            bos_token_id=2,
+            eos_token_id=3,
+            cls_token_id=2,
+            sep_token_id=3,
+            sparse_prediction=True,
+            attn_implementation="sdpa",
+        )
+    )
 
 
 def mdlm_loss_for_mlm(model, x: torch.Tensor, generator: torch.Generator, eps: float = 1e-3) -> torch.Tensor:
@@ -83,8 +108,11 @@ def mdlm_loss_for_mlm(model, x: torch.Tensor, generator: torch.Generator, eps: f
 
 def loss_fn(kind: str):
     if kind == "mdlm":
-        return lambda model, x, g: lomdm_loss(model, x, num_samples=1, estimator="plain", time_sampling="uniform_eps",
-                                              generator=g).loss
+        return lambda model, x, g: (
+            lomdm_loss(
+                model, x, num_samples=1, estimator="plain", time_sampling="uniform_eps", generator=g
+            ).loss
+        )
     if kind == "lomdm":
         return lambda model, x, g: lomdm_loss(model, x, generator=g).loss
     return mdlm_loss_for_mlm
@@ -109,7 +137,10 @@ def step_flops_and_activations(model, loss, x, generator) -> tuple[float, int]:
         saved.append(tensor.numel() * tensor.element_size())
         return tensor
 
-    with FlopCounterMode(display=False) as counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with (
+        FlopCounterMode(display=False) as counter,
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+    ):
         value = loss(model, x, generator)
     activation_bytes = sum(saved)
     with FlopCounterMode(display=False) as backward_counter:
@@ -125,7 +156,9 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per configuration and round")
+    parser.add_argument(
+        "--steps", type=int, default=4, help="timed optimizer steps per configuration and round"
+    )
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     threads = configure_threads()
@@ -139,7 +172,9 @@ def main(argv=None) -> None:
         for kind in args.kinds:
             model = build(kind, *dims, args.length).train()
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            flops, activations = step_flops_and_activations(model, loss_fn(kind), x, torch.Generator().manual_seed(0))
+            flops, activations = step_flops_and_activations(
+                model, loss_fn(kind), x, torch.Generator().manual_seed(0)
+            )
             setups[kind] = (model, optimizer, flops, activations)
         for precision in precisions:
             times = {kind: [] for kind in args.kinds}
@@ -158,31 +193,54 @@ def main(argv=None) -> None:
             tokens = args.batch * args.length
             for kind, (model, _, flops, activations) in setups.items():
                 per_step = statistics.median(times[kind])
-                ratios = {f"vs_{other}": statistics.median(o / t for o, t in zip(times[other], times[kind]))
-                          for other in ("mdlm", "bert", "modernbert") if other in times and other != kind}
-                rows.append({
-                    "size": size, "dims": dict(zip(("hidden", "layers", "heads", "ffn"), dims)), "kind": kind,
-                    "precision": precision, "tokens_per_second": tokens / per_step, "seconds_per_step": per_step,
-                    "parameters": sum(p.numel() for p in model.parameters()), "flops_per_step": flops,
-                    "mfu": flops / per_step / peak, "activation_mib": activations / 2**20, **ratios,
-                })
+                ratios = {
+                    f"vs_{other}": statistics.median(o / t for o, t in zip(times[other], times[kind]))
+                    for other in ("mdlm", "bert", "modernbert")
+                    if other in times and other != kind
+                }
+                rows.append(
+                    {
+                        "size": size,
+                        "dims": dict(zip(("hidden", "layers", "heads", "ffn"), dims)),
+                        "kind": kind,
+                        "precision": precision,
+                        "tokens_per_second": tokens / per_step,
+                        "seconds_per_step": per_step,
+                        "parameters": sum(p.numel() for p in model.parameters()),
+                        "flops_per_step": flops,
+                        "mfu": flops / per_step / peak,
+                        "activation_mib": activations / 2**20,
+                        **ratios,
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     report = {
-        "settings": vars(args), "threads": threads, "matmul_peak_gflops": peak / 1e9,
-        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "rows": rows,
+        "settings": vars(args),
+        "threads": threads,
+        "matmul_peak_gflops": peak / 1e9,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "rows": rows,
     }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    lines = [f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s, {threads} thread(s), batch {args.batch} x {args.length} "
-             f"tokens, medians of {args.rounds} interleaved rounds of {args.steps} steps", "",
-             "| size | model | precision | tokens/s | vs mdlm | vs bert | vs modernbert | GFLOP/step | MFU | "
-             "activations (MiB) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s, {threads} thread(s), batch {args.batch} x {args.length} "
+        f"tokens, medians of {args.rounds} interleaved rounds of {args.steps} steps",
+        "",
+        "| size | model | precision | tokens/s | vs mdlm | vs bert | vs modernbert | GFLOP/step | MFU | "
+        "activations (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ratio = [f"{r[k]:.2f}" if k in r else "" for k in ("vs_mdlm", "vs_bert", "vs_modernbert")]
-        lines.append(f"| {r['size']} | {r['kind']} | {r['precision']} | {r['tokens_per_second']:.0f} | "
-                     + " | ".join(ratio) + f" | {r['flops_per_step'] / 1e9:.1f} | {r['mfu']:.2f} | "
-                     f"{r['activation_mib']:.0f} |")
+        lines.append(
+            f"| {r['size']} | {r['kind']} | {r['precision']} | {r['tokens_per_second']:.0f} | "
+            + " | ".join(ratio)
+            + f" | {r['flops_per_step'] / 1e9:.1f} | {r['mfu']:.2f} | "
+            f"{r['activation_mib']:.0f} |"
+        )
     output.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1,7 +1,7 @@
 """Infilling: every mask token in the input is a position to fill; all other tokens stay as they are.
 
-    python examples/infill.py --model path/to/checkpoint
-    python examples/infill.py --model path/to/checkpoint --text "To be, or [MASK] to be" --span 4 --order learned
+python examples/infill.py --model path/to/checkpoint
+python examples/infill.py --model path/to/checkpoint --text "To be, or [MASK] to be" --span 4 --order learned
 """
 
 from __future__ import annotations
@@ -15,10 +15,15 @@ import hf_lomdm  # noqa: F401  (registers the LoMDM auto classes)
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (with its tokenizer)")
-parser.add_argument("--text", default="To be, or [MASK] to be: that is the question.",
-                    help="text with [MASK] where a span should be filled")
+parser.add_argument(
+    "--text",
+    default="To be, or [MASK] to be: that is the question.",
+    help="text with [MASK] where a span should be filled",
+)
 parser.add_argument("--span", type=int, default=6, help="mask tokens per [MASK]")
-parser.add_argument("--order", default="learned", help="learned, random, confidence, margin, entropy, left_to_right")
+parser.add_argument(
+    "--order", default="learned", help="learned, random, confidence, margin, entropy, left_to_right"
+)
 parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: one token per pass)")
 parser.add_argument("--samples", type=int, default=3)
 parser.add_argument("--seed", type=int, default=0)
@@ -36,8 +41,15 @@ for i, piece in enumerate(args.text.split("[MASK]")):
 canvas = torch.tensor([ids]).repeat(args.samples, 1)
 
 # 2. Fill it (max_new_tokens=0: nothing is appended) and check that no given token moved.
-out = model.generate(canvas, max_new_tokens=0, order=args.order, steps=args.steps, return_dict_in_generate=True,
-                     output_order=True, generator=torch.Generator().manual_seed(args.seed))
+out = model.generate(
+    canvas,
+    max_new_tokens=0,
+    order=args.order,
+    steps=args.steps,
+    return_dict_in_generate=True,
+    output_order=True,
+    generator=torch.Generator().manual_seed(args.seed),
+)
 kept = canvas != tokenizer.mask_token_id
 assert torch.equal(out.sequences[kept], canvas[kept])
 for row, order in zip(out.sequences, out.order):

@@ -38,4 +38,6 @@ else:
 loaded = AutoModelForMaskedLM.from_pretrained(args.repo).eval()
 prompt = torch.tensor([[tokenizer.bos_token_id]])
 sample = loaded.generate(prompt, max_new_tokens=24, generator=torch.Generator().manual_seed(0))
-print(f"pushed {args.repo}; a sample from the Hub copy:", tokenizer.decode(sample[0], skip_special_tokens=True))
+print(
+    f"pushed {args.repo}; a sample from the Hub copy:", tokenizer.decode(sample[0], skip_special_tokens=True)
+)

@@ -109,8 +109,17 @@ class LoMDMConfig(PreTrainedConfig):
         return self.hidden_size // self.num_attention_heads
 
     def _validate_lomdm(self, *special_ids: int | None) -> None:
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                     "intermediate_size", "max_position_embeddings", "scheduler_intermediate_size", "scheduler_head_size"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "scheduler_intermediate_size",
+            "scheduler_head_size",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
@@ -137,14 +146,20 @@ class LoMDMConfig(PreTrainedConfig):
             raise ValueError(f"`c1` must be > 0 and `c2` >= 0, got c1={self.c1!r}, c2={self.c2!r}.")
         if self.c1 <= self.c2:
             # Exponents are c1 + c2 * NormSig with NormSig in (-1, 1): c1 > c2 keeps every exponent > 0.
-            raise ValueError(f"`c1` must be > `c2` so every exponent stays positive, got c1={self.c1}, c2={self.c2}.")
+            raise ValueError(
+                f"`c1` must be > `c2` so every exponent stays positive, got c1={self.c1}, c2={self.c2}."
+            )
         if not isinstance(self.mask_token_id, int) or not 0 <= self.mask_token_id < self.vocab_size:
-            raise ValueError(f"`mask_token_id` must be in [0, vocab_size={self.vocab_size}), got {self.mask_token_id!r}.")
+            raise ValueError(
+                f"`mask_token_id` must be in [0, vocab_size={self.vocab_size}), got {self.mask_token_id!r}."
+            )
         for token_id in special_ids:
             if token_id is not None and not 0 <= token_id < self.vocab_size:
                 raise ValueError(f"special token id {token_id} is outside [0, vocab_size={self.vocab_size}).")
             if token_id is not None and token_id == self.mask_token_id:
-                raise ValueError(f"special token id {token_id} equals `mask_token_id`; the mask token must be unique.")
+                raise ValueError(
+                    f"special token id {token_id} equals `mask_token_id`; the mask token must be unique."
+                )
 
 
 __all__ = ["SCHEDULES", "LoMDMConfig"]

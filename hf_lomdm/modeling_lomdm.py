@@ -4,8 +4,10 @@ Shapes: B = batch, L = sequence length, H = hidden size, V = vocabulary, D = hea
 
 `LoMDMForMaskedDiffusion.forward` returns the SUBS log-probabilities of the denoiser (arXiv 2406.07524
 §3.2: the mask token gets probability 0, unmasked tokens are copied) and the reverse exponents ê; the
-forward exponents e come from `forward_exponents`. The loss is not computed here: it needs several noisy
-samples, the clean-input features and an RLOO term, so it lives in `hf_lomdm.objective`.
+forward exponents e come from `forward_exponents`. The loss is not computed here (it lives in
+`hf_lomdm.objective`), but a training step is one call: `forward(x, noise=...)` computes e(x), lets the objective's
+noise object draw the K noisy samples from it, and runs the denoiser on all of them in one batch with the head only
+at masked positions (`logits_mask`), so DDP, FSDP, PEFT and autocast wrappers see a single module call.
 
 SUBS and the shift option. Let h_j = f(z)_j be the backbone's last hidden state at position j and
 r_i = h_i (default) or r_i = h_{i-1} (`config.shift`, r_0 = h_0). The denoiser's distribution for position i is
@@ -46,7 +48,9 @@ class LoMDMRMSNorm(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         input_dtype = hidden_states.dtype
         hidden_states = hidden_states.float()  # the variance is computed in float32 (bf16 loses the mean)
-        hidden_states = hidden_states * torch.rsqrt(hidden_states.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        hidden_states = hidden_states * torch.rsqrt(
+            hidden_states.pow(2).mean(-1, keepdim=True) + self.variance_epsilon
+        )
         return self.weight * hidden_states.to(input_dtype)
 
 
@@ -60,7 +64,9 @@ class LoMDMRotaryEmbedding(nn.Module):
 
     @torch.no_grad()
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        exponent = torch.arange(0, self.head_dim, 2, device=position_ids.device, dtype=torch.float32) / self.head_dim
+        exponent = (
+            torch.arange(0, self.head_dim, 2, device=position_ids.device, dtype=torch.float32) / self.head_dim
+        )
         inv_freq = 1.0 / (self.rope_theta**exponent)  # (D/2,)
         freqs = position_ids.float()[..., None] * inv_freq  # (B, L, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, L, D)
@@ -126,8 +132,12 @@ class LoMDMAttention(nn.Module):
 
     def forward(self, hidden_states, attention_mask, position_embeddings):
         batch, length, _ = hidden_states.shape
-        query = self.q_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, heads, L, D)
-        key = self.k_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, kv_heads, L, D)
+        query = (
+            self.q_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
+        )  # (B, heads, L, D)
+        key = (
+            self.k_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
+        )  # (B, kv_heads, L, D)
         value = self.v_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
         query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
 
@@ -448,8 +458,10 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
 
     def _check_inputs(self, input_ids, attention_mask, noise_mask, timesteps) -> None:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            raise ValueError(f"`input_ids` must be a (batch, length) tensor, got {type(input_ids).__name__} "
-                             f"of shape {getattr(input_ids, 'shape', None)}.")
+            raise ValueError(
+                f"`input_ids` must be a (batch, length) tensor, got {type(input_ids).__name__} "
+                f"of shape {getattr(input_ids, 'shape', None)}."
+            )
         if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
             raise ValueError(f"`input_ids` must hold integer token ids, got dtype {input_ids.dtype}.")
         if input_ids.shape[1] > self.max_length:
@@ -463,10 +475,14 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
             )
         for name, mask in (("attention_mask", attention_mask), ("noise_mask", noise_mask)):
             if mask is not None and mask.shape != input_ids.shape:
-                raise ValueError(f"`{name}` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
-                                 f"got {tuple(mask.shape)}.")
+                raise ValueError(
+                    f"`{name}` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
+                    f"got {tuple(mask.shape)}."
+                )
         if timesteps is not None and timesteps.shape != input_ids.shape[:1]:
-            raise ValueError(f"`timesteps` must have shape ({input_ids.shape[0]},), got {tuple(timesteps.shape)}.")
+            raise ValueError(
+                f"`timesteps` must have shape ({input_ids.shape[0]},), got {tuple(timesteps.shape)}."
+            )
 
     def _scores(self, scheduler, features, position_ids, key_mask) -> torch.Tensor | None:
         """Raw scores v of one direction (None for the fixed schedules); `scheduler` is g_φ or g_ψ for `lomdm`."""
@@ -522,17 +538,34 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         if noise is not None:
             return self._training_forward(input_ids, attention_mask, noise_mask, position_ids, noise)
         self._check_inputs(input_ids, attention_mask, noise_mask, timesteps)
-        if logits_mask is not None and (logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool):
-            raise ValueError(f"`logits_mask` must be a bool tensor of shape {tuple(input_ids.shape)}, got "
-                             f"{logits_mask.dtype} of shape {tuple(logits_mask.shape)}.")
+        if logits_mask is not None and (
+            logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool
+        ):
+            raise ValueError(
+                f"`logits_mask` must be a bool tensor of shape {tuple(input_ids.shape)}, got "
+                f"{logits_mask.dtype} of shape {tuple(logits_mask.shape)}."
+            )
         return self._denoiser_pass(
-            input_ids, attention_mask, noise_mask, position_ids, timesteps, output_exponents, output_hidden_states,
+            input_ids,
+            attention_mask,
+            noise_mask,
+            position_ids,
+            timesteps,
+            output_exponents,
+            output_hidden_states,
             logits_mask,
         )
 
     def _denoiser_pass(
-        self, input_ids, attention_mask, noise_mask, position_ids, timesteps, output_exponents=True,
-        output_hidden_states=False, logits_mask=None,
+        self,
+        input_ids,
+        attention_mask,
+        noise_mask,
+        position_ids,
+        timesteps,
+        output_exponents=True,
+        output_hidden_states=False,
+        logits_mask=None,
     ) -> LoMDMOutput:
         """The denoiser pass of `forward` on checked inputs: log p_θ(· | z) (SUBS) and ê(z)."""
         if position_ids is None:
@@ -543,7 +576,9 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         head_inputs = input_ids
         if logits_mask is not None:
             head_features, head_inputs = head_features[logits_mask], input_ids[logits_mask]  # (N, H), (N,)
-        log_probs = subs_log_probs(self.lm_head(head_features), head_inputs, self.mask_token_id)  # (B, L, V) / (N, V)
+        log_probs = subs_log_probs(
+            self.lm_head(head_features), head_inputs, self.mask_token_id
+        )  # (B, L, V) / (N, V)
         reverse_exponents = None
         if output_exponents:
             noise_mask = _default_noise_mask(noise_mask, attention_mask, input_ids)
@@ -558,7 +593,9 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
 
     def _training_forward(self, input_ids, attention_mask, noise_mask, position_ids, noise) -> LoMDMOutput:
         """`forward(..., noise=...)`: e of the clean rows, then the K noisy rows in one batch (see `forward`)."""
-        e, scores = self.forward_exponents(input_ids, attention_mask, noise_mask, position_ids, return_scores=True)
+        e, scores = self.forward_exponents(
+            input_ids, attention_mask, noise_mask, position_ids, return_scores=True
+        )
         noise_mask = _default_noise_mask(noise_mask, attention_mask, input_ids)
         is_mask, t = noise.corrupt(e.detach().float(), noise_mask)  # (K, B, L) bool, (B,)
         num_samples = is_mask.shape[0]
@@ -567,7 +604,9 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
             return None if tensor is None else tensor.repeat(num_samples, *([1] * (tensor.dim() - 1)))
 
         z_is_mask = is_mask.flatten(0, 1)  # (K B, L)
-        z = torch.where(z_is_mask, torch.full_like(z_is_mask, self.mask_token_id, dtype=torch.long), tile(input_ids))
+        z = torch.where(
+            z_is_mask, torch.full_like(z_is_mask, self.mask_token_id, dtype=torch.long), tile(input_ids)
+        )
         out = self._denoiser_pass(
             z,
             tile(attention_mask),
@@ -600,7 +639,11 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         features = None
         if self.schedule == "lomdm":
             with torch.no_grad():
-                timesteps = torch.zeros(input_ids.shape[0], device=input_ids.device) if self.is_time_conditioned else None
+                timesteps = (
+                    torch.zeros(input_ids.shape[0], device=input_ids.device)
+                    if self.is_time_conditioned
+                    else None
+                )
                 features = self.model(input_ids, attention_mask, position_ids, timesteps).last_hidden_state
         scores = self._scores(self.forward_scheduler, features, position_ids, attention_mask)
         e = self._exponents(scores, input_ids, noise_mask)

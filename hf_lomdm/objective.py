@@ -97,18 +97,26 @@ def targets_and_noise_mask(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets x and the set M = attention_mask & (labels != -100) of SPEC §1; validates both (ValueError for a
     labels shape mismatch or the mask token among the targets)."""
-    noise_mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    noise_mask = (
+        torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    )
     targets = input_ids
     if labels is not None:
         if labels.shape != input_ids.shape:
-            raise ValueError(f"`labels` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
-                             f"got {tuple(labels.shape)}.")
+            raise ValueError(
+                f"`labels` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
+                f"got {tuple(labels.shape)}."
+            )
         if bool((labels == mask_token_id).any()):
-            raise ValueError(f"`labels` contain the mask token id {mask_token_id}; the mask token is never a target.")
+            raise ValueError(
+                f"`labels` contain the mask token id {mask_token_id}; the mask token is never a target."
+            )
         noise_mask = noise_mask & (labels != -100)
         targets = torch.where(labels == -100, input_ids, labels)
     if bool((targets[noise_mask] == mask_token_id).any()):
-        raise ValueError(f"the clean `input_ids` contain the mask token id {mask_token_id} at noisable positions.")
+        raise ValueError(
+            f"the clean `input_ids` contain the mask token id {mask_token_id} at noisable positions."
+        )
     return targets, noise_mask
 
 
@@ -122,10 +130,25 @@ class DiffusionNoise:
     """
 
     def __init__(
-        self, batch: int, length: int, *, num_samples: int, t, time_sampling: TimeSampling, uniform_weight: float,
-        eps: float, floor: float, generator: torch.Generator | None, device: torch.device,
+        self,
+        batch: int,
+        length: int,
+        *,
+        num_samples: int,
+        t,
+        time_sampling: TimeSampling,
+        uniform_weight: float,
+        eps: float,
+        floor: float,
+        generator: torch.Generator | None,
+        device: torch.device,
     ):
-        self.time_sampling, self.uniform_weight, self.eps, self.floor = time_sampling, uniform_weight, eps, floor
+        self.time_sampling, self.uniform_weight, self.eps, self.floor = (
+            time_sampling,
+            uniform_weight,
+            eps,
+            floor,
+        )
         self.given_log_t = None
         if t is not None:
             t = torch.as_tensor(t, dtype=torch.float64, device=device)
@@ -137,7 +160,9 @@ class DiffusionNoise:
         if t is None:  # antithetic draws u_b = (u_0 + b / B) mod 1 cover [0, 1) evenly within the batch
             u0 = torch.rand(1, generator=generator, dtype=torch.float64, device=draw_device).to(device)
             self.time_uniforms = (u0 + torch.arange(batch, dtype=torch.float64, device=device) / batch) % 1.0
-        self.uniforms = torch.rand((num_samples, batch, length), generator=generator, device=draw_device).to(device)
+        self.uniforms = torch.rand((num_samples, batch, length), generator=generator, device=draw_device).to(
+            device
+        )
         self.log_t = self.log_factor = self.is_mask = None
 
     def _times(self, e: torch.Tensor, noise_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,8 +239,15 @@ def lomdm_loss(
     targets, noise_mask = targets_and_noise_mask(input_ids, attention_mask, labels, mask_id)
     batch, length = targets.shape
     noise = DiffusionNoise(
-        batch, length, num_samples=num_samples, t=t, time_sampling=time_sampling, uniform_weight=uniform_weight,
-        eps=eps, floor=smallest_exponent(config.schedule, config.c1, config.c2) / 2, generator=generator,
+        batch,
+        length,
+        num_samples=num_samples,
+        t=t,
+        time_sampling=time_sampling,
+        uniform_weight=uniform_weight,
+        eps=eps,
+        floor=smallest_exponent(config.schedule, config.c1, config.c2) / 2,
+        generator=generator,
         device=targets.device,
     )
 
@@ -224,7 +256,9 @@ def lomdm_loss(
     e = out.forward_exponents.float()  # (B, L), carries φ's gradient
     is_mask = noise.is_mask  # (K, B, L)
     packed = out.logits.gather(-1, targets.expand(num_samples, -1, -1)[is_mask][:, None]).squeeze(-1)  # (N,)
-    log_p = torch.zeros(is_mask.shape, dtype=packed.dtype, device=packed.device).masked_scatter(is_mask, packed)
+    log_p = torch.zeros(is_mask.shape, dtype=packed.dtype, device=packed.device).masked_scatter(
+        is_mask, packed
+    )
     e_hat = out.reverse_exponents.float().view(num_samples, batch, length)
 
     # 3. Per-sample losses (K, B): sum over masked positions of A^i (-log p) + velocity matching, times 1/(t q(t)).

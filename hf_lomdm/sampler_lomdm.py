@@ -42,7 +42,9 @@ if TYPE_CHECKING:  # the config module imports this one for `REVEAL_RULES`
 SampleFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def sample_categorical(scores: torch.Tensor, u: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+def sample_categorical(
+    scores: torch.Tensor, u: torch.Tensor, probs: torch.Tensor | None = None
+) -> torch.Tensor:
     """Draw one token per row of `scores` `(K, V)` (logits) by inverting the CDF at `u` `(K,)`, u in (0, 1].
     `probs`: their float64 softmax when the caller has it already (it is not computed twice).
 

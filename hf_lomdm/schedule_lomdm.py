@@ -98,7 +98,9 @@ def velocity_matching(e: torch.Tensor, e_hat: torch.Tensor) -> torch.Tensor:
     return e * (torch.log(e) - torch.log(e_hat)) - (e - e_hat)
 
 
-def log_q(z_is_mask: torch.Tensor, log_t: torch.Tensor, e: torch.Tensor, noise_mask: torch.Tensor) -> torch.Tensor:
+def log_q(
+    z_is_mask: torch.Tensor, log_t: torch.Tensor, e: torch.Tensor, noise_mask: torch.Tensor
+) -> torch.Tensor:
     """log q(z_t | x) = sum_{i in M} [z_t^i = m ? e_i log t : log(1 - t**e_i)], per sequence `(B,)`.
 
     The clean branch uses log(-expm1(e log t)); it is evaluated on a dummy value where the token is

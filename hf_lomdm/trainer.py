@@ -132,7 +132,9 @@ class LoMDMTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         if self.ddp_find_unused_parameters is None:
-            self.ddp_find_unused_parameters = False  # every parameter gets a gradient each step: skip the search
+            self.ddp_find_unused_parameters = (
+                False  # every parameter gets a gradient each step: skip the search
+            )
         super().__post_init__()
         check_estimator_arguments(
             self.num_noise_samples, self.estimator, self.time_sampling, num_samples_name="num_noise_samples"

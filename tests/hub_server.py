@@ -35,7 +35,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     # -- helpers -------------------------------------------------------------------------------------
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, head: bool = False):
+    def _send(
+        self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, head: bool = False
+    ):
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -74,18 +76,36 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, head: bool):
         path = self._record()
         if path == "/api/whoami-v2":
-            return self._json({"type": "user", "name": USER, "fullname": USER, "orgs": [],
-                               "auth": {"type": "access_token", "accessToken": {"role": "write"}}})
+            return self._json(
+                {
+                    "type": "user",
+                    "name": USER,
+                    "fullname": USER,
+                    "orgs": [],
+                    "auth": {"type": "access_token", "accessToken": {"role": "write"}},
+                }
+            )
         if path.startswith("/api/models/"):
-            repo_id, rest = self._split_repo(path[len("/api/models/"):])
+            repo_id, rest = self._split_repo(path[len("/api/models/") :])
             repo = self.hub.repos.get(repo_id)
             if repo is None:
                 return self._not_found("RepoNotFound")
             if rest.startswith("tree/"):
-                return self._json([{"type": "file", "path": p, "size": len(b), "oid": _oid(b)}
-                                   for p, b in sorted(repo.files.items())])
-            return self._json({"id": repo_id, "modelId": repo_id, "sha": repo.sha, "private": False,
-                               "siblings": [{"rfilename": p} for p in sorted(repo.files)]})
+                return self._json(
+                    [
+                        {"type": "file", "path": p, "size": len(b), "oid": _oid(b)}
+                        for p, b in sorted(repo.files.items())
+                    ]
+                )
+            return self._json(
+                {
+                    "id": repo_id,
+                    "modelId": repo_id,
+                    "sha": repo.sha,
+                    "private": False,
+                    "siblings": [{"rfilename": p} for p in sorted(repo.files)],
+                }
+            )
         if "/resolve/" in path:
             repo_part, file_part = path.lstrip("/").split("/resolve/", 1)
             repo = self.hub.repos.get(repo_part)
@@ -95,7 +115,11 @@ class _Handler(BaseHTTPRequestHandler):
             if filename not in repo.files:
                 return self._not_found("EntryNotFound", head)
             data = repo.files[filename]
-            headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{_oid(data)}"', "Content-Type": "application/octet-stream"}
+            headers = {
+                "X-Repo-Commit": repo.sha,
+                "ETag": f'"{_oid(data)}"',
+                "Content-Type": "application/octet-stream",
+            }
             return self._send(200, data, headers, head=head)
         return self._not_found("NotFound", head)
 
@@ -112,14 +136,19 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api/validate-yaml":
             return self._json({})
         if path.startswith("/api/models/"):
-            repo_id, rest = self._split_repo(path[len("/api/models/"):])
+            repo_id, rest = self._split_repo(path[len("/api/models/") :])
             repo = self.hub.repos.get(repo_id)
             if repo is None:
                 return self._not_found("RepoNotFound")
             if rest.startswith("preupload/"):
                 files = json.loads(body)["files"]
-                return self._json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                             for f in files]})
+                return self._json(
+                    {
+                        "files": [
+                            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+                        ]
+                    }
+                )
             if rest.startswith("commit/"):
                 for line in body.decode().splitlines():
                     item = json.loads(line)
@@ -129,8 +158,13 @@ class _Handler(BaseHTTPRequestHandler):
                         repo.files.pop(item["value"]["path"], None)
                 sha = hashlib.sha1(f"{repo_id}{len(repo.commits)}".encode()).hexdigest()
                 repo.commits.append(sha)
-                return self._json({"commitUrl": f"{self.hub.url}/{repo_id}/commit/{sha}", "commitOid": sha,
-                                   "pullRequestUrl": None})
+                return self._json(
+                    {
+                        "commitUrl": f"{self.hub.url}/{repo_id}/commit/{sha}",
+                        "commitOid": sha,
+                        "pullRequestUrl": None,
+                    }
+                )
         return self._not_found("NotFound")
 
 

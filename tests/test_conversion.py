@@ -28,11 +28,22 @@ VOCAB = 50
 def causal_lm(kind: str = "llama", seed: int = 0, **overrides):
     """A tiny random causal LM with grouped-query attention (4 query, 2 key/value heads)."""
     torch.manual_seed(seed)
-    config_class, model_class = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[kind]
+    config_class, model_class = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    }[kind]
     kwargs = dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, rope_parameters={"rope_type": "default", "rope_theta": 500.0},
-        bos_token_id=1, eos_token_id=2, pad_token_id=None,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
     )
     kwargs.update(overrides)
     model = model_class(config_class(**kwargs)).eval()
@@ -70,12 +81,16 @@ def test_shifted_conversion_with_a_causal_mask_reproduces_the_causal_lm(kind, at
         features = model.model(x, attention_mask=causal_mask(*x.shape)).last_hidden_state
         # Every position masked: SUBS is zero-masking only, i.e. a softmax over the source vocabulary.
         all_masked = torch.full_like(x, model.config.mask_token_id)
-        log_probs = subs_log_probs(model.lm_head(shift_right(features)), all_masked, model.config.mask_token_id)
+        log_probs = subs_log_probs(
+            model.lm_head(shift_right(features)), all_masked, model.config.mask_token_id
+        )
     assert model.config.shift and model.config.num_key_value_heads == 2
     torch.testing.assert_close(log_probs[:, 1:, :VOCAB], reference[:, :-1], atol=1e-5, rtol=1e-5)
     assert torch.isneginf(log_probs[..., model.config.mask_token_id]).all()
     # `forward` (bidirectional) reads the prediction for position i from hidden state i - 1 as well.
-    z = x.masked_fill(torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) < 0.5, model.config.mask_token_id)
+    z = x.masked_fill(
+        torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) < 0.5, model.config.mask_token_id
+    )
     with torch.no_grad():
         features = model.model(z).last_hidden_state
         expected = subs_log_probs(model.lm_head(shift_right(features)), z, model.config.mask_token_id)
@@ -86,7 +101,9 @@ def test_weights_are_copied_one_to_one_and_the_mask_row_is_the_mean_embedding():
     source = causal_lm("qwen2", tie_word_embeddings=False)
     tokenizer = word_tokenizer()
     model = LoMDMForMaskedDiffusion.from_causal_lm(source, tokenizer=tokenizer)
-    assert tokenizer.mask_token == "<|mask|>" and tokenizer.mask_token_id == VOCAB == model.config.mask_token_id
+    assert (
+        tokenizer.mask_token == "<|mask|>" and tokenizer.mask_token_id == VOCAB == model.config.mask_token_id
+    )
     assert model.config.vocab_size == VOCAB + 1
     ours = model.state_dict()
     for name, tensor in source.state_dict().items():
@@ -108,7 +125,9 @@ def test_existing_mask_token_is_used_and_the_vocabulary_kept():
 
 
 def test_converted_model_trains_saves_and_reloads(tmp_path):
-    model = LoMDMForMaskedDiffusion.from_causal_lm(causal_lm(), schedule="lomdm", max_position_embeddings=16, c1=0.8)
+    model = LoMDMForMaskedDiffusion.from_causal_lm(
+        causal_lm(), schedule="lomdm", max_position_embeddings=16, c1=0.8
+    )
     assert model.config.max_position_embeddings == 16 and model.config.c1 == 0.8
     x = torch.randint(4, VOCAB, (2, 16))
     res = lomdm_loss(model.train(), x, generator=torch.Generator().manual_seed(0))
@@ -133,16 +152,25 @@ def test_lomdm_convert_cli_saves_model_tokenizer_and_generation_config(tmp_path)
     assert tokenizer.mask_token_id == model.config.mask_token_id == VOCAB
     assert model.config.schedule == "per_position" and model.config.max_position_embeddings == 32
     assert (out / "generation_config.json").exists() and tokenizer.model_max_length == 32
-    sequences = model.generate(torch.tensor([[1, 7]]), max_new_tokens=4, steps=2,
-                               generator=torch.Generator().manual_seed(0))
+    sequences = model.generate(
+        torch.tensor([[1, 7]]), max_new_tokens=4, steps=2, generator=torch.Generator().manual_seed(0)
+    )
     assert sequences.shape == (1, 6) and (sequences != VOCAB).all()
 
 
 @pytest.mark.parametrize(
     ("make_source", "overrides", "message"),
     [
-        (lambda: GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=VOCAB)), {}, "model_type='gpt2'"),
-        (lambda: causal_lm(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}), {}, "rope_type"),
+        (
+            lambda: GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=VOCAB)),
+            {},
+            "model_type='gpt2'",
+        ),
+        (
+            lambda: causal_lm(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}),
+            {},
+            "rope_type",
+        ),
         (lambda: causal_lm(hidden_act="gelu"), {}, "hidden_act"),
         (lambda: causal_lm(mlp_bias=True), {}, "mlp_bias"),
         (lambda: causal_lm(head_dim=16), {}, "head_dim"),
@@ -163,4 +191,6 @@ def test_not_a_model_raises_value_error():
 
 def test_grouped_query_heads_must_divide_query_heads():
     with pytest.raises(ValueError, match="num_key_value_heads"):
-        LoMDMConfig(vocab_size=10, hidden_size=32, num_attention_heads=4, num_key_value_heads=3, intermediate_size=8)
+        LoMDMConfig(
+            vocab_size=10, hidden_size=32, num_attention_heads=4, num_key_value_heads=3, intermediate_size=8
+        )

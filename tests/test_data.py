@@ -146,9 +146,13 @@ def test_mixed_local_file_types_are_rejected(tmp_path):
 
 def test_char_tokenizer_maps_unknown_characters_to_unk_and_loads_without_custom_code(tmp_path):
     char = train_char_tokenizer(TEXTS, model_max_length=64)
-    assert [char.mask_token_id, char.pad_token_id, char.bos_token_id, char.eos_token_id, char.unk_token_id] == [
-        0, 1, 2, 3, 4
-    ]
+    assert [
+        char.mask_token_id,
+        char.pad_token_id,
+        char.bos_token_id,
+        char.eos_token_id,
+        char.unk_token_id,
+    ] == [0, 1, 2, 3, 4]
     assert len(char) == 5 + len(set("".join(TEXTS)))  # one id per character, plus the five special tokens
     text = "To be, or not\nto be"
     ids = char(text, add_special_tokens=False)["input_ids"]

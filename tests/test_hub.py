@@ -68,10 +68,18 @@ torch.save(results, "{out}/loaded_{block}.pt")
 
 
 def _run(script: str, hub: LocalHub, home: Path) -> None:
-    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_local_test_token", "HF_HUB_OFFLINE": "0",
-           "HF_HOME": str(home), "HF_MODULES_CACHE": str(home / "modules"),
-           "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}  # the helpers and this tree's package
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=TESTS)
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_TOKEN": "hf_local_test_token",
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(home),
+        "HF_MODULES_CACHE": str(home / "modules"),
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
+    }  # the helpers and this tree's package
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=TESTS
+    )
     assert result.returncode == 0, result.stderr[-4000:]
 
 
@@ -80,9 +88,18 @@ def test_push_to_hub_then_from_pretrained_with_and_without_the_package(tmp_path)
     with LocalHub() as hub:
         _run(PUSH.format(repo=repo, out=tmp_path), hub, tmp_path / "push_home")
         stored = set(hub.repos[repo].files)
-        assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
-                "modeling_lomdm.py", "configuration_lomdm.py", "generation_lomdm.py", "generation_config_lomdm.py",
-                "sampler_lomdm.py", "schedule_lomdm.py"} <= stored
+        assert {
+            "config.json",
+            "model.safetensors",
+            "generation_config.json",
+            "tokenizer.json",
+            "modeling_lomdm.py",
+            "configuration_lomdm.py",
+            "generation_lomdm.py",
+            "generation_config_lomdm.py",
+            "sampler_lomdm.py",
+            "schedule_lomdm.py",
+        } <= stored
         assert {"adapter_config.json", "adapter_model.safetensors"} <= set(hub.repos[f"{repo}-lora"].files)
         for block in (False, True):  # fresh caches: every file must come from the server
             _run(LOAD.format(repo=repo, out=tmp_path, block=block), hub, tmp_path / f"load_home_{block}")
@@ -96,7 +113,9 @@ def test_push_to_hub_then_from_pretrained_with_and_without_the_package(tmp_path)
     torch.testing.assert_close(base, pushed_base)
     torch.testing.assert_close(remote, pushed_base)
     torch.testing.assert_close(lora, pushed_lora)
-    assert not torch.allclose(pushed_lora[torch.isfinite(pushed_lora)], pushed_base[torch.isfinite(pushed_base)])
+    assert not torch.allclose(
+        pushed_lora[torch.isfinite(pushed_lora)], pushed_base[torch.isfinite(pushed_base)]
+    )
 
 
 def test_local_hub_shuts_down_cleanly():
@@ -132,8 +151,12 @@ def test_saved_folder_loads_tokenizer_and_model_without_the_package_and_without_
     tokenizer.save_pretrained(tmp_path)
     env = {**os.environ, "HF_HOME": str(tmp_path / "home"), "HF_MODULES_CACHE": str(tmp_path / "modules")}
     result = subprocess.run(
-        [sys.executable, "-c", LOCAL_LOAD_WITHOUT_PACKAGE.format(folder=tmp_path)], capture_output=True, text=True,
-        env=env, stdin=subprocess.DEVNULL, check=False,
+        [sys.executable, "-c", LOCAL_LOAD_WITHOUT_PACKAGE.format(folder=tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for symptom in ("Do you wish to run the custom code", "to instantiate a model of type", "https://hf.co/"):

@@ -17,7 +17,9 @@ from hf_lomdm.parameter_groups import scheduler_modules
 
 def _lora_model(schedule="lomdm", train_schedulers=True, seed=0):
     base = tiny_model(schedule=schedule, seed=seed)
-    model = get_peft_model(base, lomdm_lora_config(base, r=4, lora_alpha=8, train_schedulers=train_schedulers))
+    model = get_peft_model(
+        base, lomdm_lora_config(base, r=4, lora_alpha=8, train_schedulers=train_schedulers)
+    )
     with torch.no_grad():  # LoRA's B starts at zero; make the adapter do something
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -28,7 +30,9 @@ def _lora_model(schedule="lomdm", train_schedulers=True, seed=0):
 @pytest.mark.parametrize("schedule", ["lomdm", "per_position", "linear"])
 def test_only_adapter_and_scheduler_parameters_receive_gradients(schedule):
     model = _lora_model(schedule)
-    lomdm_loss(model, torch.randint(4, 99, (3, 12)), generator=torch.Generator().manual_seed(0)).loss.backward()
+    lomdm_loss(
+        model, torch.randint(4, 99, (3, 12)), generator=torch.Generator().manual_seed(0)
+    ).loss.backward()
     schedulers = scheduler_modules(model.get_base_model())
     for name, param in model.named_parameters():
         trainable = "lora_" in name or any(f"{s}.modules_to_save" in name for s in schedulers)
@@ -76,9 +80,13 @@ def test_adapter_round_trip_then_merge_gives_the_same_generation(tmp_path):
     expected = model.generate(prompt, generator=torch.Generator().manual_seed(0), **kwargs)
     model.save_pretrained(tmp_path)
     loaded = PeftModel.from_pretrained(tiny_model(schedule="lomdm", seed=0), tmp_path).eval()
-    assert torch.equal(loaded.generate(prompt, generator=torch.Generator().manual_seed(0), **kwargs), expected)
+    assert torch.equal(
+        loaded.generate(prompt, generator=torch.Generator().manual_seed(0), **kwargs), expected
+    )
     merged = loaded.merge_and_unload()
-    assert torch.equal(merged.generate(prompt, generator=torch.Generator().manual_seed(0), **kwargs), expected)
+    assert torch.equal(
+        merged.generate(prompt, generator=torch.Generator().manual_seed(0), **kwargs), expected
+    )
 
 
 def test_bad_lora_targets_raise():
@@ -94,7 +102,9 @@ def test_cli_lora_sft_trains_only_the_adapter_on_responses(tmp_path):
     from hf_lomdm.train import train
 
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(f"Line {i}: to be, or not to be, that is the question {i % 7}." for i in range(80)))
+    corpus.write_text(
+        "\n\n".join(f"Line {i}: to be, or not to be, that is the question {i % 7}." for i in range(80))
+    )
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(CLI_RECIPE.format(corpus=corpus))
     base = tmp_path / "base"
@@ -102,11 +112,31 @@ def test_cli_lora_sft_trains_only_the_adapter_on_responses(tmp_path):
     assert ModelCard.load(base / "README.md").data.eval_results  # the full model got a filled card
 
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("\n".join(json.dumps({"prompt": f"Line {i}: to be,", "text": f"or not to be {i % 7}."})
-                               for i in range(40)))
+    pairs.write_text(
+        "\n".join(
+            json.dumps({"prompt": f"Line {i}: to be,", "text": f"or not to be {i % 7}."}) for i in range(40)
+        )
+    )
     adapter = tmp_path / "adapter"
-    report = train([str(recipe), "--output_dir", str(adapter), "--model_name_or_path", str(base), "--lora_r", "4",
-                    "--train_files", str(pairs), "--prompt_column", "prompt", "--max_steps", "2", "--sample_count", "0"])
+    report = train(
+        [
+            str(recipe),
+            "--output_dir",
+            str(adapter),
+            "--model_name_or_path",
+            str(base),
+            "--lora_r",
+            "4",
+            "--train_files",
+            str(pairs),
+            "--prompt_column",
+            "prompt",
+            "--max_steps",
+            "2",
+            "--sample_count",
+            "0",
+        ]
+    )
     assert report["steps"] == 2 and math.isfinite(report["eval_nelbo"])
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "model.safetensors").exists()
     loaded = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(base), adapter)

@@ -39,9 +39,14 @@ def test_left_padding_changes_nothing_for_real_tokens(schedule):
     alone = model(row)
     together = model(batch, attention_mask=attention_mask)
     torch.testing.assert_close(together.logits[0, 3:], alone.logits[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(together.reverse_exponents[0, 3:], alone.reverse_exponents[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(
-        model.forward_exponents(batch, attention_mask)[0, 3:], model.forward_exponents(row)[0], atol=1e-5, rtol=1e-5
+        together.reverse_exponents[0, 3:], alone.reverse_exponents[0], atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        model.forward_exponents(batch, attention_mask)[0, 3:],
+        model.forward_exponents(row)[0],
+        atol=1e-5,
+        rtol=1e-5,
     )
 
 
@@ -146,7 +151,11 @@ def test_bad_config_raises_value_error(kwargs, message):
         (torch.tensor([[5.0, 6.0]]), {}, "integer token ids"),
         (torch.tensor([5, 6]), {}, "\\(batch, length\\)"),
         (torch.randint(4, 99, (1, 65)), {}, "exceeds max_position_embeddings=64"),
-        (torch.tensor([[5, 6]]), {"attention_mask": torch.ones(1, 3)}, "`attention_mask` must have the shape"),
+        (
+            torch.tensor([[5, 6]]),
+            {"attention_mask": torch.ones(1, 3)},
+            "`attention_mask` must have the shape",
+        ),
     ],
 )
 def test_bad_input_raises_value_error(input_ids, extra, message):
@@ -217,7 +226,9 @@ def test_remote_code_load_without_package(tmp_path):
         """
     )
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     logits, exponents = torch.load(tmp_path / "out.pt")
     torch.testing.assert_close(logits, model(x).logits)
@@ -237,12 +248,25 @@ def test_hub_facing_files_import_only_torch_transformers_and_siblings():
                 names = [alias.name.split(".")[0] for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
                 names = ["." if node.level == 1 else (node.module or "").split(".")[0]]
-                assert node.level <= 1, f"{path.name}: only single-dot sibling imports travel with checkpoints"
+                assert node.level <= 1, (
+                    f"{path.name}: only single-dot sibling imports travel with checkpoints"
+                )
             else:
                 continue
             for name in names:
-                assert name in {"torch", "transformers", ".", "__future__", "math", "dataclasses", "typing",
-                                "collections", "copy", "os", "warnings"}, f"{path.name} imports {name}"
+                assert name in {
+                    "torch",
+                    "transformers",
+                    ".",
+                    "__future__",
+                    "math",
+                    "dataclasses",
+                    "typing",
+                    "collections",
+                    "copy",
+                    "os",
+                    "warnings",
+                }, f"{path.name} imports {name}"
 
 
 @pytest.mark.parametrize("shift", [False, True])

@@ -50,8 +50,13 @@ def test_nelbo_estimate_is_unbiased_against_mask_enumeration(schedule, shift):
     x, t, n = torch.tensor([5, 17, 42, 9]), 0.4, 4000
     with torch.no_grad():
         exact = exact_integrand(model, x, t).item()
-        res = lomdm_loss(model, x.expand(n, -1), t=torch.full((n,), t), num_samples=2,
-                         generator=torch.Generator().manual_seed(1))
+        res = lomdm_loss(
+            model,
+            x.expand(n, -1),
+            t=torch.full((n,), t),
+            num_samples=2,
+            generator=torch.Generator().manual_seed(1),
+        )
     se = res.nelbo.std().item() / math.sqrt(n)
     assert se > 0
     assert abs(res.nelbo.mean().item() - exact) < 4.5 * se, (res.nelbo.mean().item(), exact, se)
@@ -68,8 +73,14 @@ def _mc_gradients(model, params, x, t, *, estimator, chunks=24, chunk_size=400, 
     generator = torch.Generator().manual_seed(seed)
     for _ in range(chunks):
         model.zero_grad()
-        res = lomdm_loss(model, x.expand(chunk_size, -1), t=torch.full((chunk_size,), t), num_samples=num_samples,
-                         estimator=estimator, generator=generator)
+        res = lomdm_loss(
+            model,
+            x.expand(chunk_size, -1),
+            t=torch.full((chunk_size,), t),
+            num_samples=num_samples,
+            estimator=estimator,
+            generator=generator,
+        )
         (res.loss * res.num_tokens.sum() / chunk_size).backward()  # = mean per-sequence surrogate
         grads.append(torch.cat([p.grad.flatten() for p in params]).double())
     return torch.stack(grads)  # (chunks, P): each row the mean over one chunk
@@ -93,7 +104,9 @@ def _flat_grad(model, params, value: torch.Tensor) -> torch.Tensor:
 # (t, chunks of 400 rows, sigmas): where the score part is long enough against the RLOO noise to be detected.
 # Measured |score| / SE: ~0.6 * sqrt(chunks) for lomdm at t = 0.2 (its scheduler gradient is noisy on 4 tokens),
 # ~2 * sqrt(chunks) for per_position at t = 0.5.
-@pytest.mark.parametrize(("schedule", "t", "chunks", "sigmas"), [("lomdm", 0.2, 40, 3), ("per_position", 0.5, 24, 5)])
+@pytest.mark.parametrize(
+    ("schedule", "t", "chunks", "sigmas"), [("lomdm", 0.2, 40, 3), ("per_position", 0.5, 24, 5)]
+)
 def test_rloo_gradient_matches_gradient_of_enumerated_expectation(schedule, t, chunks, sigmas):
     model = tiny_model(schedule=schedule)
     params = _scheduler_params(model, schedule)
@@ -103,8 +116,9 @@ def test_rloo_gradient_matches_gradient_of_enumerated_expectation(schedule, t, c
     score = exact - pathwise  # the part only a score-function estimator can see
 
     generator = torch.Generator().manual_seed(0)
-    directions = torch.cat([exact[None], score[None], torch.randn(3, exact.numel(), generator=generator,
-                                                                  dtype=torch.float64)])
+    directions = torch.cat(
+        [exact[None], score[None], torch.randn(3, exact.numel(), generator=generator, dtype=torch.float64)]
+    )
     directions = directions / directions.norm(dim=-1, keepdim=True)
 
     def t_stats(grads, target):
@@ -140,10 +154,12 @@ def test_rloo_has_lower_variance_than_plain_reinforce():
         e = model.forward_exponents(xs)
         surrogate = 0.0
         for _k in range(2):
-            z_is_mask = torch.rand(xs.shape, generator=generator) < t**e.detach()
+            z_is_mask = torch.rand(xs.shape, generator=generator) < t ** e.detach()
             out = model(torch.where(z_is_mask, MASK_ID, xs))
             log_p = out.logits.gather(-1, xs[..., None]).squeeze(-1)
-            per_token = e * -torch.where(z_is_mask, log_p, 0.0) + S.velocity_matching(e, out.reverse_exponents)
+            per_token = e * -torch.where(z_is_mask, log_p, 0.0) + S.velocity_matching(
+                e, out.reverse_exponents
+            )
             loss = (per_token * z_is_mask).sum(-1) / t
             log_q = S.log_q(z_is_mask, torch.full((chunk, 1), math.log(t)), e, torch.ones_like(z_is_mask))
             surrogate = surrogate + (loss + log_q * loss.detach()).mean() / 2
@@ -154,7 +170,8 @@ def test_rloo_has_lower_variance_than_plain_reinforce():
 
 
 def plackett_luce_order_nelbo(model, x: torch.Tensor) -> float:
-    """-sum_pi P(pi) log prod_k p(x_pi(k) | positions revealed before it), P(pi) = prod_k e_pi(k) / sum_{j>=k} e_pi(j)."""
+    """-sum_pi P(pi) log prod_k p(x_pi(k) | positions revealed before it),
+    P(pi) = prod_k e_pi(k) / sum_{j>=k} e_pi(j)."""
     e = model.forward_exponents(x[None])[0].double()
     total = 0.0
     for perm in itertools.permutations(range(x.numel())):
@@ -186,7 +203,9 @@ def closed_form_time_integral(model, x: torch.Tensor) -> float:
     return total
 
 
-@pytest.mark.parametrize(("schedule", "shift"), [("linear", False), ("per_position", False), ("per_position", True)])
+@pytest.mark.parametrize(
+    ("schedule", "shift"), [("linear", False), ("per_position", False), ("per_position", True)]
+)
 def test_nelbo_equals_order_weighted_autoregressive_loss(schedule, shift):
     """Prop. 3.1 of arXiv 2511.19152 on L = 3 (all 6 orders), and the importance-sampled bound matches it."""
     model = tiny_model(schedule=schedule, shift=shift)
@@ -195,8 +214,13 @@ def test_nelbo_equals_order_weighted_autoregressive_loss(schedule, shift):
         order_nelbo = plackett_luce_order_nelbo(model, x)
         assert closed_form_time_integral(model, x) == pytest.approx(order_nelbo, rel=1e-5)
         n = 20000
-        res = lomdm_loss(model, x.expand(n, -1), num_samples=1, estimator="plain",
-                         generator=torch.Generator().manual_seed(0))
+        res = lomdm_loss(
+            model,
+            x.expand(n, -1),
+            num_samples=1,
+            estimator="plain",
+            generator=torch.Generator().manual_seed(0),
+        )
     se = res.nelbo.std().item() / math.sqrt(n)
     assert abs(res.nelbo.mean().item() - order_nelbo) < 4.5 * se, (res.nelbo.mean().item(), order_nelbo, se)
 
@@ -208,8 +232,14 @@ def test_uniform_eps_truncation_underestimates_nelbo_with_small_exponents():
     n = 20000
     with torch.no_grad():
         true_nelbo = plackett_luce_order_nelbo(model, x)
-        res = lomdm_loss(model, x.expand(n, -1), num_samples=1, estimator="plain", time_sampling="uniform_eps",
-                         generator=torch.Generator().manual_seed(0))
+        res = lomdm_loss(
+            model,
+            x.expand(n, -1),
+            num_samples=1,
+            estimator="plain",
+            time_sampling="uniform_eps",
+            generator=torch.Generator().manual_seed(0),
+        )
     se = res.nelbo.std().item() / math.sqrt(n)
     assert res.nelbo.mean().item() < true_nelbo - 10 * se
 
@@ -232,8 +262,14 @@ def mdlm_loss_reference(model, input_ids, generator, eps=1e-3):
 def test_c1_one_c2_zero_recovers_mdlm_loss():
     model = tiny_model(schedule="linear")
     input_ids = torch.randint(4, 99, (8, 16), generator=torch.Generator().manual_seed(3))
-    res = lomdm_loss(model, input_ids, num_samples=1, estimator="plain", time_sampling="uniform_eps",
-                     generator=torch.Generator().manual_seed(7))
+    res = lomdm_loss(
+        model,
+        input_ids,
+        num_samples=1,
+        estimator="plain",
+        time_sampling="uniform_eps",
+        generator=torch.Generator().manual_seed(7),
+    )
     expected = mdlm_loss_reference(model, input_ids, torch.Generator().manual_seed(7))
     torch.testing.assert_close(res.loss, expected, rtol=1e-5, atol=1e-6)
 
@@ -256,10 +292,14 @@ def test_rloo_term_stops_gradient_through_loss_difference():
     grads = {}
     for estimator in ("rloo", "plain"):
         model.zero_grad()
-        lomdm_loss(model, input_ids, num_samples=2, estimator=estimator,
-                   generator=torch.Generator().manual_seed(5)).loss.backward()
-        grads[estimator] = (model.lm_head.weight.grad.clone(), model.reverse_scheduler.score_proj.weight.grad.clone(),
-                            model.forward_scheduler.score_proj.weight.grad.clone())
+        lomdm_loss(
+            model, input_ids, num_samples=2, estimator=estimator, generator=torch.Generator().manual_seed(5)
+        ).loss.backward()
+        grads[estimator] = (
+            model.lm_head.weight.grad.clone(),
+            model.reverse_scheduler.score_proj.weight.grad.clone(),
+            model.forward_scheduler.score_proj.weight.grad.clone(),
+        )
     torch.testing.assert_close(grads["rloo"][0], grads["plain"][0])
     torch.testing.assert_close(grads["rloo"][1], grads["plain"][1])
     assert not torch.allclose(grads["rloo"][2], grads["plain"][2])

@@ -72,7 +72,10 @@ def test_first_hitting_time_has_the_reverse_step_distribution():
     # P(reveal time in [s, t)) must equal unmask_prob(s, t, e) for the exact first-hitting sampler.
     generator = torch.Generator().manual_seed(0)
     n, e = 200_000, torch.tensor(0.4, dtype=torch.float64)
-    log_t, log_s = torch.tensor(math.log(0.9), dtype=torch.float64), torch.tensor(math.log(0.5), dtype=torch.float64)
+    log_t, log_s = (
+        torch.tensor(math.log(0.9), dtype=torch.float64),
+        torch.tensor(math.log(0.5), dtype=torch.float64),
+    )
     u = torch.rand(n, generator=generator, dtype=torch.float64)
     revealed = (S.reveal_log_time(log_t, u, e) >= log_s).double().mean()
     p = float(S.unmask_prob(log_s, log_t, e))

@@ -32,22 +32,33 @@ def mixed_table(num_rows: int = 400, seed: int = 0) -> pd.DataFrame:
     """Numeric (continuous, integer with a heavy atom at 0, few distinct values) and categorical columns, with
     missing values in both kinds."""
     rng = np.random.default_rng(seed)
-    table = pd.DataFrame({
-        "income": rng.lognormal(10.0, 1.0, num_rows),
-        "gain": np.where(rng.random(num_rows) < 0.9, 0, rng.integers(100, 10_000, num_rows)),
-        "grade": rng.integers(1, 5, num_rows),
-        "city": rng.choice(["Oslo", "Lima", "Pune"], num_rows),
-        "flag": rng.random(num_rows) < 0.3,
-    })
+    table = pd.DataFrame(
+        {
+            "income": rng.lognormal(10.0, 1.0, num_rows),
+            "gain": np.where(rng.random(num_rows) < 0.9, 0, rng.integers(100, 10_000, num_rows)),
+            "grade": rng.integers(1, 5, num_rows),
+            "city": rng.choice(["Oslo", "Lima", "Pune"], num_rows),
+            "flag": rng.random(num_rows) < 0.3,
+        }
+    )
     table.loc[[3, 17], "income"] = np.nan
     table.loc[[5], "city"] = None
     return table
 
 
-def tiny_tabular_model(tokenizer: TabularTokenizer, schedule: str, seed: int = 0, **overrides) -> LoMDMForMaskedDiffusion:
+def tiny_tabular_model(
+    tokenizer: TabularTokenizer, schedule: str, seed: int = 0, **overrides
+) -> LoMDMForMaskedDiffusion:
     torch.manual_seed(seed)
-    kwargs = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 64,
-              "schedule": schedule, "scheduler_intermediate_size": 32, "scheduler_head_size": 16}
+    kwargs = {
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "schedule": schedule,
+        "scheduler_intermediate_size": 32,
+        "scheduler_head_size": 16,
+    }
     kwargs.update(overrides)
     return LoMDMForMaskedDiffusion(LoMDMConfig(**tokenizer.config_kwargs(), **kwargs)).eval()
 
@@ -61,7 +72,9 @@ def test_round_trip_recovers_categories_and_keeps_numbers_inside_their_bins():
     ids = tokenizer.encode(table)
     decoded = tokenizer.decode(ids, seed=0)
     for name in ("city", "flag"):
-        pd.testing.assert_series_equal(decoded[name].astype(object), table[name].astype(object), check_names=False)
+        pd.testing.assert_series_equal(
+            decoded[name].astype(object), table[name].astype(object), check_names=False
+        )
     for column in tokenizer.columns:
         if column.kind != "numeric":
             continue
@@ -105,8 +118,11 @@ def test_columns_own_disjoint_token_ranges_after_the_mask_token():
     assert ranges[0, 0] == tokenizer.mask_token_id + 1
     assert ranges[1:, 0].tolist() == ranges[:-1, 1].tolist()  # contiguous, no overlap
     assert ranges[-1, 1] == tokenizer.vocab_size
-    assert tokenizer.config_kwargs() == {"vocab_size": tokenizer.vocab_size, "max_position_embeddings": 5,
-                                         "mask_token_id": 0}
+    assert tokenizer.config_kwargs() == {
+        "vocab_size": tokenizer.vocab_size,
+        "max_position_embeddings": 5,
+        "mask_token_id": 0,
+    }
 
 
 def test_no_token_of_one_column_decodes_in_another_column():
@@ -170,7 +186,9 @@ def test_shape_and_trend_are_one_on_identical_tables_and_match_hand_computed_val
     # Correlation +1 vs -1: 1 - |1 - (-1)| / 2 = 0.
     real = pd.DataFrame({"x": [0.0, 1, 2, 3], "y": [0.0, 1, 2, 3]})
     flipped = pd.DataFrame({"x": [0.0, 1, 2, 3], "y": [3.0, 2, 1, 0]})
-    assert column_pair_trend(real, flipped, ("x", "y"), {"x": "numeric", "y": "numeric"}) == pytest.approx(0.0)
+    assert column_pair_trend(real, flipped, ("x", "y"), {"x": "numeric", "y": "numeric"}) == pytest.approx(
+        0.0
+    )
     # Joint (a,a), (b,b) vs (a,b), (b,a): disjoint supports -> contingency similarity 0.
     real = pd.DataFrame({"u": ["a", "b"], "v": ["a", "b"]})
     crossed = pd.DataFrame({"u": ["a", "b"], "v": ["b", "a"]})
@@ -185,7 +203,9 @@ def test_sampled_rows_are_complete_and_hold_only_their_columns_tokens():
     table = known_order_table(64)
     tokenizer = TabularTokenizer.fit(table)
     model = tiny_tabular_model(tokenizer, "per_position")  # untrained: ~70% of its mass is on foreign tokens
-    first_draw = model.generate(torch.full((48, 3), tokenizer.mask_token_id), generator=torch.Generator().manual_seed(0))
+    first_draw = model.generate(
+        torch.full((48, 3), tokenizer.mask_token_id), generator=torch.Generator().manual_seed(0)
+    )
     assert not bool(tokenizer.valid_tokens(first_draw).all())  # so the re-infilling below has work to do
     ids = sample_token_rows(model, tokenizer, 48, batch_size=32, generator=torch.Generator().manual_seed(0))
     assert ids.shape == (48, tokenizer.num_columns)
@@ -203,8 +223,14 @@ def test_learned_order_sampler_reveals_a_column_first_in_proportion_to_its_expon
         model.position_scores.weight.copy_(torch.tensor([2.0, 0.0, -2.0]))
     exponents = column_exponents(model, tokenizer.encode(table.head(1)))
     canvas = torch.full((2000, 3), tokenizer.mask_token_id)
-    out = model.generate(canvas, order="learned", steps=None, return_dict_in_generate=True, output_order=True,
-                         generator=torch.Generator().manual_seed(0))
+    out = model.generate(
+        canvas,
+        order="learned",
+        steps=None,
+        return_dict_in_generate=True,
+        output_order=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     first = out.order.argmin(-1)  # exact sampler: one column per pass, so the pass index orders the columns
     frequency = torch.bincount(first, minlength=3).double() / len(first)
     expected = exponents / exponents.sum()  # P(column i first) = e_i / sum_j e_j (reveal times u^{1/e})
@@ -229,10 +255,20 @@ def train_known_order(schedule: str, steps: int, output_dir) -> tuple[float, dic
     model = tiny_tabular_model(tokenizer, schedule).train()
     # The scheduler's learning rate is the denoiser's: Adam moves the scores by about lr per step whatever the
     # gradient's size, and a larger rate can lock in an order before the denoiser has learned any conditional.
-    train_tabular_model(model, train_ids, val_ids, output_dir=output_dir / schedule, max_steps=steps,
-                        batch_size=256, learning_rate=1e-2, scheduler_learning_rate=1e-2, seed=0)
-    bound = nelbo_perplexity(model, val_ids, time_samples=64, batch_size=16384,
-                             generator=torch.Generator().manual_seed(0))  # the same time draws for every model
+    train_tabular_model(
+        model,
+        train_ids,
+        val_ids,
+        output_dir=output_dir / schedule,
+        max_steps=steps,
+        batch_size=256,
+        learning_rate=1e-2,
+        scheduler_learning_rate=1e-2,
+        seed=0,
+    )
+    bound = nelbo_perplexity(
+        model, val_ids, time_samples=64, batch_size=16384, generator=torch.Generator().manual_seed(0)
+    )  # the same time draws for every model
     exponents = column_exponents(model, val_ids[:1])
     return bound.nelbo * tokenizer.num_columns, dict(zip(tokenizer.column_names, exponents.tolist()))
 
@@ -246,13 +282,24 @@ def test_training_lowers_the_bound_and_keeps_the_best_evaluation_weights(tmp_pat
     model = tiny_tabular_model(tokenizer, "per_position").train()
 
     def bound() -> float:  # nats per row, the same time draws before and after
-        result = nelbo_perplexity(model, val_ids, time_samples=16, batch_size=4096,
-                                  generator=torch.Generator().manual_seed(0))
+        result = nelbo_perplexity(
+            model, val_ids, time_samples=16, batch_size=4096, generator=torch.Generator().manual_seed(0)
+        )
         return result.nelbo * tokenizer.num_columns
 
     before = bound()
-    result = train_tabular_model(model, train_ids, val_ids, output_dir=tmp_path, max_steps=30, eval_steps=10,
-                                 batch_size=64, learning_rate=1e-2, scheduler_learning_rate=1e-2, seed=0)
+    result = train_tabular_model(
+        model,
+        train_ids,
+        val_ids,
+        output_dir=tmp_path,
+        max_steps=30,
+        eval_steps=10,
+        batch_size=64,
+        learning_rate=1e-2,
+        scheduler_learning_rate=1e-2,
+        seed=0,
+    )
     assert [step for step, _ in result.history] == [10, 20, 30]
     assert (result.best_step, result.best_nelbo_per_row) == min(result.history, key=lambda item: item[1])
     best = load_file(str(tmp_path / f"checkpoint-{result.best_step}" / "model.safetensors"))

@@ -240,9 +240,13 @@ def test_scheduler_parameters_get_their_own_learning_rate(tmp_path):
     assert second["scheduler_learning_rate"] == pytest.approx(4e-2 * 2 / 3)
 
 
-@pytest.mark.parametrize(("schedule", "multiplier"), [("per_position", 25.0), ("lomdm", 1.0), ("linear", 1.0)])
+@pytest.mark.parametrize(
+    ("schedule", "multiplier"), [("per_position", 25.0), ("lomdm", 1.0), ("linear", 1.0)]
+)
 def test_default_scheduler_learning_rate_depends_on_the_schedule(tmp_path, schedule, multiplier):
-    trainer = make_trainer(tmp_path, model=tiny_model(schedule=schedule).train(), max_steps=1, learning_rate=2e-3)
+    trainer = make_trainer(
+        tmp_path, model=tiny_model(schedule=schedule).train(), max_steps=1, learning_rate=2e-3
+    )
     trainer.create_optimizer()
     rates = {group["lr"] for group in trainer.optimizer.param_groups}
     assert rates == ({2e-3, 2e-3 * multiplier} if multiplier != 1.0 else {2e-3})
@@ -360,7 +364,9 @@ def test_cli_refuses_non_positive_max_steps_and_abbreviations(tmp_path):
         with pytest.raises(ValueError, match="max_steps"):
             parse_args([recipe, "--output_dir", str(tmp_path), "--max_steps", steps])
     # Training by epochs stays possible when asked for explicitly.
-    args = parse_args([recipe, "--output_dir", str(tmp_path), "--max_steps", "-1", "--num_train_epochs", "1"])[2]
+    args = parse_args(
+        [recipe, "--output_dir", str(tmp_path), "--max_steps", "-1", "--num_train_epochs", "1"]
+    )[2]
     assert args.max_steps == -1 and args.num_train_epochs == 1
     with pytest.raises(ValueError, match="--max_step'"):  # prefix matching would read it as --max_steps
         parse_args([recipe, "--output_dir", str(tmp_path), "--max_step", "5"])
@@ -405,7 +411,13 @@ def test_cli_trains_saves_a_loadable_checkpoint_and_generates(tmp_path):
     assert math.isfinite(report["eval_nelbo"]) and report["eval_ppl_bound"] == pytest.approx(
         math.exp(report["eval_nelbo"])
     )
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json", "training_args.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "generation_config.json",
+        "training_args.json",
+    ):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.bin")) and not list(out.glob("*.pt"))  # a folder for the Hub holds no pickle
     assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 32
@@ -487,14 +499,22 @@ def test_high_scheduler_learning_rate_does_not_saturate_the_lomdm_scheduler(tmp_
     task = order_task("max", size=4, symbols=4)
     torch.manual_seed(0)
     model = LoMDMForMaskedDiffusion(
-        tiny_model(vocab_size=task.vocab_size, max_position_embeddings=task.length + 1, num_hidden_layers=1).config
+        tiny_model(
+            vocab_size=task.vocab_size, max_position_embeddings=task.length + 1, num_hidden_layers=1
+        ).config
     )
     args = make_args(
-        tmp_path, max_steps=60, per_device_train_batch_size=32, learning_rate=2e-3, scheduler_learning_rate=0.1,
+        tmp_path,
+        max_steps=60,
+        per_device_train_batch_size=32,
+        learning_rate=2e-3,
+        scheduler_learning_rate=0.1,
         logging_steps=10,
     )
     data = Dataset.from_dict(task.training_rows(32 * 60, torch.Generator().manual_seed(1)))
-    trainer = LoMDMTrainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorForMaskedDiffusion(1))
+    trainer = LoMDMTrainer(
+        model=model, args=args, train_dataset=data, data_collator=DataCollatorForMaskedDiffusion(1)
+    )
     trainer.train()
     logs = [log for log in trainer.state.log_history if "scheduler_saturated_fraction" in log]
     assert len(logs) == 6

@@ -1,10 +1,10 @@
 """`evaluate` metric: generative perplexity of samples under a causal LM judge, with unigram entropy.
 
-    import evaluate
-    from hf_lomdm.metrics import metric_path
-    metric = evaluate.load(metric_path("generative_perplexity"))
-    metric.compute(predictions=texts, judge=judge_model, judge_tokenizer=judge_tokenizer)
-    # or judge="path/to/judge" (loaded with AutoModelForCausalLM; `gguf_file=` for GGUF judges)
+import evaluate
+from hf_lomdm.metrics import metric_path
+metric = evaluate.load(metric_path("generative_perplexity"))
+metric.compute(predictions=texts, judge=judge_model, judge_tokenizer=judge_tokenizer)
+# or judge="path/to/judge" (loaded with AutoModelForCausalLM; `gguf_file=` for GGUF judges)
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ class GenerativePerplexity(evaluate.Metric):
             features=datasets.Features({"predictions": datasets.Value("string")}),
         )
 
-    def _compute(self, predictions, judge=None, judge_tokenizer=None, gguf_file=None, batch_size=8, max_length=None):
+    def _compute(
+        self, predictions, judge=None, judge_tokenizer=None, gguf_file=None, batch_size=8, max_length=None
+    ):
         if judge is None:
             raise ValueError("`judge` (a causal LM or a path to one) is required.")
         if isinstance(judge, str):
@@ -39,7 +41,10 @@ class GenerativePerplexity(evaluate.Metric):
             judge_tokenizer = judge_tokenizer or AutoTokenizer.from_pretrained(judge, gguf_file=gguf_file)
             judge = AutoModelForCausalLM.from_pretrained(judge, gguf_file=gguf_file).eval()
         result = generative_perplexity(
-            list(predictions), judge=judge, judge_tokenizer=judge_tokenizer, batch_size=batch_size,
+            list(predictions),
+            judge=judge,
+            judge_tokenizer=judge_tokenizer,
+            batch_size=batch_size,
             max_length=max_length,
         )
         return result.to_dict()

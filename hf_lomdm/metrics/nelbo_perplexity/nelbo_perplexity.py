@@ -1,10 +1,10 @@
 """`evaluate` metric: per-token NELBO and PPL bound of a LoMDM checkpoint on texts (L_velocity included).
 
-    import evaluate
-    from hf_lomdm.metrics import metric_path
-    metric = evaluate.load(metric_path("nelbo_perplexity"))
-    metric.compute(predictions=texts, model=model, tokenizer=tokenizer, time_samples=8)
-    # or model="path/to/checkpoint" (tokenizer loaded from the same folder)
+import evaluate
+from hf_lomdm.metrics import metric_path
+metric = evaluate.load(metric_path("nelbo_perplexity"))
+metric.compute(predictions=texts, model=model, tokenizer=tokenizer, time_samples=8)
+# or model="path/to/checkpoint" (tokenizer loaded from the same folder)
 """
 
 from __future__ import annotations
@@ -30,8 +30,16 @@ class NelboPerplexity(evaluate.Metric):
             features=datasets.Features({"predictions": datasets.Value("string")}),
         )
 
-    def _compute(self, predictions, model=None, tokenizer=None, time_samples=8, batch_size=32,
-                 include_uniform_eps=False, seed=0):
+    def _compute(
+        self,
+        predictions,
+        model=None,
+        tokenizer=None,
+        time_samples=8,
+        batch_size=32,
+        include_uniform_eps=False,
+        seed=0,
+    ):
         import torch
 
         if model is None:
@@ -42,7 +50,12 @@ class NelboPerplexity(evaluate.Metric):
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
             model = AutoModelForMaskedLM.from_pretrained(model)
         result = nelbo_perplexity(
-            model, list(predictions), tokenizer=tokenizer, time_samples=time_samples, batch_size=batch_size,
-            include_uniform_eps=include_uniform_eps, generator=torch.Generator().manual_seed(seed),
+            model,
+            list(predictions),
+            tokenizer=tokenizer,
+            time_samples=time_samples,
+            batch_size=batch_size,
+            include_uniform_eps=include_uniform_eps,
+            generator=torch.Generator().manual_seed(seed),
         )
         return result.to_dict()
