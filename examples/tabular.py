@@ -1,7 +1,8 @@
 """Tabular masked diffusion with learned per-column schedules (MDM(LS), arXiv 2511.19152) on a CSV table.
 
 Trains MDM (`schedule="linear"`), MDM(LS) (`per_position`: one learned exponent per column) and LoMDM (`lomdm`) on
-the same rows, reports each one's best validation NELBO per row (importance-sampled: a true bound), samples
+the same rows (each column's softmax over its own tokens, `allowed_tokens`; `--unrestricted` for the shared one),
+reports each one's best validation NELBO per row (importance-sampled: a true bound), samples
 synthetic rows with the learned order sampler (Algorithm 1 = `generate(order="learned", steps=None)`), scores
 them with Shape / Trend, prints the learned column order and plots the learned exponents.
 
@@ -96,6 +97,11 @@ parser.add_argument(
     "--num-samples", type=int, default=None, help="synthetic rows (default: as many as train rows)"
 )
 parser.add_argument("--seed", type=int, default=0)
+parser.add_argument(
+    "--unrestricted",
+    action="store_true",
+    help="softmax over the whole shared vocabulary (default: each column over its own tokens)",
+)
 parser.add_argument("--output-dir", type=Path, default=Path("tabular_output"))
 args = parser.parse_args()
 logging.disable_progress_bar()  # the "Writing model shards" bar of every checkpoint the trainer keeps
@@ -137,6 +143,7 @@ for schedule in args.schedules.split(","):
         schedule=schedule,
     )
     model = LoMDMForMaskedDiffusion(config)
+    allowed = None if args.unrestricted else tokenizer.allowed_tokens()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as checkpoints:
         run = train_tabular_model(
@@ -151,6 +158,7 @@ for schedule in args.schedules.split(","):
             scheduler_learning_rate=args.scheduler_lr,
             eval_time_samples=args.eval_time_samples,
             seed=args.seed,
+            allowed_tokens=allowed,
         )
     final = nelbo_perplexity(
         model,
@@ -158,6 +166,7 @@ for schedule in args.schedules.split(","):
         time_samples=args.final_time_samples,
         batch_size=4096,
         generator=torch.Generator().manual_seed(args.seed),
+        allowed_tokens=allowed,
     )
     exponents = column_exponents(model, val_ids)
     order = sorted(zip(tokenizer.column_names, exponents.tolist()), key=lambda item: -item[1])

@@ -128,9 +128,11 @@ def sequence_nelbo_samples(
     time_sampling: TimeSampling = "importance",
     uniform_weight: float = TIME_UNIFORM_WEIGHT,
     generator: torch.Generator | None = None,
+    allowed_tokens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) float64 NELBO samples and (N,) token counts of `rows`, K = `time_samples` stratified times per
-    sequence (`hf_lomdm.objective.stratified_nelbo`), `batch_size // K` sequences per forward pass."""
+    sequence (`hf_lomdm.objective.stratified_nelbo`), `batch_size // K` sequences per forward pass.
+    `allowed_tokens` (bool `(L, V)`) is cut to each right-padded batch's length."""
     device = next(model.parameters()).device
     collate = _collator(model)
     per_batch = max(1, batch_size // time_samples)
@@ -146,6 +148,9 @@ def sequence_nelbo_samples(
             time_sampling=time_sampling,
             uniform_weight=uniform_weight,
             generator=generator,
+            allowed_tokens=None
+            if allowed_tokens is None
+            else allowed_tokens[: batch["input_ids"].shape[1]].to(device),
         )
         samples.append(result.nelbo.double().cpu().T)  # (n, K)
         tokens.append(result.num_tokens.cpu())
@@ -163,6 +168,7 @@ def nelbo_perplexity(
     uniform_weight: float = TIME_UNIFORM_WEIGHT,
     include_uniform_eps: bool = False,
     generator: torch.Generator | None = None,
+    allowed_tokens: torch.Tensor | None = None,
 ) -> NelboResult:
     """Per-token NELBO and PPL bound of `model` on `data` (L_velocity included).
 
@@ -178,6 +184,8 @@ def nelbo_perplexity(
         uniform_weight: weight of the uniform part of the time-sampling mixture.
         include_uniform_eps: also report MDLM's ε-truncated estimate (labelled: not a bound).
         generator: `torch.Generator` for reproducible estimates.
+        allowed_tokens: bool `(L, V)`, the tokens each position may take (see `lomdm_loss`), e.g.
+            `TabularTokenizer.allowed_tokens()`.
     """
     if time_samples < 1:
         raise ValueError(f"`time_samples` must be >= 1, got {time_samples}.")
@@ -190,6 +198,7 @@ def nelbo_perplexity(
             "batch_size": batch_size,
             "uniform_weight": uniform_weight,
             "generator": generator,
+            "allowed_tokens": allowed_tokens,
         }
         samples, tokens = sequence_nelbo_samples(model, rows, time_sampling="importance", **kwargs)
         eps_nelbo = None

@@ -87,8 +87,11 @@ class LoMDMGenerationMixin:
             streamer (`BaseStreamer`, *optional*): Batch size 1. Receives the prompt, then the tokens in
                 reading order as soon as every position before them is known (each revealed token once), up
                 to the first EOS.
-            kwargs: `attention_mask` `(B, L_in)`, `generator` (a `torch.Generator` or one per output row)
-                and any [`LoMDMGenerationConfig`] field; anything else raises a `ValueError`. Random draws
+            kwargs: `attention_mask` `(B, L_in)`, `generator` (a `torch.Generator` or one per output row),
+                `allowed_tokens` (bool `(L, V)` or `(B, L, V)` over the output canvas, L = prompt + new tokens:
+                the tokens each position may take; the softmax spans only them, so constrained infilling
+                never draws another token) and any [`LoMDMGenerationConfig`] field; anything else raises a
+                `ValueError`. Random draws
                 count from each row's first real token, so left padding changes no row; with one generator
                 per row, row b equals its prompt run alone with generator b (see [`LoMDMSampler`]).
 
@@ -125,6 +128,12 @@ class LoMDMGenerationMixin:
             generation_config, self._logits_processor(generation_config, logits_processor), generator
         )
         sampler.initialize(input_ids, attention_mask, num_new_tokens)
+        allowed_tokens = model_kwargs.get("allowed_tokens")
+        if allowed_tokens is not None and allowed_tokens.shape[-2] != sampler.canvas.shape[1]:
+            raise ValueError(
+                f"`allowed_tokens` covers {allowed_tokens.shape[-2]} positions; the output has "
+                f"{sampler.canvas.shape[1]} (prompt + new tokens)."
+            )
         use_cache = generation_config.use_cache and not self.is_time_conditioned
         stream = None if streamer is None else _TokenStream(streamer, sampler, eos_token_id)
         history: list[torch.LongTensor] = []
@@ -134,7 +143,9 @@ class LoMDMGenerationMixin:
             sampler.begin_block(block)
             while sampler.has_masked():
                 rows = sampler.rows_to_denoise(use_cache)  # (R,)
-                log_probs, reverse_exponents = self._denoise(sampler, rows) if rows.numel() else (None, None)
+                log_probs, reverse_exponents = (
+                    self._denoise(sampler, rows, allowed_tokens) if rows.numel() else (None, None)
+                )
                 revealed = sampler.step(log_probs, reverse_exponents, rows)  # (B, L)
                 if stream is not None:
                     stream.put_known(sampler.canvas)
@@ -232,13 +243,15 @@ class LoMDMGenerationMixin:
             config = LoMDMGenerationConfig(**base.to_diff_dict())
         kwargs = dict(kwargs)
         model_kwargs = {
-            name: kwargs.pop(name) for name in ("input_ids", "attention_mask", "generator") if name in kwargs
+            name: kwargs.pop(name)
+            for name in ("input_ids", "attention_mask", "generator", "allowed_tokens")
+            if name in kwargs
         }
         unknown = config.update(**kwargs)
         if unknown:
             raise ValueError(
                 f"`generate` got unknown arguments {sorted(unknown)}; it takes `input_ids`, "
-                f"`attention_mask`, `generator` and the generation settings {config.field_names}."
+                f"`attention_mask`, `generator`, `allowed_tokens` and the generation settings {config.field_names}."
             )
         for name in SPECIAL_TOKENS:
             if getattr(config, name) is None:
@@ -354,7 +367,7 @@ class LoMDMGenerationMixin:
         return processors
 
     def _denoise(
-        self, sampler: LoMDMSampler, rows: torch.LongTensor
+        self, sampler: LoMDMSampler, rows: torch.LongTensor, allowed_tokens: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One backbone pass on the canvas rows `rows` `(R,)`; noise_mask = the set M, as in training.
 
@@ -372,6 +385,9 @@ class LoMDMGenerationMixin:
             timesteps=timesteps,
             output_exponents=sampler.needs_exponents,
             logits_mask=still_masked,
+            allowed_tokens=allowed_tokens
+            if allowed_tokens is None or allowed_tokens.dim() == 2
+            else allowed_tokens[rows],
         )
         log_probs = out.logits.new_zeros(canvas.shape + out.logits.shape[-1:])  # (R, L, V)
         log_probs[still_masked] = out.logits

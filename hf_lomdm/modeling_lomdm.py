@@ -372,6 +372,23 @@ class LoMDMModel(LoMDMPreTrainedModel):
         return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden)
 
 
+def _check_allowed_tokens(allowed_tokens, shape, vocab_size: int, mask_token_id: int) -> None:
+    if allowed_tokens is None:
+        return
+    if allowed_tokens.dtype != torch.bool or allowed_tokens.shape not in (
+        (*shape[1:], vocab_size),
+        (*shape, vocab_size),
+    ):
+        raise ValueError(
+            f"`allowed_tokens` must be a bool tensor of shape ({shape[1]}, {vocab_size}) or "
+            f"({shape[0]}, {shape[1]}, {vocab_size}), got {allowed_tokens.dtype} of shape "
+            f"{tuple(allowed_tokens.shape)}."
+        )
+    others = torch.cat([allowed_tokens[..., :mask_token_id], allowed_tokens[..., mask_token_id + 1 :]], -1)
+    if not bool(others.any(-1).all()):
+        raise ValueError("`allowed_tokens` leaves a position with no allowed token besides the mask token.")
+
+
 def shift_right(features: torch.Tensor) -> torch.Tensor:
     """`config.shift`: the features that predict position i are those of i - 1; position 0 keeps its own."""
     return torch.cat([features[:, :1], features[:, :-1]], dim=1)
@@ -511,6 +528,7 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         output_exponents: bool = True,
         output_hidden_states: bool = False,
         logits_mask: torch.Tensor | None = None,
+        allowed_tokens: torch.Tensor | None = None,
         noise=None,
         **kwargs,
     ) -> LoMDMOutput:
@@ -527,6 +545,10 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
                 log-softmax only where True (e.g. the masked positions, the only ones the loss and the sampler
                 read); `logits` is then the packed `(N, V)` tensor of those positions in row-major order
                 (`N = logits_mask.sum()`). The head is the largest single matmul of a small model. Default: all.
+            allowed_tokens (`torch.BoolTensor` of shape `(L, V)` or `(B, L, V)`, *optional*): the tokens each
+                position may take (True = allowed). The denoiser's softmax runs over the allowed set only, so a
+                position never puts mass on (or samples) another token: a column-restricted table model, or
+                constrained infilling. Each position needs one allowed token besides the mask token.
             noise (*optional*): the training step of SPEC §1 in one call (what `hf_lomdm.objective.lomdm_loss`
                 passes): `input_ids` are then the clean x, and the model (1) computes the forward exponents e
                 of x as `forward_exponents` does, (2) asks `noise.corrupt(e.detach(), noise_mask)` for the K noisy
@@ -535,8 +557,11 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
                 positions (`logits` packed as with `logits_mask`). One module call per step is what DDP, FSDP,
                 PEFT and accelerate's autocast wrap.
         """
+        _check_allowed_tokens(allowed_tokens, input_ids.shape, self.vocab_size, self.mask_token_id)
         if noise is not None:
-            return self._training_forward(input_ids, attention_mask, noise_mask, position_ids, noise)
+            return self._training_forward(
+                input_ids, attention_mask, noise_mask, position_ids, noise, allowed_tokens
+            )
         self._check_inputs(input_ids, attention_mask, noise_mask, timesteps)
         if logits_mask is not None and (
             logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool
@@ -554,6 +579,7 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
             output_exponents,
             output_hidden_states,
             logits_mask,
+            allowed_tokens,
         )
 
     def _denoiser_pass(
@@ -566,6 +592,7 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         output_exponents=True,
         output_hidden_states=False,
         logits_mask=None,
+        allowed_tokens=None,
     ) -> LoMDMOutput:
         """The denoiser pass of `forward` on checked inputs: log p_θ(· | z) (SUBS) and ê(z)."""
         if position_ids is None:
@@ -574,11 +601,15 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         features = outputs.last_hidden_state  # f(z): (B, L, H)
         head_features = shift_right(features) if self.shift else features  # prediction for i read at i - 1
         head_inputs = input_ids
+        if allowed_tokens is not None:
+            allowed_tokens = allowed_tokens.expand(*input_ids.shape, -1)  # (B, L, V)
         if logits_mask is not None:
             head_features, head_inputs = head_features[logits_mask], input_ids[logits_mask]  # (N, H), (N,)
-        log_probs = subs_log_probs(
-            self.lm_head(head_features), head_inputs, self.mask_token_id
-        )  # (B, L, V) / (N, V)
+            allowed_tokens = None if allowed_tokens is None else allowed_tokens[logits_mask]  # (N, V)
+        logits = self.lm_head(head_features)
+        if allowed_tokens is not None:
+            logits = logits.masked_fill(~allowed_tokens, -math.inf)  # the softmax spans the allowed set only
+        log_probs = subs_log_probs(logits, head_inputs, self.mask_token_id)  # (B, L, V) / (N, V)
         reverse_exponents = None
         if output_exponents:
             noise_mask = _default_noise_mask(noise_mask, attention_mask, input_ids)
@@ -591,7 +622,9 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
             hidden_states=outputs.hidden_states,
         )
 
-    def _training_forward(self, input_ids, attention_mask, noise_mask, position_ids, noise) -> LoMDMOutput:
+    def _training_forward(
+        self, input_ids, attention_mask, noise_mask, position_ids, noise, allowed_tokens=None
+    ) -> LoMDMOutput:
         """`forward(..., noise=...)`: e of the clean rows, then the K noisy rows in one batch (see `forward`)."""
         e, scores = self.forward_exponents(
             input_ids, attention_mask, noise_mask, position_ids, return_scores=True
@@ -614,6 +647,9 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
             tile(position_ids),
             tile(t.float()) if self.is_time_conditioned else None,
             logits_mask=z_is_mask,
+            allowed_tokens=allowed_tokens
+            if allowed_tokens is None or allowed_tokens.dim() == 2
+            else tile(allowed_tokens),
         )
         out.forward_exponents, out.forward_scores = e, scores
         return out

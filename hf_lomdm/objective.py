@@ -199,6 +199,7 @@ def lomdm_loss(
     uniform_weight: float = TIME_UNIFORM_WEIGHT,
     eps: float = 1e-3,
     generator: torch.Generator | None = None,
+    allowed_tokens: torch.Tensor | None = None,
 ) -> LoMDMLossOutput:
     """Velocity-matched NELBO of LoMDM with the RLOO gradient estimator.
 
@@ -230,6 +231,8 @@ def lomdm_loss(
         uniform_weight: weight of the uniform part of the time mixture (SPEC §1: ½).
         eps: lower time limit of `uniform_eps`.
         generator: optional `torch.Generator` for reproducibility.
+        allowed_tokens: optional bool `(L, V)` / `(B, L, V)`: the tokens each position may take; the denoiser's
+            softmax runs over them only (see `LoMDMForMaskedDiffusion.forward`), so the NELBO is over that set.
     """
     check_estimator_arguments(num_samples, estimator, time_sampling)
     config = _unwrap(model).config
@@ -252,7 +255,13 @@ def lomdm_loss(
     )
 
     # 2. One model call: e(x), the K noisy samples, log p_θ at their masked positions (packed) and ê.
-    out = model(targets, attention_mask=attention_mask, noise_mask=noise_mask, noise=noise)
+    out = model(
+        targets,
+        attention_mask=attention_mask,
+        noise_mask=noise_mask,
+        noise=noise,
+        allowed_tokens=allowed_tokens,
+    )
     e = out.forward_exponents.float()  # (B, L), carries φ's gradient
     is_mask = noise.is_mask  # (K, B, L)
     packed = out.logits.gather(-1, targets.expand(num_samples, -1, -1)[is_mask][:, None]).squeeze(-1)  # (N,)
@@ -328,6 +337,7 @@ def stratified_nelbo(
     uniform_weight: float = TIME_UNIFORM_WEIGHT,
     eps: float = 1e-3,
     generator: torch.Generator | None = None,
+    allowed_tokens: torch.Tensor | None = None,
 ) -> NelboSamples:
     """NELBO of each sequence at `time_samples` = R stratified times (one noise sample each, no gradient).
 
@@ -338,12 +348,14 @@ def stratified_nelbo(
     Args:
         model, input_ids, attention_mask, labels: as for `lomdm_loss`, `(B, L)`.
         time_samples: R >= 1 times per sequence.
-        time_sampling, uniform_weight, eps, generator: as for `lomdm_loss`.
+        time_sampling, uniform_weight, eps, generator, allowed_tokens: as for `lomdm_loss`.
     """
     batch = input_ids.shape[0]
 
     def tile(tensor):
-        return None if tensor is None else tensor.repeat(time_samples, 1)  # (R B, L)
+        return (
+            None if tensor is None else tensor.repeat(time_samples, *[1] * (tensor.dim() - 1))
+        )  # (R B, ...)
 
     res = lomdm_loss(
         model,
@@ -356,6 +368,9 @@ def stratified_nelbo(
         uniform_weight=uniform_weight,
         eps=eps,
         generator=generator,
+        allowed_tokens=allowed_tokens
+        if allowed_tokens is None or allowed_tokens.dim() == 2
+        else tile(allowed_tokens),
     )
     return NelboSamples(
         nelbo=res.nelbo.view(time_samples, batch),

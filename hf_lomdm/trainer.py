@@ -261,13 +261,16 @@ class LoMDMTrainer(Trainer):
     Takes the usual `Trainer` arguments; `args` should be `LoMDMTrainingArguments` and the batches need
     `input_ids`, `attention_mask` and `labels` (-100 where nothing may be noised), as produced by
     `hf_lomdm.data.DataCollatorForMaskedDiffusion`. `compute_metrics` defaults to `nelbo_metrics`; a custom
-    one receives the same per-sequence statistics.
+    one receives the same per-sequence statistics. `allowed_tokens` (bool `(L, V)`, optional) restricts the
+    denoiser's softmax at each position to those tokens in training and evaluation (see `lomdm_loss`).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, allowed_tokens: torch.Tensor | None = None, **kwargs: Any):
         if kwargs.get("compute_metrics") is None:
             kwargs["compute_metrics"] = nelbo_metrics
         super().__init__(*args, **kwargs)
+        # Bool (L, V): the tokens each position may take, for training and evaluation (e.g. a table's columns).
+        self.allowed_tokens = allowed_tokens
         if not isinstance(self.args, LoMDMTrainingArguments):
             raise TypeError(f"`args` must be LoMDMTrainingArguments, got {type(self.args).__name__}.")
         if self.args.n_gpu > 1:
@@ -327,6 +330,9 @@ class LoMDMTrainer(Trainer):
             labels=inputs.get("labels"),
             uniform_weight=self.args.time_uniform_weight,
             eps=self.args.noise_eps,
+            allowed_tokens=None
+            if self.allowed_tokens is None
+            else self.allowed_tokens.to(inputs["input_ids"].device),
             **kwargs,
         )
 

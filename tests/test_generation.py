@@ -449,3 +449,21 @@ def test_categorical_sampling_matches_probabilities():
     frequencies = torch.bincount(draws, minlength=4).double() / num_draws
     assert frequencies[3] == 0  # a zero-probability token (like the mask under SUBS) is never drawn
     assert frequencies.tolist() == pytest.approx(probs.tolist(), abs=4 * math.sqrt(0.25 / num_draws))
+
+
+def test_constrained_infilling_draws_only_allowed_tokens(make_model):
+    # Infill the middle of "5 ? ? ? 9" with vowels only (ids 20-24 stand for them): every draw is one of them.
+    model = make_model(schedule="lomdm")
+    prompt = torch.tensor([[5, MASK_ID, MASK_ID, MASK_ID, 9]]).repeat(16, 1)
+    allowed = torch.ones(5, 99, dtype=torch.bool)
+    allowed[1:4] = False
+    allowed[1:4, 20:25] = True
+    for order in ("learned", "confidence"):
+        out = model.generate(
+            prompt, order=order, steps=2, allowed_tokens=allowed, generator=torch.Generator().manual_seed(0)
+        )
+        assert ((out[:, 1:4] >= 20) & (out[:, 1:4] < 25)).all() and (
+            out[:, [0, 4]] == prompt[:, [0, 4]]
+        ).all()
+    with pytest.raises(ValueError, match="covers 4 positions"):
+        model.generate(prompt, allowed_tokens=allowed[:4])

@@ -282,3 +282,33 @@ def test_logits_mask_computes_exactly_the_selected_rows_of_the_full_head(shift):
     torch.testing.assert_close(packed.reverse_exponents, full.reverse_exponents, rtol=0, atol=0)
     with pytest.raises(ValueError, match="`logits_mask` must be a bool tensor"):
         model(z, logits_mask=selected.long())
+
+
+def test_allowed_tokens_renormalise_the_denoiser_over_the_allowed_set():
+    model = tiny_model(shift=False)
+    z = torch.tensor([[5, MASK_ID, 7, MASK_ID]])
+    allowed = torch.zeros(4, 99, dtype=torch.bool)
+    allowed[:, 10:20] = True  # every position: tokens 10..19
+    allowed[3, 40:45] = True  # the last one also 40..44
+    with torch.no_grad():
+        free, restricted = model(z).logits, model(z, allowed_tokens=allowed).logits
+        packed = model(z, allowed_tokens=allowed[None], logits_mask=z == MASK_ID).logits
+    for position in (1, 3):
+        expected = torch.log_softmax(free[0, position][allowed[position]], -1)  # SUBS, then renormalised
+        torch.testing.assert_close(restricted[0, position][allowed[position]], expected)
+        assert torch.isneginf(restricted[0, position][~allowed[position]]).all()
+    torch.testing.assert_close(packed, restricted[z == MASK_ID])
+    assert restricted[0, 0, 5] == 0 and restricted[0, 2, 7] == 0  # carry-over is unchanged
+
+
+def test_bad_allowed_tokens_raise_value_error():
+    model = tiny_model()
+    z = torch.tensor([[5, MASK_ID, 7]])
+    with pytest.raises(ValueError, match="`allowed_tokens` must be a bool tensor of shape"):
+        model(z, allowed_tokens=torch.ones(4, 99, dtype=torch.bool))
+    with pytest.raises(ValueError, match="`allowed_tokens` must be a bool tensor"):
+        model(z, allowed_tokens=torch.ones(3, 99))
+    only_mask = torch.zeros(3, 99, dtype=torch.bool)
+    only_mask[:, MASK_ID] = True
+    with pytest.raises(ValueError, match="no allowed token besides the mask token"):
+        model(z, allowed_tokens=only_mask)

@@ -206,7 +206,9 @@ def test_sampled_rows_are_complete_and_hold_only_their_columns_tokens():
     first_draw = model.generate(
         torch.full((48, 3), tokenizer.mask_token_id), generator=torch.Generator().manual_seed(0)
     )
-    assert not bool(tokenizer.valid_tokens(first_draw).all())  # so the re-infilling below has work to do
+    assert not bool(
+        tokenizer.valid_tokens(first_draw).all()
+    )  # so the column restriction below has work to do
     ids = sample_token_rows(model, tokenizer, 48, batch_size=32, generator=torch.Generator().manual_seed(0))
     assert ids.shape == (48, tokenizer.num_columns)
     assert not bool((ids == tokenizer.mask_token_id).any())
@@ -323,3 +325,39 @@ def test_learned_schedule_reaches_lower_validation_nelbo_than_linear(tmp_path):
     nelbo_learned, e = train_known_order("per_position", 1500, tmp_path)
     assert min(e["A"], e["B"]) > e["C"], e
     assert nelbo_learned < nelbo_linear, (nelbo_learned, nelbo_linear)
+
+
+def test_column_restriction_lowers_the_bound_and_every_sampled_token_is_in_its_column(tmp_path):
+    # The same model, data, seed and 30 steps, with and without `allowed_tokens`: the restricted softmax puts no
+    # mass on other columns' tokens, so its bound (over each column's own vocabulary) is lower.
+    train = known_order_table(512, seed=1)[["C", "A", "B"]]
+    val = known_order_table(256, seed=2)[["C", "A", "B"]]
+    tokenizer = TabularTokenizer.fit(pd.concat([train, val]))
+    train_ids, val_ids = tokenizer.encode(train), tokenizer.encode(val)
+    allowed = tokenizer.allowed_tokens()
+    assert allowed.sum(-1).tolist() == [column.size for column in tokenizer.columns]
+    bounds = {}
+    for name, restriction in (("free", None), ("restricted", allowed)):
+        model = tiny_tabular_model(tokenizer, "per_position").train()
+        train_tabular_model(
+            model,
+            train_ids,
+            val_ids,
+            output_dir=tmp_path / name,
+            max_steps=30,
+            batch_size=64,
+            learning_rate=1e-2,
+            allowed_tokens=restriction,
+        )
+        bounds[name] = nelbo_perplexity(
+            model,
+            val_ids,
+            time_samples=16,
+            batch_size=4096,
+            allowed_tokens=restriction,
+            generator=torch.Generator().manual_seed(0),
+        )
+    free, restricted = bounds["free"], bounds["restricted"]
+    assert restricted.nelbo < free.nelbo - 3 * math.hypot(restricted.stderr, free.stderr), (restricted, free)
+    ids = sample_token_rows(model, tokenizer, 256, generator=torch.Generator().manual_seed(0), steps=2)
+    assert bool(tokenizer.valid_tokens(ids).all())

@@ -213,6 +213,13 @@ class TabularTokenizer:
         """`(L, 2)` half-open token-id range `[start, end)` of each column."""
         return torch.tensor([[c.offset, c.offset + c.size] for c in self.columns], dtype=torch.long)
 
+    def allowed_tokens(self) -> torch.BoolTensor:
+        """`(L, V)`: True where token v belongs to column ℓ. Passed to `LoMDMTrainer` / `generate` as
+        `allowed_tokens`, the denoiser's softmax at each column spans that column's tokens only."""
+        ranges = self.token_ranges()
+        ids = torch.arange(self.vocab_size)
+        return (ids >= ranges[:, :1]) & (ids < ranges[:, 1:])
+
     def valid_tokens(self, input_ids: torch.Tensor) -> torch.BoolTensor:
         """`(N, L)`: whether each token lies in its own column's range (the mask token does not)."""
         input_ids = torch.as_tensor(input_ids)

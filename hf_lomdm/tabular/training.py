@@ -12,13 +12,10 @@ from typing import Any
 import torch
 from datasets import Dataset
 from transformers import PrinterCallback
-from transformers.utils import logging
 
 from ..data import DataCollatorForMaskedDiffusion
 from ..trainer import LoMDMTrainer, LoMDMTrainingArguments
 from .tokenizer import TabularTokenizer
-
-logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -50,6 +47,7 @@ def train_tabular_model(
     scheduler_learning_rate: float | None = None,
     eval_time_samples: int = 4,
     seed: int = 0,
+    allowed_tokens: torch.Tensor | None = None,
     **training_kwargs: Any,
 ) -> TabularTrainResult:
     """Train on column tokens with `LoMDMTrainer` (the package's objective, K = 2 RLOO for every schedule) and
@@ -66,6 +64,8 @@ def train_tabular_model(
         scheduler_learning_rate: learning rate of the schedule parameters (None: `learning_rate`).
         eval_time_samples: importance-sampled times per validation row and evaluation.
         seed: trainer seed (noise and data order).
+        allowed_tokens: `TabularTokenizer.allowed_tokens()` to restrict each column's softmax to its own tokens
+            (the NELBO is then over the column's vocabulary); None: the whole shared vocabulary.
         training_kwargs: further `LoMDMTrainingArguments` fields.
     """
     every = eval_steps or max_steps
@@ -97,6 +97,7 @@ def train_tabular_model(
         train_dataset=Dataset.from_dict({"input_ids": train_ids.tolist()}),
         eval_dataset=Dataset.from_dict({"input_ids": val_ids.tolist()}),
         data_collator=DataCollatorForMaskedDiffusion(pad_token_id=model.config.mask_token_id),
+        allowed_tokens=allowed_tokens,
     )
     # `disable_tqdm` swaps the progress bar for a callback printing every log dict; the history is returned.
     trainer.remove_callback(PrinterCallback)
@@ -129,15 +130,14 @@ def sample_token_rows(
     *,
     batch_size: int = 1024,
     generator: torch.Generator | None = None,
-    max_rounds: int = 64,
     **generate_kwargs: Any,
 ) -> torch.LongTensor:
     """Sample `(num_rows, L)` column tokens: `model.generate` infills all-mask rows.
 
     The default is `order="learned", steps=None`, the exact first-hitting sampler (for `per_position`:
-    Algorithm 1 of arXiv 2511.19152). The denoiser's softmax spans the shared vocabulary, so a position can
-    draw another column's token (mass the trained model puts outside the column); such positions are masked
-    again and infilled given the rest of the row, until every token lies in its column's range.
+    Algorithm 1 of arXiv 2511.19152). Each column's softmax spans its own tokens only (`allowed_tokens`), so
+    every sampled row is valid by construction; a model trained without the restriction is sampled from its
+    distribution renormalised over each column.
 
     Args:
         model: a `LoMDMForMaskedDiffusion` trained on `tokenizer`'s rows.
@@ -145,13 +145,13 @@ def sample_token_rows(
         num_rows: rows to draw.
         batch_size: rows per `generate` call.
         generator: `torch.Generator` for reproducible samples.
-        max_rounds: the most re-infilling rounds before giving up with a `ValueError`.
         generate_kwargs: `LoMDMGenerationConfig` fields overriding `order="learned", steps=None`.
     """
     if num_rows < 1:
         raise ValueError(f"`num_rows` must be >= 1, got {num_rows}.")
     device = next(model.parameters()).device
     settings = {"order": "learned", "steps": None, **generate_kwargs}
+    allowed_tokens = tokenizer.allowed_tokens().to(device)
     batches = []
     for start in range(0, num_rows, batch_size):
         canvas = torch.full(
@@ -160,18 +160,9 @@ def sample_token_rows(
             dtype=torch.long,
             device=device,
         )
-        for _ in range(max_rounds):
-            canvas = model.generate(canvas, generator=generator, **settings)
-            valid = tokenizer.valid_tokens(canvas)
-            if bool(valid.all()):
-                break
-            logger.info("re-infilling %d tokens drawn outside their column", int((~valid).sum()))
-            canvas = torch.where(valid, canvas, torch.full_like(canvas, tokenizer.mask_token_id))
-        else:
-            raise ValueError(
-                f"rows still hold tokens outside their column after `max_rounds`={max_rounds} rounds."
-            )
-        batches.append(canvas.cpu())
+        batches.append(
+            model.generate(canvas, generator=generator, allowed_tokens=allowed_tokens, **settings).cpu()
+        )
     return torch.cat(batches)
 
 
