@@ -82,7 +82,12 @@ parser.add_argument("--steps", type=int, default=2000)
 parser.add_argument("--eval-steps", type=int, default=500)
 parser.add_argument("--batch-size", type=int, default=256)
 parser.add_argument("--lr", type=float, default=2e-3)
-parser.add_argument("--scheduler-lr", type=float, default=1e-2)
+parser.add_argument(
+    "--scheduler-lr",
+    type=float,
+    default=None,
+    help="learning rate of the schedules (default: the package's per-schedule multiple of --lr)",
+)
 parser.add_argument("--hidden-size", type=int, default=32)
 parser.add_argument("--layers", type=int, default=2)
 parser.add_argument("--num-bins", type=int, default=32)
