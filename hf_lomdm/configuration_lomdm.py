@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from transformers import PreTrainedConfig
 
 SCHEDULES = ("linear", "polynomial", "per_position", "lomdm")
@@ -162,4 +163,15 @@ class LoMDMConfig(PreTrainedConfig):
                 )
 
 
-__all__ = ["SCHEDULES", "LoMDMConfig"]
+def check_token_id_tensor(input_ids, name: str) -> None:
+    """ValueError naming `name` unless `input_ids` is a 2-D integer tensor (the model's and `generate`'s check)."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError(
+            f"`{name}` must be a (batch, length) tensor, got {type(input_ids).__name__} "
+            f"of shape {getattr(input_ids, 'shape', None)}."
+        )
+    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise ValueError(f"`{name}` must hold integer token ids, got dtype {input_ids.dtype}.")
+
+
+__all__ = ["SCHEDULES", "LoMDMConfig", "check_token_id_tensor"]

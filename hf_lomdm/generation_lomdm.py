@@ -23,6 +23,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import ModelOutput, logging
 
+from .configuration_lomdm import check_token_id_tensor
 from .generation_config_lomdm import SPECIAL_TOKENS, LoMDMGenerationConfig
 from .sampler_lomdm import LoMDMSampler
 
@@ -274,13 +275,7 @@ class LoMDMGenerationMixin:
         if input_ids is None:
             prompt = [] if config.bos_token_id is None else [config.bos_token_id]
             input_ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            raise ValueError(
-                f"`inputs` must be a (batch, length) tensor, got {type(input_ids).__name__} of shape "
-                f"{getattr(input_ids, 'shape', None)}."
-            )
-        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-            raise ValueError(f"`inputs` must hold integer token ids, got dtype {input_ids.dtype}.")
+        check_token_id_tensor(input_ids, "inputs")
         attention_mask = model_kwargs.get("attention_mask")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)

@@ -33,7 +33,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .configuration_lomdm import LoMDMConfig
+from .configuration_lomdm import LoMDMConfig, check_token_id_tensor
 from .generation_config_lomdm import LoMDMGenerationConfig
 from .generation_lomdm import LoMDMGenerationMixin
 from .schedule_lomdm import exponents
@@ -474,13 +474,7 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         return self.model.time_embedding is not None
 
     def _check_inputs(self, input_ids, attention_mask, noise_mask, timesteps) -> None:
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            raise ValueError(
-                f"`input_ids` must be a (batch, length) tensor, got {type(input_ids).__name__} "
-                f"of shape {getattr(input_ids, 'shape', None)}."
-            )
-        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-            raise ValueError(f"`input_ids` must hold integer token ids, got dtype {input_ids.dtype}.")
+        check_token_id_tensor(input_ids, "input_ids")
         if input_ids.shape[1] > self.max_length:
             raise ValueError(
                 f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings={self.max_length}."
