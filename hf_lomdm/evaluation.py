@@ -134,6 +134,8 @@ def sequence_nelbo_samples(
     sequence (`hf_lomdm.objective.stratified_nelbo`), `batch_size // K` sequences per forward pass.
     `allowed_tokens` (bool `(L, V)`) is cut to each right-padded batch's length."""
     device = next(model.parameters()).device
+    if allowed_tokens is not None:
+        allowed_tokens = allowed_tokens.to(device)  # once, not per batch
     collate = _collator(model)
     per_batch = max(1, batch_size // time_samples)
     samples, tokens = [], []
@@ -148,9 +150,7 @@ def sequence_nelbo_samples(
             time_sampling=time_sampling,
             uniform_weight=uniform_weight,
             generator=generator,
-            allowed_tokens=None
-            if allowed_tokens is None
-            else allowed_tokens[: batch["input_ids"].shape[1]].to(device),
+            allowed_tokens=None if allowed_tokens is None else allowed_tokens[: batch["input_ids"].shape[1]],
         )
         samples.append(result.nelbo.double().cpu().T)  # (n, K)
         tokens.append(result.num_tokens.cpu())

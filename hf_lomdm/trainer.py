@@ -270,7 +270,7 @@ class LoMDMTrainer(Trainer):
             kwargs["compute_metrics"] = nelbo_metrics
         super().__init__(*args, **kwargs)
         # Bool (L, V): the tokens each position may take, for training and evaluation (e.g. a table's columns).
-        self.allowed_tokens = allowed_tokens
+        self.allowed_tokens = None if allowed_tokens is None else allowed_tokens.to(self.args.device)
         if not isinstance(self.args, LoMDMTrainingArguments):
             raise TypeError(f"`args` must be LoMDMTrainingArguments, got {type(self.args).__name__}.")
         if self.args.n_gpu > 1:
@@ -330,9 +330,7 @@ class LoMDMTrainer(Trainer):
             labels=inputs.get("labels"),
             uniform_weight=self.args.time_uniform_weight,
             eps=self.args.noise_eps,
-            allowed_tokens=None
-            if self.allowed_tokens is None
-            else self.allowed_tokens.to(inputs["input_ids"].device),
+            allowed_tokens=self.allowed_tokens,
             **kwargs,
         )
 
