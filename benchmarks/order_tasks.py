@@ -9,8 +9,10 @@ that is never noised) and each schedule (`linear`,
 training arguments (fresh rows every step). Per run: the validation NELBO per row (importance-sampled bound), the
 exponent contrast (mean e of cause positions minus effect positions; for `lomdm` also the reverse exponents ê on a
 fully masked row, which is what the sampler sees first) over training, the cost per step, and the share of valid
-rows among `--samples` unconditional samples under `order="learned"`, `"random"` and `"confidence"` at L/4 and
-L/2 steps (binomial s.e.). Writes `benchmarks/results/order_tasks.{json,md,png}`.
+rows among `--samples` unconditional samples at L/4 and L/2 steps (binomial s.e.) under each sampler of `ORDERS`:
+the schedule-driven `learned` and `random` orders, `learned_ranked` with its most likely order (`ranked`) and with a
+uniformly random one at the same per-step quotas (`random_ranked`, `order_temperature=inf`), and `confidence`.
+Writes `benchmarks/results/order_tasks.{json,md,png}`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,16 @@ from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
 
 RESULTS = Path(__file__).parent / "results"
 SCHEDULES = ("linear", "polynomial", "per_position", "lomdm")
-ORDERS = ("learned", "random", "confidence")
+# Sampler settings compared (label -> generate kwargs). `learned` / `random` reveal by the schedule (a random
+# number of tokens per step); `ranked` / `random_ranked` fill the same fixed per-step quotas, in the learned
+# schedule's most likely order (highest ê first) or in a uniformly random one; `confidence` as MaskGIT.
+ORDERS = {
+    "learned": {"order": "learned"},
+    "random": {"order": "random"},
+    "ranked": {"order": "learned_ranked"},
+    "random_ranked": {"order": "learned_ranked", "order_temperature": math.inf},
+    "confidence": {"order": "confidence"},
+}
 
 
 def contrasts(model, task, rows: torch.Tensor) -> dict[str, float]:
@@ -59,7 +70,7 @@ class _ContrastLog(TrainerCallback):
 
 def validity(model, task, order: str, steps: int, samples: int, seed: int) -> dict[str, float]:
     rows = task.generate(
-        model, samples, generator=torch.Generator().manual_seed(seed), steps=steps, order=order
+        model, samples, generator=torch.Generator().manual_seed(seed), steps=steps, **ORDERS[order]
     )
     p = float(task.is_valid(rows).float().mean())
     return {"valid": p, "se": math.sqrt(max(p * (1 - p), 1e-12) / samples)}
@@ -182,13 +193,21 @@ def _validity_cell(row: dict, steps: int) -> str:
     )
 
 
+def _ranked_gain(row: dict, steps: int) -> str:
+    """`ranked` minus `random_ranked` validity, and that difference in standard errors (independent samples)."""
+    a, b = row["validity"][f"ranked@{steps}"], row["validity"][f"random_ranked@{steps}"]
+    diff = a["valid"] - b["valid"]
+    return f"{diff:+.3f} ({diff / math.hypot(a['se'], b['se']):+.1f} s.e.)"
+
+
 def markdown(summary: list[dict]) -> str:
+    orders = " / ".join(ORDERS)
     lines = [
         (
             "| task | schedule | NELBO / row (mean ± seed sd) | e contrast (causes − effects) | right sign, all seeds "
-            "| valid: learned / random / confidence @ L/4 | @ L/2 | s / step |"
+            f"| valid: {orders} @ L/4 | @ L/2 | ranked − random_ranked @ L/4 | @ L/2 | s / step |"
         ),
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary:
         steps = sorted({int(k.split("@")[1]) for k in row["validity"]})
@@ -197,7 +216,8 @@ def markdown(summary: list[dict]) -> str:
             f"{row['nelbo_per_row']['mean']:.3f} ± {row['nelbo_per_row']['sd']:.3f} "
             f"| {row['contrast']['mean']:+.3f} ± {row['contrast']['sd']:.3f} | "
             f"{'yes' if row['contrast_right_sign_all_seeds'] else 'no'} | {_validity_cell(row, steps[0])} "
-            f"| {_validity_cell(row, steps[-1])} | {row['s_per_step']['mean']:.3f} |"
+            f"| {_validity_cell(row, steps[-1])} | {_ranked_gain(row, steps[0])} | {_ranked_gain(row, steps[-1])} "
+            f"| {row['s_per_step']['mean']:.3f} |"
         )
     return "\n".join(lines)
 

@@ -6,6 +6,7 @@ the config and the sampler cannot disagree on them.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from transformers import GenerationConfig
@@ -38,7 +39,12 @@ class LoMDMGenerationConfig(GenerationConfig):
             `random` and one token per pass for the other orders. Never more passes than `steps` per row.
         order (`str`, defaults to `"learned"`): `learned` (the model's reverse schedule ê), `random` (ê ≡ 1,
             MDLM), `confidence` (probability of the sampled token), `margin` (top-1 minus top-2 probability),
-            `entropy` (lowest entropy first) or `left_to_right`.
+            `entropy` (lowest entropy first), `left_to_right`, or `learned_ranked` (a fixed number of reveals per
+            step, in the order the learned exponents ê rank the positions; see `order_temperature`).
+        order_temperature (`float`, *optional*): With `order="learned_ranked"`: 0 (the default) reveals the
+            highest ê first (the learned schedule's most likely order), 1 draws the order from the learned order
+            distribution (Plackett-Luce with weights ê), values in between sharpen it (weights ê^(1/τ)), and
+            `float("inf")` ignores ê (a uniformly random order with the same number of reveals per step).
         threshold (`float`, *optional*): With `order="confidence"`, also reveal every position whose sampled
             token has probability ≥ `threshold`; at least one token per row per step.
         block_length (`int`, *optional*): Semi-autoregressive blocks of this many new tokens, generated left
@@ -79,6 +85,7 @@ class LoMDMGenerationConfig(GenerationConfig):
         self.steps: int | None = kwargs.pop("steps", None)
         self.order: str = kwargs.pop("order", "learned")
         self.threshold: float | None = kwargs.pop("threshold", None)
+        self.order_temperature: float | None = kwargs.pop("order_temperature", None)
         self.block_length: int | None = kwargs.pop("block_length", None)
         self.eps: float = kwargs.pop("eps", 0.0)
         self.use_cache: bool = kwargs.pop("use_cache", True)
@@ -150,6 +157,15 @@ class LoMDMGenerationConfig(GenerationConfig):
                 )
                 raise ValueError(
                     f"`threshold` decoding ranks by confidence and needs order={accepting}, "
+                    f"got order={self.order!r}."
+                )
+        if self.order_temperature is not None:
+            value = self.order_temperature
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= math.inf:
+                raise ValueError(f"`order_temperature` must be a number in [0, inf], got {value!r}.")
+            if self.order != "learned_ranked":
+                raise ValueError(
+                    f"`order_temperature` sets how sharply `order='learned_ranked'` follows the learned exponents; "
                     f"got order={self.order!r}."
                 )
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0.0 <= self.eps < 1.0:

@@ -25,6 +25,8 @@ SAMPLERS = [
     ("margin", 3, {}),
     ("entropy", 6, {}),
     ("left_to_right", 2, {}),
+    ("learned_ranked", 3, {}),
+    ("learned_ranked", None, {"order_temperature": 1.0}),
     ("confidence", None, {"threshold": 0.02}),
     ("learned", 4, {"block_length": 3}),
     # Rows finish blocks at different passes here: a row must stop drawing randomness when its block is done.
@@ -63,14 +65,17 @@ def two_position_model(make_model):
     return model
 
 
-def first_reveal_rate(model, num_rows: int, steps: int | None, seed: int) -> tuple[float, float]:
+def first_reveal_rate(
+    model, num_rows: int, steps: int | None, seed: int, order: str = "learned", **settings
+) -> tuple[float, float]:
     """Fraction of rows revealing position 3 strictly before 4, and fraction revealing both in one pass."""
     prompt = torch.full((num_rows, 3), 10)
     out = model.generate(
         prompt,
         max_new_tokens=2,
         steps=steps,
-        order="learned",
+        order=order,
+        **settings,
         return_dict_in_generate=True,
         output_order=True,
         generator=torch.Generator().manual_seed(seed),
@@ -123,6 +128,32 @@ def test_one_generator_equals_a_list_of_one_for_a_single_row(make_model):
     shared = model.generate(prompt, max_new_tokens=5, generator=torch.Generator().manual_seed(4))
     listed = model.generate(prompt, max_new_tokens=5, generator=generators(4))
     assert torch.equal(shared, listed)
+
+
+@pytest.mark.parametrize(
+    ("order_temperature", "expected"), [(1.0, 0.71012), (0.0, 1.0), (0.5, None), (math.inf, 0.5)]
+)
+def test_learned_ranked_order_is_plackett_luce_in_the_reverse_exponents(make_model, order_temperature, expected):
+    # ê = 0.99417 / 0.40583 (see `two_position_model`): P(3 first) = ê_3^(1/τ) / (ê_3^(1/τ) + ê_4^(1/τ)); τ = 1 is
+    # the exact sampler's 0.71012, τ = 0 always reveals the larger exponent first, τ = inf ignores ê.
+    model = two_position_model(make_model)
+    if expected is None:
+        expected = 0.99417**2 / (0.99417**2 + 0.40583**2)  # τ = 0.5: 0.85714
+    num_rows = 6000
+    rate, ties = first_reveal_rate(
+        model, num_rows, steps=None, seed=1, order="learned_ranked", order_temperature=order_temperature
+    )
+    assert ties == 0.0  # one reveal per pass
+    standard_error = math.sqrt(max(expected * (1 - expected), 1e-4) / num_rows)
+    assert abs(rate - expected) < 4 * standard_error, (rate, expected)
+
+
+def test_learned_ranked_breaks_ties_at_random_not_left_to_right(make_model):
+    # Equal exponents (`linear`: ê ≡ 1) leave the most likely order undecided: it must be a uniformly random one,
+    # not the leftmost position first (that would be `left_to_right` in disguise).
+    model = make_model(schedule="linear")
+    rate, _ = first_reveal_rate(model, 4000, steps=None, seed=2, order="learned_ranked")
+    assert abs(rate - 0.5) < 4 * math.sqrt(0.25 / 4000), rate
 
 
 def test_exact_sampler_reveals_first_in_proportion_to_reverse_exponents(make_model):
@@ -418,6 +449,11 @@ def test_bad_inputs_raise(make_model):
         model.generate(torch.full((1, limit - 4), 5), max_new_tokens=10)
     with pytest.raises(ValueError, match="unknown"):
         LoMDMGenerationConfig(foo=1)
+    with pytest.raises(ValueError, match=r"`order_temperature`.*order='learned'"):
+        LoMDMGenerationConfig(order_temperature=0.5)  # the default order is not ranked
+    for bad in (-0.1, float("nan"), True):
+        with pytest.raises(ValueError, match=r"must be a number in \[0, inf\]"):
+            LoMDMGenerationConfig(order="learned_ranked", order_temperature=bad)
 
 
 def test_generation_config_round_trips_as_lomdm_class(make_model, tmp_path):
