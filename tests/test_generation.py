@@ -133,7 +133,9 @@ def test_one_generator_equals_a_list_of_one_for_a_single_row(make_model):
 @pytest.mark.parametrize(
     ("order_temperature", "expected"), [(1.0, 0.71012), (0.0, 1.0), (0.5, None), (math.inf, 0.5)]
 )
-def test_learned_ranked_order_is_plackett_luce_in_the_reverse_exponents(make_model, order_temperature, expected):
+def test_learned_ranked_order_is_plackett_luce_in_the_reverse_exponents(
+    make_model, order_temperature, expected
+):
     # ê = 0.99417 / 0.40583 (see `two_position_model`): P(3 first) = ê_3^(1/τ) / (ê_3^(1/τ) + ê_4^(1/τ)); τ = 1 is
     # the exact sampler's 0.71012, τ = 0 always reveals the larger exponent first, τ = inf ignores ê.
     model = two_position_model(make_model)

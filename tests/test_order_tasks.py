@@ -104,7 +104,9 @@ def test_sampling_in_the_learned_order_is_more_often_valid_than_in_a_random_one(
     num_rows, steps = 4000, task.length // 2
 
     def validity(**settings) -> float:
-        rows = task.generate(model, num_rows, generator=torch.Generator().manual_seed(5), steps=steps, **settings)
+        rows = task.generate(
+            model, num_rows, generator=torch.Generator().manual_seed(5), steps=steps, **settings
+        )
         return float(task.is_valid(rows).double().mean())
 
     learned = validity(order="learned_ranked")
