@@ -8,6 +8,8 @@ AdamW steps on random token rows of `--length` tokens:
 
 - `mdlm`: LoMDM with `schedule="linear"`, K = 1, the plain estimator and MDLM's time rule (the MDLM loss);
 - `lomdm`: the default LoMDM estimator (`schedule="lomdm"`, K = 2, RLOO, importance-sampled times);
+- `mdlm_compiled` (opt-in: `--kinds mdlm mdlm_compiled modernbert`): `mdlm` with `torch.compile` on the backbone
+  (inductor's C++ kernels on CPU; needs a C++ compiler; compiling takes minutes and is not timed);
 - `bert`, `modernbert`: `BertForMaskedLM` / `ModernBertForMaskedLM` (its `sparse_prediction` head, like our
   masked-only head) of the same width, depth, heads and feed-forward width, trained with the same MDLM loss
   written out here (t ~ U(eps, 1), mask with probability t, cross-entropy of the masked tokens weighted 1/t).
@@ -48,6 +50,11 @@ SIZES = {  # name: (hidden, layers, heads, feed-forward); "main" is the main job
 
 def build(kind: str, hidden: int, layers: int, heads: int, ffn: int, length: int) -> torch.nn.Module:
     torch.manual_seed(0)
+    if kind == "mdlm_compiled":
+        model = build("mdlm", hidden, layers, heads, ffn, length)
+        # The backbone only: its shapes are fixed; the masked-only head gathers a data-dependent number of rows.
+        model.model = torch.compile(model.model, dynamic=False)
+        return model
     if kind in ("mdlm", "lomdm"):
         config = LoMDMConfig(
             vocab_size=VOCAB,
@@ -107,7 +114,7 @@ def mdlm_loss_for_mlm(model, x: torch.Tensor, generator: torch.Generator, eps: f
 
 
 def loss_fn(kind: str):
-    if kind == "mdlm":
+    if kind in ("mdlm", "mdlm_compiled"):
         return lambda model, x, g: (
             lomdm_loss(
                 model, x, num_samples=1, estimator="plain", time_sampling="uniform_eps", generator=g
@@ -152,7 +159,12 @@ def step_flops_and_activations(model, loss, x, generator) -> tuple[float, int]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--kinds", nargs="+", default=["mdlm", "lomdm", "bert", "modernbert"])
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["mdlm", "lomdm", "bert", "modernbert"],
+        choices=["mdlm", "mdlm_compiled", "lomdm", "bert", "modernbert"],
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
@@ -172,8 +184,11 @@ def main(argv=None) -> None:
         for kind in args.kinds:
             model = build(kind, *dims, args.length).train()
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            counted = (
+                build("mdlm", *dims, args.length).train() if kind == "mdlm_compiled" else model
+            )  # same work
             flops, activations = step_flops_and_activations(
-                model, loss_fn(kind), x, torch.Generator().manual_seed(0)
+                counted, loss_fn(kind), x, torch.Generator().manual_seed(0)
             )
             setups[kind] = (model, optimizer, flops, activations)
         for precision in precisions:
