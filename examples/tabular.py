@@ -36,6 +36,7 @@ from transformers.utils import logging
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
 from hf_lomdm.evaluation import nelbo_perplexity
+from hf_lomdm.parameter_groups import is_scheduler_parameter
 from hf_lomdm.tabular import (
     TabularTokenizer,
     column_exponents,
@@ -90,6 +91,15 @@ parser.add_argument(
 )
 parser.add_argument("--hidden-size", type=int, default=32)
 parser.add_argument("--layers", type=int, default=2)
+parser.add_argument(
+    "--intermediate-size", type=int, default=None, help="feed-forward width (default: 4 x --hidden-size)"
+)
+parser.add_argument(
+    "--patience",
+    type=int,
+    default=None,
+    help="stop after this many evaluations without a lower validation NELBO (default: train all --steps)",
+)
 parser.add_argument("--num-bins", type=int, default=32)
 parser.add_argument("--val-fraction", type=float, default=0.1)
 parser.add_argument(
@@ -144,10 +154,13 @@ for schedule in args.schedules.split(","):
         hidden_size=args.hidden_size,
         num_hidden_layers=args.layers,
         num_attention_heads=4,
-        intermediate_size=4 * args.hidden_size,
+        intermediate_size=args.intermediate_size or 4 * args.hidden_size,
         schedule=schedule,
     )
     model = LoMDMForMaskedDiffusion(config)
+    parameters = sum(p.numel() for p in model.parameters())
+    schedule_parameters = sum(p.numel() for n, p in model.named_parameters() if is_scheduler_parameter(n))
+    print(f"[{schedule}] {parameters:,} parameters ({schedule_parameters:,} of them in the schedule)")
     allowed = None if args.unrestricted else tokenizer.allowed_tokens()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as checkpoints:
@@ -164,6 +177,7 @@ for schedule in args.schedules.split(","):
             eval_time_samples=args.eval_time_samples,
             seed=args.seed,
             allowed_tokens=allowed,
+            early_stopping_patience=args.patience,
         )
     final = nelbo_perplexity(
         model,
@@ -187,6 +201,10 @@ for schedule in args.schedules.split(","):
     results[schedule] = {
         "best_val_nelbo_per_row_during_training": run.best_nelbo_per_row,
         "best_step": run.best_step,
+        "stopped_step": run.stopped_step,
+        "stopped_early": run.stopped_early,
+        "parameters": parameters,
+        "schedule_parameters": schedule_parameters,
         "val_nelbo_per_row": final.nelbo * tokenizer.num_columns,
         "val_nelbo_per_row_stderr": final.stderr * tokenizer.num_columns,
         "shape": report.shape,
