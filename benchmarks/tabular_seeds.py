@@ -6,7 +6,9 @@ column order with its seed-to-seed agreement (Spearman's rank correlation betwee
     python benchmarks/tabular_seeds.py /tmp/adult/seed*/results.json \
         --output benchmarks/results/tabular_adult_restricted
 
-Writes OUTPUT.json (the per-seed numbers) and OUTPUT.md (the tables).
+Writes OUTPUT.json (the per-seed numbers) and OUTPUT.md (the tables). Each seed's steps read "best / stop"
+(the evaluation kept / the last training step, * when `--patience` ended the run); the paired difference to
+`linear` is the mean ± standard error over seeds of (schedule − linear), seed by seed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,20 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
+def steps(result: dict) -> str:
+    if "stopped_step" not in result:  # runs from before early stopping was recorded
+        return str(result["best_step"])
+    return f"{result['best_step']} / {result['stopped_step']}{'*' if result['stopped_early'] else ''}"
+
+
+def paired_difference(rows: list[dict], baseline: list[dict]) -> str:
+    differences = [r["val_nelbo_per_row"] - b["val_nelbo_per_row"] for r, b in zip(rows, baseline)]
+    if len(differences) < 2:
+        return f"{differences[0]:+.3f}"
+    stderr = statistics.stdev(differences) / len(differences) ** 0.5
+    return f"{statistics.mean(differences):+.3f} ± {stderr:.3f}"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("results", nargs="+", help="results.json of each seed")
@@ -44,15 +60,18 @@ def main(argv=None) -> None:
     lines = [
         f"{len(runs)} seeds; NELBO per row = importance-sampled bound on the validation rows (mean ± seed sd)",
         "",
-        "| schedule | NELBO per row | Shape | Trend | best step (per seed) |",
-        "|---|---|---|---|---|",
+        "| schedule | NELBO per row | − linear (paired) | Shape | Trend | best / stop step (per seed) | parameters |",
+        "|---|---|---|---|---|---|---|",
     ]
     for schedule in schedules:
         rows = [run["results"][schedule] for run in runs]
+        baseline = [run["results"].get("linear") for run in runs]
+        difference = paired_difference(rows, baseline) if schedule != "linear" and all(baseline) else ""
+        parameters = ", ".join(sorted({f"{r['parameters']:,}" for r in rows if "parameters" in r}))
         lines.append(
-            f"| {schedule} | {mean_sd([r['val_nelbo_per_row'] for r in rows])} | "
+            f"| {schedule} | {mean_sd([r['val_nelbo_per_row'] for r in rows])} | {difference} | "
             f"{mean_sd([r['shape'] for r in rows])} | {mean_sd([r['trend'] for r in rows])} | "
-            f"{', '.join(str(r['best_step']) for r in rows)} |"
+            f"{', '.join(steps(r) for r in rows)} | {parameters or '?'} |"
         )
     for schedule in schedules:
         exponents = [run["results"][schedule].get("exponents") for run in runs]

@@ -310,6 +310,44 @@ def test_training_lowers_the_bound_and_keeps_the_best_evaluation_weights(tmp_pat
     assert not model.training and bound() < before - 0.5, before  # measured: 8.71 -> 7.39
 
 
+def test_early_stopping_ends_training_once_the_patience_is_exhausted(tmp_path):
+    # Learning rate 0: the weights never change and every evaluation draws the same times (common random numbers),
+    # so the validation NELBO is identical at every evaluation and never improves after the first one.
+    train = known_order_table(256, seed=1)[["C", "A", "B"]]
+    val = known_order_table(128, seed=2)[["C", "A", "B"]]
+    tokenizer = TabularTokenizer.fit(pd.concat([train, val]))
+    train_ids, val_ids = tokenizer.encode(train), tokenizer.encode(val)
+    settings = {"batch_size": 32, "learning_rate": 0.0, "seed": 0}
+    model = tiny_tabular_model(tokenizer, "linear").train()
+    result = train_tabular_model(
+        model,
+        train_ids,
+        val_ids,
+        output_dir=tmp_path / "patience",
+        max_steps=40,
+        eval_steps=4,
+        early_stopping_patience=2,
+        **settings,
+    )
+    assert [step for step, _ in result.history] == [4, 8, 12]  # best at 4, then two evaluations without gain
+    assert len({nelbo for _, nelbo in result.history}) == 1
+    assert (result.stopped_step, result.stopped_early, result.best_step) == (12, True, 4)
+    full = train_tabular_model(  # without patience the same run goes to `max_steps`
+        tiny_tabular_model(tokenizer, "linear").train(),
+        train_ids,
+        val_ids,
+        output_dir=tmp_path / "full",
+        max_steps=12,
+        eval_steps=4,
+        **settings,
+    )
+    assert (full.stopped_step, full.stopped_early) == (12, False)
+    with pytest.raises(ValueError, match="eval_steps"):
+        train_tabular_model(
+            model, train_ids, val_ids, output_dir=tmp_path, max_steps=4, early_stopping_patience=1
+        )
+
+
 @pytest.mark.slow
 def test_learned_schedule_reveals_causes_before_their_effect(tmp_path):
     # Seen on 7 of 7 seeds / step counts (600-1500 steps): e_C 0.40-0.65 against 0.72-0.88 for A and B.

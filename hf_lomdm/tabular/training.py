@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import PrinterCallback
+from transformers import EarlyStoppingCallback, PrinterCallback
 
 from ..data import DataCollatorForMaskedDiffusion
 from ..trainer import LoMDMTrainer, LoMDMTrainingArguments
@@ -27,11 +27,15 @@ class TabularTrainResult:
             holds the weights of that evaluation.
         best_step: the training step of that evaluation.
         history: `(step, validation NELBO per row)` of every evaluation.
+        stopped_step: the last training step (`max_steps` unless early stopping ended the run).
+        stopped_early: whether `early_stopping_patience` ended the run before `max_steps`.
     """
 
     best_nelbo_per_row: float
     best_step: int
     history: list[tuple[int, float]]
+    stopped_step: int
+    stopped_early: bool
 
 
 def train_tabular_model(
@@ -48,6 +52,7 @@ def train_tabular_model(
     eval_time_samples: int = 4,
     seed: int = 0,
     allowed_tokens: torch.Tensor | None = None,
+    early_stopping_patience: int | None = None,
     **training_kwargs: Any,
 ) -> TabularTrainResult:
     """Train on column tokens with `LoMDMTrainer` (the package's objective, K = 2 RLOO for every schedule) and
@@ -66,8 +71,15 @@ def train_tabular_model(
         seed: trainer seed (noise and data order).
         allowed_tokens: `TabularTokenizer.allowed_tokens()` to restrict each column's softmax to its own tokens
             (the NELBO is then over the column's vocabulary); None: the whole shared vocabulary.
+        early_stopping_patience: stop once this many evaluations in a row have not lowered the best validation
+            NELBO (transformers' `EarlyStoppingCallback`; needs `eval_steps`); None: train for `max_steps`.
         training_kwargs: further `LoMDMTrainingArguments` fields.
     """
+    if early_stopping_patience is not None:
+        if early_stopping_patience < 1:
+            raise ValueError(f"`early_stopping_patience` must be >= 1, got {early_stopping_patience}.")
+        if eval_steps is None:
+            raise ValueError("`early_stopping_patience` needs `eval_steps` (evaluations to compare).")
     every = eval_steps or max_steps
     args = LoMDMTrainingArguments(
         output_dir=str(output_dir),
@@ -98,6 +110,9 @@ def train_tabular_model(
         eval_dataset=Dataset.from_dict({"input_ids": val_ids.tolist()}),
         data_collator=DataCollatorForMaskedDiffusion(pad_token_id=model.config.mask_token_id),
         allowed_tokens=allowed_tokens,
+        callbacks=None
+        if early_stopping_patience is None
+        else [EarlyStoppingCallback(early_stopping_patience=early_stopping_patience)],
     )
     # `disable_tqdm` swaps the progress bar for a callback printing every log dict; the history is returned.
     trainer.remove_callback(PrinterCallback)
@@ -110,7 +125,14 @@ def train_tabular_model(
         if "eval_nelbo" in log
     ]
     best_step, best = min(history, key=lambda item: item[1])
-    return TabularTrainResult(best_nelbo_per_row=best, best_step=best_step, history=history)
+    stopped_step = trainer.state.global_step
+    return TabularTrainResult(
+        best_nelbo_per_row=best,
+        best_step=best_step,
+        history=history,
+        stopped_step=stopped_step,
+        stopped_early=stopped_step < max_steps,
+    )
 
 
 @torch.no_grad()
