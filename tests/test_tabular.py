@@ -337,11 +337,11 @@ def test_early_stopping_ends_training_once_the_patience_is_exhausted(tmp_path):
         train_ids,
         val_ids,
         output_dir=tmp_path / "full",
-        max_steps=12,
+        max_steps=20,
         eval_steps=4,
         **settings,
     )
-    assert (full.stopped_step, full.stopped_early) == (12, False)
+    assert (full.stopped_step, full.stopped_early, len(full.history)) == (20, False, 5)
     with pytest.raises(ValueError, match="eval_steps"):
         train_tabular_model(
             model, train_ids, val_ids, output_dir=tmp_path, max_steps=4, early_stopping_patience=1
