@@ -39,7 +39,9 @@ def marginal_entropies(ids: np.ndarray) -> list[float]:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--csv", type=Path, required=True, help="a file named adult.data gets the Adult columns")
+    parser.add_argument(
+        "--csv", type=Path, required=True, help="a file named adult.data gets the Adult columns"
+    )
     parser.add_argument("--bins", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -53,7 +55,11 @@ def main(argv=None) -> dict:
             for column, entropy in zip(tokenizer.columns, entropies)
             if column.kind == "numeric"
         }
-        report["bins"][bins] = {"vocab_size": tokenizer.vocab_size, "numeric": numeric, "all": math.fsum(entropies)}
+        report["bins"][bins] = {
+            "vocab_size": tokenizer.vocab_size,
+            "numeric": numeric,
+            "all": math.fsum(entropies),
+        }
     names = list(report["bins"][args.bins[0]]["numeric"])
     lines = [
         f"Marginal entropy (nats) of the numeric columns' tokens, {report['rows']} rows of {args.csv.name}",
