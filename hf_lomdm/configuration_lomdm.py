@@ -1,11 +1,17 @@
-"""LoMDM model configuration (what `config.json` holds; sampling settings live in `generation_config.json`)."""
+"""LoMDM model configuration (what `config.json` holds; sampling settings live in `generation_config.json`).
+
+Hub-facing: every `*_lomdm.py` module ships inside saved checkpoints (transformers copies a model file's
+single-dot sibling imports for `trust_remote_code`), so this one imports only `torch`, `transformers` and
+`*_lomdm.py` siblings. The schedule kinds are declared in `schedule_lomdm.SCHEDULES`; the config validates
+against that registry.
+"""
 
 from __future__ import annotations
 
 import torch
 from transformers import PreTrainedConfig
 
-SCHEDULES = ("linear", "polynomial", "per_position", "lomdm")
+from .schedule_lomdm import SCHEDULES
 
 
 class LoMDMConfig(PreTrainedConfig):
@@ -142,7 +148,7 @@ class LoMDMConfig(PreTrainedConfig):
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}.")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {self.schedule!r}.")
+            raise ValueError(f"`schedule` must be one of {tuple(SCHEDULES)}, got {self.schedule!r}.")
         if self.c1 <= 0 or self.c2 < 0:
             raise ValueError(f"`c1` must be > 0 and `c2` >= 0, got c1={self.c1!r}, c2={self.c2!r}.")
         if self.c1 <= self.c2:
@@ -174,4 +180,49 @@ def check_token_id_tensor(input_ids, name: str) -> None:
         raise ValueError(f"`{name}` must hold integer token ids, got dtype {input_ids.dtype}.")
 
 
-__all__ = ["SCHEDULES", "LoMDMConfig", "check_token_id_tensor"]
+def check_model_inputs(
+    input_ids, attention_mask, noise_mask, timesteps, vocab_size: int, max_length: int
+) -> None:
+    """ValueError naming the problem for the model's inputs: token ids, their range and length, mask shapes."""
+    check_token_id_tensor(input_ids, "input_ids")
+    if input_ids.shape[1] > max_length:
+        raise ValueError(
+            f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings={max_length}."
+        )
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+        raise ValueError(
+            f"token ids must be in [0, vocab_size={vocab_size}), got values in "
+            f"[{int(input_ids.min())}, {int(input_ids.max())}]."
+        )
+    for name, mask in (("attention_mask", attention_mask), ("noise_mask", noise_mask)):
+        if mask is not None and mask.shape != input_ids.shape:
+            raise ValueError(
+                f"`{name}` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
+                f"got {tuple(mask.shape)}."
+            )
+    if timesteps is not None and timesteps.shape != input_ids.shape[:1]:
+        raise ValueError(
+            f"`timesteps` must have shape ({input_ids.shape[0]},), got {tuple(timesteps.shape)}."
+        )
+
+
+def check_allowed_tokens(allowed_tokens, shape, vocab_size: int, mask_token_id: int) -> None:
+    """ValueError unless `allowed_tokens` is None or a bool `(L, V)` / `(B, L, V)` mask allowing each position one
+    token besides the mask token."""
+    if allowed_tokens is None:
+        return
+    if allowed_tokens.dtype != torch.bool or allowed_tokens.shape not in (
+        (*shape[1:], vocab_size),
+        (*shape, vocab_size),
+    ):
+        raise ValueError(
+            f"`allowed_tokens` must be a bool tensor of shape ({shape[1]}, {vocab_size}) or "
+            f"({shape[0]}, {shape[1]}, {vocab_size}), got {allowed_tokens.dtype} of shape "
+            f"{tuple(allowed_tokens.shape)}."
+        )
+    # Count per position without copying the (.., L, V) mask: this check runs on every forward.
+    if not bool((allowed_tokens.sum(-1) > allowed_tokens[..., mask_token_id]).all()):
+        raise ValueError("`allowed_tokens` leaves a position with no allowed token besides the mask token.")
+
+
+__all__ = ["SCHEDULES", "LoMDMConfig", "check_allowed_tokens", "check_model_inputs", "check_token_id_tensor"]

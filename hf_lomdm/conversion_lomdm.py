@@ -1,4 +1,4 @@
-"""Start a LoMDM from a pretrained causal LM (`LoMDMForMaskedDiffusion.from_causal_lm`, SPEC §3).
+"""Start a LoMDM from a pretrained causal LM (`LoMDMForMaskedDiffusion.from_causal_lm`).
 
 The backbone uses Llama's layout and module names, so a Llama-family checkpoint maps onto it one to one:
 `model.embed_tokens`, `model.layers.{i}.self_attn.{q,k,v,o}_proj`, `model.layers.{i}.mlp.{gate,up,down}_proj`,
@@ -184,7 +184,24 @@ def from_causal_lm(
     dtype: torch.dtype | str = "auto",
     **config_overrides,
 ):
-    """Build a `cls` (a `LoMDMForMaskedDiffusion`) from a causal LM; see `LoMDMForMaskedDiffusion.from_causal_lm`."""
+    r"""Build a `cls` (a `LoMDMForMaskedDiffusion`) whose backbone carries a causal LM's weights one to one.
+
+    Args:
+        cls: the model class (`LoMDMForMaskedDiffusion.from_causal_lm` passes itself).
+        model_or_path (`PreTrainedModel` or `str`): a `LlamaForCausalLM` / `Qwen2ForCausalLM`, or a folder / Hub id
+            to load one from (a folder holding a single `.gguf` file loads through transformers' GGUF support).
+        schedule (`str`): the LoMDM schedule; the new schedulers start as e = c1.
+        shift (`bool`): read the prediction for position i from the hidden state at i - 1, so the model starts
+            from the source model's next-token head.
+        tokenizer (`PreTrainedTokenizerBase`, *optional*): the source tokenizer; a `<|mask|>` token is added to it
+            in place unless it has a mask token (loaded from `model_or_path` when that is a path, but then not
+            returned: pass it, or use `lomdm-convert`, which saves both).
+        dtype (defaults to `"auto"`): dtype when loading from a path; the model keeps the source's.
+        config_overrides: other `LoMDMConfig` fields (`max_position_embeddings`, `c1`, `c2`, ...); fields fixed by
+            the source weights raise a `ValueError`.
+
+    Without a tokenizer the mask token is the id just past the source vocabulary (`config.mask_token_id`).
+    """
     if isinstance(model_or_path, (str, os.PathLike)):
         source, loaded_tokenizer = _load_source(str(model_or_path), dtype)
         tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer

@@ -384,8 +384,9 @@ class LoMDMGenerationMixin:
             if allowed_tokens is None or allowed_tokens.dim() == 2
             else allowed_tokens[rows],
         )
-        log_probs = out.logits.new_zeros(canvas.shape + out.logits.shape[-1:])  # (R, L, V)
-        log_probs[still_masked] = out.logits
+        packed = out.packed_log_probs  # (N, V)
+        log_probs = packed.new_zeros(canvas.shape + packed.shape[-1:])  # (R, L, V)
+        log_probs[still_masked] = packed
         return log_probs, out.reverse_exponents
 
 

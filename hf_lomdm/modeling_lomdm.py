@@ -5,9 +5,17 @@ Shapes: B = batch, L = sequence length, H = hidden size, V = vocabulary, D = hea
 `LoMDMForMaskedDiffusion.forward` returns the SUBS log-probabilities of the denoiser (arXiv 2406.07524
 §3.2: the mask token gets probability 0, unmasked tokens are copied) and the reverse exponents ê; the
 forward exponents e come from `forward_exponents`. The loss is not computed here (it lives in
-`hf_lomdm.objective`), but a training step is one call: `forward(x, noise=...)` computes e(x), lets the objective's
-noise object draw the K noisy samples from it, and runs the denoiser on all of them in one batch with the head only
-at masked positions (`logits_mask`), so DDP, FSDP, PEFT and autocast wrappers see a single module call.
+`hf_lomdm.objective`), but a training step is one call: `forward(x, noise=spec)` computes e(x), draws the K noisy
+samples from it with `schedule_lomdm.add_noise` (the random numbers `spec` come from `schedule_lomdm.sample_noise`),
+runs the denoiser on all of them in one batch with the head only at masked positions, and returns the draw on its
+output (`noise_draw`), so DDP, FSDP, PEFT and autocast wrappers see a single module call.
+
+Which schedule kind builds which modules, and how its scores become exponents, is declared once in
+`schedule_lomdm.SCHEDULES`; this file asks that registry.
+
+Hub-facing: every `*_lomdm.py` module ships inside saved checkpoints (transformers copies a model file's
+single-dot sibling imports for `trust_remote_code`), so this one imports only `torch`, `transformers` and
+`*_lomdm.py` siblings; the objective, trainer and data code are ordinary package modules it never imports.
 
 SUBS and the shift option. Let h_j = f(z)_j be the backbone's last hidden state at position j and
 r_i = h_i (default) or r_i = h_{i-1} (`config.shift`, r_0 = h_0). The denoiser's distribution for position i is
@@ -33,10 +41,10 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .configuration_lomdm import LoMDMConfig, check_token_id_tensor
+from .configuration_lomdm import LoMDMConfig, check_allowed_tokens, check_model_inputs
 from .generation_config_lomdm import LoMDMGenerationConfig
 from .generation_lomdm import LoMDMGenerationMixin
-from .schedule_lomdm import exponents
+from .schedule_lomdm import SCHEDULES, NoiseDraw, NoiseSpec, add_noise
 
 
 class LoMDMRMSNorm(nn.Module):
@@ -246,8 +254,13 @@ class LoMDMScheduler(nn.Module):
 class LoMDMOutput(ModelOutput):
     """
     Args:
-        logits (`torch.FloatTensor` of shape `(B, L, V)`, or `(N, V)` with `logits_mask`): float32 SUBS
-            log-probabilities: -inf at the mask token; one-hot (0 / -inf) at unmasked input positions.
+        logits (`torch.FloatTensor` of shape `(B, L, V)`): float32 SUBS **log-probabilities** (normalised, not raw
+            logits; named `logits` for transformers' pipelines and tools, to which they act the same under a
+            softmax): -inf at the mask token; one-hot (0 / -inf) at unmasked input positions. `None` when
+            `logits_mask` is given: the log-probabilities are then in `packed_log_probs`.
+        packed_log_probs (`torch.FloatTensor` of shape `(N, V)`, *optional*): the same log-probabilities at the
+            `N = logits_mask.sum()` positions of `logits_mask` only, in row-major order (with `noise`: at the
+            masked positions of the `(K B, L)` noisy batch).
         reverse_exponents (`torch.FloatTensor` of shape `(B, L)`): ê of the reverse process (= e for
             state-independent schedules); `None` if `output_exponents=False`.
         last_hidden_state (`torch.FloatTensor` of shape `(B, L, H)`): backbone features f(z).
@@ -256,14 +269,18 @@ class LoMDMOutput(ModelOutput):
             `noise`); carries the forward scheduler's gradient.
         forward_scores (`torch.FloatTensor` of shape `(B, L)`, *optional*): the raw scores v behind e (with
             `noise`, `None` for the fixed schedules).
+        noise_draw (`NoiseDraw`, *optional*): with `noise`, what the forward process drew (times, importance
+            weights, the `(K, B, L)` mask of masked positions).
     """
 
     logits: torch.FloatTensor | None = None
+    packed_log_probs: torch.FloatTensor | None = None
     reverse_exponents: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     forward_exponents: torch.FloatTensor | None = None
     forward_scores: torch.FloatTensor | None = None
+    noise_draw: NoiseDraw | None = None
 
 
 class LoMDMPreTrainedModel(PreTrainedModel):
@@ -372,23 +389,6 @@ class LoMDMModel(LoMDMPreTrainedModel):
         return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden)
 
 
-def _check_allowed_tokens(allowed_tokens, shape, vocab_size: int, mask_token_id: int) -> None:
-    if allowed_tokens is None:
-        return
-    if allowed_tokens.dtype != torch.bool or allowed_tokens.shape not in (
-        (*shape[1:], vocab_size),
-        (*shape, vocab_size),
-    ):
-        raise ValueError(
-            f"`allowed_tokens` must be a bool tensor of shape ({shape[1]}, {vocab_size}) or "
-            f"({shape[0]}, {shape[1]}, {vocab_size}), got {allowed_tokens.dtype} of shape "
-            f"{tuple(allowed_tokens.shape)}."
-        )
-    # Count per position without copying the (.., L, V) mask: this check runs on every forward.
-    if not bool((allowed_tokens.sum(-1) > allowed_tokens[..., mask_token_id]).all()):
-        raise ValueError("`allowed_tokens` leaves a position with no allowed token besides the mask token.")
-
-
 def shift_right(features: torch.Tensor) -> torch.Tensor:
     """`config.shift`: the features that predict position i are those of i - 1; position 0 keeps its own."""
     return torch.cat([features[:, :1], features[:, :-1]], dim=1)
@@ -416,12 +416,15 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         super().__init__(config)
         self.model = LoMDMModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        learned_state = config.schedule == "lomdm"
-        self.forward_scheduler = LoMDMScheduler(config) if learned_state else None
-        self.reverse_scheduler = LoMDMScheduler(config) if learned_state else None
-        self.position_scores = (
-            LoMDMPositionScores(config.max_position_embeddings) if config.schedule == "per_position" else None
-        )
+        # The learned-schedule modules the schedule kind declares (the others stay None).
+        self.schedule_kind = SCHEDULES[config.schedule]
+        builders = {
+            "forward_scheduler": lambda: LoMDMScheduler(config),
+            "reverse_scheduler": lambda: LoMDMScheduler(config),
+            "position_scores": lambda: LoMDMPositionScores(config.max_position_embeddings),
+        }
+        for name, build in builders.items():
+            setattr(self, name, build() if name in self.schedule_kind.learned_modules else None)
         # Read once here; forward never reads self.config.
         self.schedule = config.schedule
         self.shift = config.shift
@@ -438,20 +441,12 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         r"""A LoMDM whose backbone carries a causal LM's weights one to one (Llama and Qwen2 layouts).
 
         Args:
-            model_or_path (`PreTrainedModel` or `str`): a `LlamaForCausalLM` / `Qwen2ForCausalLM`, or a folder /
-                Hub id to load one from (a folder holding a single `.gguf` file loads through transformers' GGUF
-                support).
+            model_or_path (`PreTrainedModel` or `str`): the causal LM, or a folder / Hub id to load it from.
             schedule (`str`): the LoMDM schedule; the new schedulers start as e = c1.
             shift (`bool`): read the prediction for position i from the hidden state at i - 1 (see the module
                 docstring), so the model starts from the source model's next-token head.
-            tokenizer (`PreTrainedTokenizerBase`, *optional*, keyword): the source tokenizer; a `<|mask|>` token is
-                added to it in place unless it has a mask token (loaded from `model_or_path` when that is a path,
-                but then not returned: pass it, or use `lomdm-convert`, which saves both).
-            dtype (keyword, defaults to `"auto"`): dtype when loading from a path; the model keeps the source's.
-            config_overrides: other `LoMDMConfig` fields (`max_position_embeddings`, `c1`, `c2`, ...); fields
-                fixed by the source weights raise a `ValueError`.
-
-        Without a tokenizer the mask token is the id just past the source vocabulary (`config.mask_token_id`).
+            config_overrides: `tokenizer`, `dtype` and other `LoMDMConfig` fields; see
+                `conversion_lomdm.from_causal_lm`, which documents each.
         """
         from .conversion_lomdm import from_causal_lm
 
@@ -474,43 +469,21 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         return self.model.time_embedding is not None
 
     def _check_inputs(self, input_ids, attention_mask, noise_mask, timesteps) -> None:
-        check_token_id_tensor(input_ids, "input_ids")
-        if input_ids.shape[1] > self.max_length:
-            raise ValueError(
-                f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings={self.max_length}."
-            )
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size):
-            raise ValueError(
-                f"token ids must be in [0, vocab_size={self.vocab_size}), got values in "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]."
-            )
-        for name, mask in (("attention_mask", attention_mask), ("noise_mask", noise_mask)):
-            if mask is not None and mask.shape != input_ids.shape:
-                raise ValueError(
-                    f"`{name}` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
-                    f"got {tuple(mask.shape)}."
-                )
-        if timesteps is not None and timesteps.shape != input_ids.shape[:1]:
-            raise ValueError(
-                f"`timesteps` must have shape ({input_ids.shape[0]},), got {tuple(timesteps.shape)}."
-            )
+        check_model_inputs(input_ids, attention_mask, noise_mask, timesteps, self.vocab_size, self.max_length)
 
     def _scores(self, scheduler, features, position_ids, key_mask) -> torch.Tensor | None:
         """Raw scores v of one direction (None for the fixed schedules); `scheduler` is g_φ or g_ψ for `lomdm`."""
-        if self.schedule in ("linear", "polynomial"):
+        source = self.schedule_kind.scores
+        if source == "none":
             return None
-        if self.schedule == "per_position":
+        if source == "position":
             return self.position_scores(position_ids)  # (B, L)
         position_embeddings = self.model.rotary_emb(position_ids, features.dtype)
         return scheduler(features, _bidirectional_mask(key_mask), position_embeddings)
 
-    def _exponents(self, scores: torch.Tensor | None, input_ids, noise_mask) -> torch.Tensor:
-        """Exponents e (or ê) from the raw scores: 1 for `linear`, c1 for `polynomial`, else c1 + c2 NormSig."""
-        if self.schedule == "linear":
-            return torch.ones(input_ids.shape, device=input_ids.device)
-        if self.schedule == "polynomial":
-            return torch.full(input_ids.shape, self.c1, device=input_ids.device)
-        return exponents(scores, noise_mask, self.c1, self.c2)  # e: (B, L)
+    def _exponents(self, scores: torch.Tensor | None, noise_mask: torch.Tensor) -> torch.Tensor:
+        """Exponents e (or ê) `(B, L)` from the raw scores, as the schedule kind declares them."""
+        return self.schedule_kind.exponents(scores, noise_mask, self.c1, self.c2)
 
     def forward(
         self,
@@ -523,7 +496,7 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         output_hidden_states: bool = False,
         logits_mask: torch.Tensor | None = None,
         allowed_tokens: torch.Tensor | None = None,
-        noise=None,
+        noise: NoiseSpec | None = None,
         **kwargs,
     ) -> LoMDMOutput:
         r"""
@@ -537,21 +510,22 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
             output_exponents (`bool`): also compute the reverse exponents ê (one scheduler block for `lomdm`).
             logits_mask (`torch.BoolTensor` of shape `(B, L)`, *optional*): compute the output head and the
                 log-softmax only where True (e.g. the masked positions, the only ones the loss and the sampler
-                read); `logits` is then the packed `(N, V)` tensor of those positions in row-major order
-                (`N = logits_mask.sum()`). The head is the largest single matmul of a small model. Default: all.
+                read); they are then returned as the packed `(N, V)` `packed_log_probs` of those positions in
+                row-major order (`N = logits_mask.sum()`) and `logits` is None. The head is the largest single
+                matmul of a small model. Default: all.
             allowed_tokens (`torch.BoolTensor` of shape `(L, V)` or `(B, L, V)`, *optional*): the tokens each
                 position may take (True = allowed). The denoiser's softmax runs over the allowed set only, so a
                 position never puts mass on (or samples) another token: a column-restricted table model, or
                 constrained infilling. Each position needs one allowed token besides the mask token.
-            noise (*optional*): the training step of SPEC §1 in one call (what `hf_lomdm.objective.lomdm_loss`
-                passes): `input_ids` are then the clean x, and the model (1) computes the forward exponents e
-                of x as `forward_exponents` does, (2) asks `noise.corrupt(e.detach(), noise_mask)` for the K noisy
-                samples (it returns a `(K, B, L)` bool mask of the masked positions and the `(B,)` times t),
-                (3) runs the denoiser on all K samples as one `(K B, L)` batch with the head only at masked
-                positions (`logits` packed as with `logits_mask`). One module call per step is what DDP, FSDP,
-                PEFT and accelerate's autocast wrap.
+            noise (`NoiseSpec`, *optional*): the random numbers of one training step (`schedule_lomdm.sample_noise`;
+                what `hf_lomdm.objective.lomdm_loss` passes). `input_ids` are then the clean x, and the model
+                (1) computes the forward exponents e of x as `forward_exponents` does, (2) draws the times and the K
+                noisy samples with `schedule_lomdm.add_noise(noise, e.detach(), noise_mask)`, (3) runs the denoiser
+                on all K samples as one `(K B, L)` batch with the head only at masked positions
+                (`packed_log_probs`), and returns the draw as `noise_draw`. One module call per step is what DDP,
+                FSDP, PEFT and accelerate's autocast wrap.
         """
-        _check_allowed_tokens(allowed_tokens, input_ids.shape, self.vocab_size, self.mask_token_id)
+        check_allowed_tokens(allowed_tokens, input_ids.shape, self.vocab_size, self.mask_token_id)
         if noise is not None:
             return self._training_forward(
                 input_ids, attention_mask, noise_mask, position_ids, noise, allowed_tokens
@@ -608,9 +582,10 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         if output_exponents:
             noise_mask = _default_noise_mask(noise_mask, attention_mask, input_ids)
             scores = self._scores(self.reverse_scheduler, features, position_ids, attention_mask)
-            reverse_exponents = self._exponents(scores, input_ids, noise_mask)
+            reverse_exponents = self._exponents(scores, noise_mask)
         return LoMDMOutput(
-            logits=log_probs,
+            logits=log_probs if logits_mask is None else None,
+            packed_log_probs=log_probs if logits_mask is not None else None,
             reverse_exponents=reverse_exponents,
             last_hidden_state=features,
             hidden_states=outputs.hidden_states,
@@ -619,12 +594,13 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
     def _training_forward(
         self, input_ids, attention_mask, noise_mask, position_ids, noise, allowed_tokens=None
     ) -> LoMDMOutput:
-        """`forward(..., noise=...)`: e of the clean rows, then the K noisy rows in one batch (see `forward`)."""
+        """`forward(..., noise=spec)`: e of the clean rows, then the K noisy rows in one batch (see `forward`)."""
         e, scores = self.forward_exponents(
             input_ids, attention_mask, noise_mask, position_ids, return_scores=True
         )
         noise_mask = _default_noise_mask(noise_mask, attention_mask, input_ids)
-        is_mask, t = noise.corrupt(e.detach().float(), noise_mask)  # (K, B, L) bool, (B,)
+        draw = add_noise(noise, e.detach().float(), noise_mask)
+        is_mask = draw.is_mask  # (K, B, L) bool
         num_samples = is_mask.shape[0]
 
         def tile(tensor):  # (B, ...) -> (K B, ...): sample k of row b is row k B + b
@@ -639,13 +615,13 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
             tile(attention_mask),
             tile(noise_mask),
             tile(position_ids),
-            tile(t.float()) if self.is_time_conditioned else None,
+            tile(draw.t.float()) if self.is_time_conditioned else None,
             logits_mask=z_is_mask,
             allowed_tokens=allowed_tokens
             if allowed_tokens is None or allowed_tokens.dim() == 2
             else tile(allowed_tokens),
         )
-        out.forward_exponents, out.forward_scores = e, scores
+        out.forward_exponents, out.forward_scores, out.noise_draw = e, scores, draw
         return out
 
     def forward_exponents(
@@ -667,7 +643,7 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
             position_ids = _position_ids(attention_mask, input_ids)
         noise_mask = _default_noise_mask(noise_mask, attention_mask, input_ids)
         features = None
-        if self.schedule == "lomdm":
+        if self.schedule_kind.scores == "features":  # state-dependent: g_φ reads f(x)
             with torch.no_grad():
                 timesteps = (
                     torch.zeros(input_ids.shape[0], device=input_ids.device)
@@ -676,7 +652,7 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
                 )
                 features = self.model(input_ids, attention_mask, position_ids, timesteps).last_hidden_state
         scores = self._scores(self.forward_scheduler, features, position_ids, attention_mask)
-        e = self._exponents(scores, input_ids, noise_mask)
+        e = self._exponents(scores, noise_mask)
         return (e, scores) if return_scores else e
 
 

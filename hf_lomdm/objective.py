@@ -21,19 +21,15 @@ from typing import Literal, get_args
 import torch
 
 from .schedule_lomdm import (
+    TIME_UNIFORM_WEIGHT,
+    TimeSampling,
     log_q,
-    log_time_density,
-    mask_prob,
-    mixture_power,
-    sample_log_times,
+    sample_noise,
     smallest_exponent,
     velocity_matching,
 )
 
 Estimator = Literal["rloo", "plain"]
-TimeSampling = Literal["importance", "uniform_eps"]
-# Weight of the uniform part of the importance mixture q(t) of the times (SPEC §1): the default everywhere.
-TIME_UNIFORM_WEIGHT = 0.5
 
 
 @dataclass
@@ -120,72 +116,6 @@ def targets_and_noise_mask(
     return targets, noise_mask
 
 
-class DiffusionNoise:
-    """The random numbers of one `lomdm_loss` call and the rule that turns them into times and noisy samples.
-
-    The numbers are drawn here, before the model runs (u_0 `(1,)` for the antithetic times unless `t` is given,
-    then the mask uniforms `(K, B, L)`); the model's forward calls `corrupt(e, noise_mask)` once it has the
-    forward exponents e of the clean rows, so the clean pass and the K noisy passes are one module call.
-    After that call, `log_t`, `log_factor` and `is_mask` hold what the loss needs.
-    """
-
-    def __init__(
-        self,
-        batch: int,
-        length: int,
-        *,
-        num_samples: int,
-        t,
-        time_sampling: TimeSampling,
-        uniform_weight: float,
-        eps: float,
-        floor: float,
-        generator: torch.Generator | None,
-        device: torch.device,
-    ):
-        self.time_sampling, self.uniform_weight, self.eps, self.floor = (
-            time_sampling,
-            uniform_weight,
-            eps,
-            floor,
-        )
-        self.given_log_t = None
-        if t is not None:
-            t = torch.as_tensor(t, dtype=torch.float64, device=device)
-            if t.shape != (batch,) or bool(((t <= 0) | (t > 1)).any()):
-                raise ValueError(f"`t` must be a ({batch},) tensor with values in (0, 1], got {t}.")
-            self.given_log_t = t.log()
-        draw_device = generator.device if generator is not None else device
-        self.time_uniforms = None
-        if t is None:  # antithetic draws u_b = (u_0 + b / B) mod 1 cover [0, 1) evenly within the batch
-            u0 = torch.rand(1, generator=generator, dtype=torch.float64, device=draw_device).to(device)
-            self.time_uniforms = (u0 + torch.arange(batch, dtype=torch.float64, device=device) / batch) % 1.0
-        self.uniforms = torch.rand((num_samples, batch, length), generator=generator, device=draw_device).to(
-            device
-        )
-        self.log_t = self.log_factor = self.is_mask = None
-
-    def _times(self, e: torch.Tensor, noise_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log t, log of the per-row factor 1/(t q(t)) or 1/t), both float64 `(B,)`."""
-        if self.given_log_t is not None:
-            return self.given_log_t, -self.given_log_t  # the integrand at the given t: no importance weight
-        if self.time_sampling == "uniform_eps":
-            # MDLM's rule: t ~ U(eps, 1), weight 1. Drops [0, eps): NOT a bound for learned exponents.
-            log_t = torch.log(self.eps + (1.0 - self.eps) * self.time_uniforms)
-            return log_t, -log_t
-        a = mixture_power(e, noise_mask, self.floor)
-        log_t = sample_log_times(self.time_uniforms, a, self.uniform_weight)
-        return log_t, -log_t - log_time_density(log_t, a, self.uniform_weight)
-
-    def corrupt(self, e: torch.Tensor, noise_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Times and noisy samples for forward exponents e `(B, L)` (detached): returns the `(K, B, L)` bool mask
-        of masked positions (z^k_i = m with probability t**e_i on M) and t `(B,)`."""
-        self.log_t, self.log_factor = self._times(e, noise_mask)
-        p_mask = mask_prob(self.log_t.float()[:, None], e)  # (B, L)
-        self.is_mask = (self.uniforms < p_mask) & noise_mask  # (K, B, L)
-        return self.is_mask, torch.exp(self.log_t)
-
-
 def lomdm_loss(
     model,
     input_ids: torch.LongTensor,
@@ -204,8 +134,9 @@ def lomdm_loss(
     """Velocity-matched NELBO of LoMDM with the RLOO gradient estimator.
 
     Steps (keep in sync with the body):
-        1. M = attention_mask & (labels != -100); the random numbers of the step (`DiffusionNoise`).
-        2. One model call (`model(x, noise=...)`): forward exponents e of x; one time per row, importance-sampled
+        1. M = attention_mask & (labels != -100); the random numbers of the step (`schedule_lomdm.sample_noise`).
+        2. One model call (`model(x, noise=spec)`, which returns what it drew as `noise_draw`): forward exponents e
+           of x; one time per row, importance-sampled
            (antithetic) from the mixture q(t) with power a = (min_i e_i of the row) / 2, MDLM's U(eps, 1)
            (`uniform_eps`, not a bound), or the given `t` (no weight: `nelbo` is then the integrand); K noisy
            samples z^k masked with probability t**e_i on M; the denoiser on all K: log p_θ(x | z^k) at the masked
@@ -241,7 +172,7 @@ def lomdm_loss(
     # 1. The set M and the random numbers.
     targets, noise_mask = targets_and_noise_mask(input_ids, attention_mask, labels, mask_id)
     batch, length = targets.shape
-    noise = DiffusionNoise(
+    noise = sample_noise(
         batch,
         length,
         num_samples=num_samples,
@@ -263,15 +194,18 @@ def lomdm_loss(
         allowed_tokens=allowed_tokens,
     )
     e = out.forward_exponents.float()  # (B, L), carries φ's gradient
-    is_mask = noise.is_mask  # (K, B, L)
-    packed = out.logits.gather(-1, targets.expand(num_samples, -1, -1)[is_mask][:, None]).squeeze(-1)  # (N,)
+    draw = out.noise_draw
+    is_mask = draw.is_mask  # (K, B, L)
+    packed = out.packed_log_probs.gather(-1, targets.expand(num_samples, -1, -1)[is_mask][:, None]).squeeze(
+        -1
+    )  # (N,)
     log_p = torch.zeros(is_mask.shape, dtype=packed.dtype, device=packed.device).masked_scatter(
         is_mask, packed
     )
     e_hat = out.reverse_exponents.float().view(num_samples, batch, length)
 
     # 3. Per-sample losses (K, B): sum over masked positions of A^i (-log p) + velocity matching, times 1/(t q(t)).
-    factor = torch.exp(noise.log_factor).float()  # (B,): finite even when t underflows
+    factor = torch.exp(draw.log_weight).float()  # (B,): finite even when t underflows
     weight = is_mask.float()
     loss_main = (e * -log_p * weight).sum(-1) * factor
     loss_velocity = (velocity_matching(e, e_hat) * weight).sum(-1) * factor
@@ -280,7 +214,7 @@ def lomdm_loss(
     # 4. Surrogate: the pathwise part plus (RLOO) the score-function part with a leave-one-out baseline.
     surrogate = per_sample.mean(0)
     if estimator == "rloo":
-        score_functions = log_q(is_mask, noise.log_t.float()[:, None], e, noise_mask)  # (K, B)
+        score_functions = log_q(is_mask, draw.log_t.float()[:, None], e, noise_mask)  # (K, B)
         detached = per_sample.detach()
         baseline = (detached.sum(0, keepdim=True) - detached) / (num_samples - 1)
         surrogate = surrogate + (score_functions * (detached - baseline)).mean(0)
@@ -293,8 +227,8 @@ def lomdm_loss(
         loss_main=loss_main.detach().mean(0),
         loss_velocity=loss_velocity.detach().mean(0),
         num_tokens=num_tokens,
-        t=torch.exp(noise.log_t),
-        log_t=noise.log_t,
+        t=draw.t,
+        log_t=draw.log_t,
         forward_exponents=e.detach(),
         forward_scores=None if forward_scores is None else forward_scores.detach(),
         noise_mask=noise_mask,
@@ -382,7 +316,6 @@ def stratified_nelbo(
 
 __all__ = [
     "TIME_UNIFORM_WEIGHT",
-    "DiffusionNoise",
     "LoMDMLossOutput",
     "NelboSamples",
     "check_estimator_arguments",

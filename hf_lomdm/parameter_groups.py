@@ -1,13 +1,13 @@
-"""Which parts of a `LoMDMForMaskedDiffusion` are the learned schedule: one list of module names.
+"""Which parts of a `LoMDMForMaskedDiffusion` are the learned schedule, as the schedule registry declares them.
 
-The forward and reverse schedulers g_φ, g_ψ (`lomdm`) and the per-position scores θ (`per_position`). The
-trainer gives their parameters their own learning rate, LoRA trains them in full (`modules_to_save`), and the
-model card names them.
+The forward and reverse schedulers g_φ, g_ψ (`lomdm`) and the per-position scores θ (`per_position`), listed per
+kind in `schedule_lomdm.SCHEDULES`. The trainer gives their parameters their own learning rate, LoRA trains them
+in full (`modules_to_save`), and the model card names them.
 """
 
 from __future__ import annotations
 
-SCHEDULER_MODULE_NAMES = ("forward_scheduler", "reverse_scheduler", "position_scores")
+from .schedule_lomdm import SCHEDULER_MODULE_NAMES
 
 
 def scheduler_modules(model) -> list[str]:

@@ -11,13 +11,28 @@ even in float64; every quantity needed here is finite and smooth in `log t`.
 Shapes: B = batch, L = sequence length. `log_t` must broadcast against the exponents `e: (B, L)`
 (pass `(B, 1)`). Schedule math runs in float32 or wider; callers cast bf16 scores up first.
 
+This module is also the home of two things other files only ask for:
+
+- `SCHEDULES`, the registry of schedule kinds (`linear`, `polynomial`, `per_position`, `lomdm`): how each turns
+  scores into exponents, its smallest exponent, the model modules that hold its learned parameters, its default
+  scheduler learning-rate multiplier and the model card's sentence. The config validates against it; adding a
+  kind touches this table and its tests.
+- The forward noise draw (`sample_noise` draws the random numbers of a training step, `add_noise` turns them into
+  times and masks once the forward exponents are known), as diffusers keeps `add_noise` beside `step`.
+
 The objective (`objective.py`), the sampler (`sampler_lomdm.py`) and the tests call these functions;
 no other file re-types a formula.
+
+Hub-facing: every `*_lomdm.py` module ships inside saved checkpoints (transformers copies a model file's
+single-dot sibling imports for `trust_remote_code`), so this one imports only `torch` and the standard library.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -42,10 +57,15 @@ def normsig(scores: torch.Tensor, noise_mask: torch.Tensor) -> torch.Tensor:
         scores: `(B, L)` raw scheduler outputs `v`.
         noise_mask: `(B, L)` bool, the positions `M` that may be noised; both means run over them only.
     """
-    scores = scores.float()
-    mask = noise_mask.to(scores.dtype)
-    sig = torch.sigmoid(scores - _mean_over(scores, mask))  # (B, L)
+    mask = noise_mask.to(torch.float32)
+    sig = _centred_sigmoid(scores, mask)  # (B, L)
     return (sig - _mean_over(sig, mask)) * mask
+
+
+def _centred_sigmoid(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sigmoid(ṽ) with ṽ = v - mean_{j in M} v_j, in float32 `(B, L)`: the inner part of NormSig."""
+    scores = scores.float()
+    return torch.sigmoid(scores - _mean_over(scores, mask.to(scores.dtype)))
 
 
 def exponents(scores: torch.Tensor, noise_mask: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
@@ -56,18 +76,13 @@ def exponents(scores: torch.Tensor, noise_mask: torch.Tensor, c1: float, c2: flo
 def saturated(scores: torch.Tensor, noise_mask: torch.Tensor, tol: float = 0.01) -> torch.Tensor:
     """`(B, L)` bool: positions of M whose NormSig sigmoid is within `tol` of 0 or 1 (its gradient has all but
     vanished: sigmoid' < tol). A scheduler with most positions saturated has stopped learning."""
-    scores = scores.float()
-    sig = torch.sigmoid(scores - _mean_over(scores, noise_mask.to(scores.dtype)))
+    sig = _centred_sigmoid(scores, noise_mask)
     return ((sig < tol) | (sig > 1 - tol)) & noise_mask
 
 
 def smallest_exponent(schedule: str, c1: float, c2: float) -> float:
     """Infimum of the exponents a schedule can produce (sets the importance sampler's power `a`)."""
-    if schedule == "linear":
-        return 1.0
-    if schedule == "polynomial":
-        return c1
-    return c1 - c2
+    return SCHEDULES[schedule].smallest_exponent(c1, c2)
 
 
 def mask_prob(log_t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -169,7 +184,241 @@ def sample_log_times(
     return 0.5 * (lo + hi)
 
 
+# --- The schedule kinds -----------------------------------------------------------------------------------
+
+
+def _unit_exponents(scores, noise_mask, c1, c2) -> torch.Tensor:
+    return torch.ones(noise_mask.shape, device=noise_mask.device)
+
+
+def _constant_exponents(scores, noise_mask, c1, c2) -> torch.Tensor:
+    return torch.full(noise_mask.shape, c1, device=noise_mask.device)
+
+
+def _learned_exponents(scores, noise_mask, c1, c2) -> torch.Tensor:
+    return exponents(scores, noise_mask, c1, c2)
+
+
+@dataclass(frozen=True)
+class ScheduleKind:
+    """One schedule kind of the exponent form alpha^i(t) = 1 - t**e_i: everything other files ask about it.
+
+    Args:
+        name: the `config.schedule` value.
+        exponents: `(scores, noise_mask, c1, c2) -> (B, L)` exponents; `scores` is None for the fixed kinds.
+        smallest_exponent: `(c1, c2) ->` the infimum of the exponents the kind can produce.
+        scores: where the raw scores come from: `none` (fixed exponents), `position` (one learned score per
+            position, the same for every input) or `features` (a network on the backbone's features: state
+            dependent, so the forward exponents need a backbone pass on the clean input).
+        learned_modules: attribute names of the modules of `LoMDMForMaskedDiffusion` that hold the learned
+            schedule (the trainer's scheduler parameter group, LoRA's `modules_to_save`, the model card).
+        scheduler_lr_multiplier: default scheduler learning rate as a multiple of the backbone's.
+        description: the model card's sentence.
+        uses_c1_c2: whether `c1` / `c2` enter the exponents (the model card lists them then).
+    """
+
+    name: str
+    exponents: Callable[..., torch.Tensor]
+    smallest_exponent: Callable[[float, float], float]
+    scores: Literal["none", "position", "features"]
+    learned_modules: tuple[str, ...]
+    scheduler_lr_multiplier: float
+    description: str
+    uses_c1_c2: bool = True
+
+
+# Scheduler learning-rate multipliers (measured on the order tasks, `benchmarks/order_tasks.py`; README "Learned
+# orders"). `per_position` has one score per position: Adam moves each by about the learning rate per step, so at
+# the backbone's rate its exponents barely move in a few hundred steps (contrast 0.006 at 1x, 0.064 at 10x, 0.14 at
+# 25x, 300 steps). `lomdm`'s scores come out of a network in which every weight moves by that much: at 10-25x they
+# thrash from step to step and learn no order (contrast 0.000), at 1x they learn it.
+SCHEDULES: dict[str, ScheduleKind] = {
+    kind.name: kind
+    for kind in (
+        ScheduleKind(
+            name="linear",
+            exponents=_unit_exponents,
+            smallest_exponent=lambda c1, c2: 1.0,
+            scores="none",
+            learned_modules=(),
+            scheduler_lr_multiplier=1.0,
+            description="MDLM's log-linear schedule, every token e = 1",
+            uses_c1_c2=False,
+        ),
+        ScheduleKind(
+            name="polynomial",
+            exponents=_constant_exponents,
+            smallest_exponent=lambda c1, c2: c1,
+            scores="none",
+            learned_modules=(),
+            scheduler_lr_multiplier=1.0,
+            description="a fixed polynomial schedule α = 1 − t^c1",
+        ),
+        ScheduleKind(
+            name="per_position",
+            exponents=_learned_exponents,
+            smallest_exponent=lambda c1, c2: c1 - c2,
+            scores="position",
+            learned_modules=("position_scores",),
+            scheduler_lr_multiplier=25.0,
+            description="MDM(LS): one learned exponent per position, e = c1 + c2·NormSig(θ)",
+        ),
+        ScheduleKind(
+            name="lomdm",
+            exponents=_learned_exponents,
+            smallest_exponent=lambda c1, c2: c1 - c2,
+            scores="features",
+            learned_modules=("forward_scheduler", "reverse_scheduler"),
+            scheduler_lr_multiplier=1.0,
+            description=(
+                "LoMDM: state-dependent learned exponents e = c1 + c2·NormSig(g(f(x))), reverse scheduler at "
+                "inference"
+            ),
+        ),
+    )
+}
+
+# Every module name that may hold a learned schedule, over all kinds (in declaration order).
+SCHEDULER_MODULE_NAMES: tuple[str, ...] = tuple(
+    dict.fromkeys(name for kind in SCHEDULES.values() for name in kind.learned_modules)
+)
+
+
+# --- The forward noise draw -------------------------------------------------------------------------------
+
+TimeSampling = Literal["importance", "uniform_eps"]
+# Weight of the uniform part of the importance mixture q(t) of the times: the default everywhere.
+TIME_UNIFORM_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """The random numbers of one training step and the rule that turns them into times (`sample_noise`).
+
+    Drawn before the model runs, since the times depend on the forward exponents the model computes; the model
+    hands this to `add_noise` and returns the `NoiseDraw` on its output.
+
+    Args:
+        mask_uniforms: `(K, B, L)` uniforms; z^k_i = m iff `mask_uniforms[k, b, i] < t_b**e_i`.
+        time_uniforms: `(B,)` float64 antithetic uniforms of the times, None when `given_log_t` is set.
+        given_log_t: `(B,)` float64 log of the caller's times, or None.
+        time_sampling: `importance` (the mixture q(t), an unbiased bound) or `uniform_eps` (MDLM's U(eps, 1)).
+        uniform_weight: weight of the uniform part of the mixture q(t).
+        eps: lower time limit of `uniform_eps`.
+        floor: the mixture power used for a row with an empty M.
+    """
+
+    mask_uniforms: torch.Tensor
+    time_uniforms: torch.Tensor | None
+    given_log_t: torch.Tensor | None
+    time_sampling: TimeSampling
+    uniform_weight: float
+    eps: float
+    floor: float
+
+
+@dataclass(frozen=True)
+class NoiseDraw:
+    """What the forward process drew for one training step (`add_noise`).
+
+    Args:
+        log_t: `(B,)` float64 log-times (exact where t itself underflows).
+        log_weight: `(B,)` float64 log of the row's factor 1 / (t q(t)) (importance sampling) or 1 / t (a given t
+            or `uniform_eps`): the per-sample loss is S(x, z) times this factor.
+        is_mask: `(K, B, L)` bool, z^k_i = m (only inside M).
+    """
+
+    log_t: torch.Tensor
+    log_weight: torch.Tensor
+    is_mask: torch.Tensor
+
+    @property
+    def t(self) -> torch.Tensor:
+        """`(B,)` float64 times (may underflow to 0 for the smallest importance samples; see `log_t`)."""
+        return torch.exp(self.log_t)
+
+
+def sample_noise(
+    batch: int,
+    length: int,
+    *,
+    num_samples: int,
+    t: torch.Tensor | None = None,
+    time_sampling: TimeSampling = "importance",
+    uniform_weight: float = TIME_UNIFORM_WEIGHT,
+    eps: float = 1e-3,
+    floor: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> NoiseSpec:
+    """Draw the random numbers of a training step: u_0 `(1,)` for the antithetic times (unless `t` is given),
+    then the mask uniforms `(K, B, L)`, in that order from `generator`.
+
+    The antithetic times u_b = (u_0 + b / B) mod 1 cover [0, 1) evenly within the batch.
+
+    Args:
+        batch, length: B and L.
+        num_samples: K noise samples per row.
+        t: optional `(B,)` times in (0, 1] (ValueError otherwise); no importance weight is applied then.
+        time_sampling, uniform_weight, eps, floor: see `NoiseSpec`.
+        generator: optional `torch.Generator`; draws happen on its device.
+        device: where the returned tensors live.
+    """
+    given_log_t = None
+    if t is not None:
+        t = torch.as_tensor(t, dtype=torch.float64, device=device)
+        if t.shape != (batch,) or bool(((t <= 0) | (t > 1)).any()):
+            raise ValueError(f"`t` must be a ({batch},) tensor with values in (0, 1], got {t}.")
+        given_log_t = t.log()
+    draw_device = generator.device if generator is not None else device
+    time_uniforms = None
+    if t is None:
+        u0 = torch.rand(1, generator=generator, dtype=torch.float64, device=draw_device).to(device)
+        time_uniforms = (u0 + torch.arange(batch, dtype=torch.float64, device=device) / batch) % 1.0
+    mask_uniforms = torch.rand((num_samples, batch, length), generator=generator, device=draw_device).to(
+        device
+    )
+    return NoiseSpec(mask_uniforms, time_uniforms, given_log_t, time_sampling, uniform_weight, eps, floor)
+
+
+def _log_times(
+    spec: NoiseSpec, e: torch.Tensor, noise_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log t, log of the per-row factor 1 / (t q(t)) or 1 / t), both float64 `(B,)`."""
+    if spec.given_log_t is not None:
+        return spec.given_log_t, -spec.given_log_t  # the integrand at the given t: no importance weight
+    if spec.time_sampling == "uniform_eps":
+        # MDLM's rule: t ~ U(eps, 1), weight 1. Drops [0, eps): NOT a bound for learned exponents.
+        log_t = torch.log(spec.eps + (1.0 - spec.eps) * spec.time_uniforms)
+        return log_t, -log_t
+    a = mixture_power(e, noise_mask, spec.floor)
+    log_t = sample_log_times(spec.time_uniforms, a, spec.uniform_weight)
+    return log_t, -log_t - log_time_density(log_t, a, spec.uniform_weight)
+
+
+def add_noise(spec: NoiseSpec, e: torch.Tensor, noise_mask: torch.Tensor) -> NoiseDraw:
+    """The forward process q(z_t | x): one time per row (importance-sampled from the mixture q(t) with power
+    a = (min_{i in M} e_i) / 2, MDLM's U(eps, 1), or the given t), then K samples with P(z_t^i = m) = t**e_i on M.
+
+    Args:
+        spec: the random numbers (`sample_noise`).
+        e: `(B, L)` detached forward exponents of the clean rows.
+        noise_mask: `(B, L)` bool, the set M.
+    """
+    log_t, log_weight = _log_times(spec, e, noise_mask)
+    p_mask = mask_prob(log_t.float()[:, None], e)  # (B, L)
+    return NoiseDraw(log_t=log_t, log_weight=log_weight, is_mask=(spec.mask_uniforms < p_mask) & noise_mask)
+
+
 __all__ = [
+    "SCHEDULER_MODULE_NAMES",
+    "SCHEDULES",
+    "TIME_UNIFORM_WEIGHT",
+    "NoiseDraw",
+    "NoiseSpec",
+    "ScheduleKind",
+    "TimeSampling",
+    "add_noise",
     "alpha",
     "exponents",
     "log_q",
@@ -180,6 +429,7 @@ __all__ = [
     "normsig",
     "reveal_log_time",
     "sample_log_times",
+    "sample_noise",
     "saturated",
     "smallest_exponent",
     "unmask_prob",

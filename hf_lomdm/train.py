@@ -55,6 +55,7 @@ from .lora import BACKBONE_TARGET_MODULES, lomdm_lora_config
 from .model_card import write_model_card
 from .modeling_lomdm import LoMDMForMaskedDiffusion
 from .runtime import configure_threads, resolve_bf16
+from .schedule_lomdm import SCHEDULES
 from .trainer import LoMDMTrainer, LoMDMTrainingArguments
 
 logger = logging.get_logger(__name__)
@@ -84,9 +85,13 @@ class ModelArguments:
     tokenizer_vocab_size: int = field(
         default=4096, metadata={"help": "Vocabulary size of a newly trained BPE tokenizer."}
     )
-    schedule: Literal["linear", "polynomial", "per_position", "lomdm"] | None = field(
+    schedule: str | None = field(
         default=None,
-        metadata={"help": "linear (MDLM), polynomial, per_position (MDM(LS)) or lomdm (default)."},
+        metadata={
+            "help": "A schedule kind of `schedule_lomdm.SCHEDULES`: linear (MDLM), polynomial, per_position "
+            "(MDM(LS)) or lomdm (default).",
+            "choices": list(SCHEDULES),
+        },
     )
     c1: float | None = field(default=None, metadata={"help": "Exponent centre c1 (e = c1 + c2 NormSig)."})
     c2: float | None = field(default=None, metadata={"help": "Exponent range c2 < c1."})

@@ -17,7 +17,7 @@ precision, checkpoints, resuming, callbacks):
    whatever `time_sampling` training uses) and the same noise, so two checkpoints are compared on common
    random numbers.
 4. Parameters. The scheduler parameters (g_φ, g_ψ or θ) get their own learning rate (by default 25x the
-   backbone's for `per_position`, 1x for `lomdm`; see `SCHEDULER_LR_MULTIPLIERS`), and an exponential
+   backbone's for `per_position`, 1x for `lomdm`; see `schedule_lomdm.SCHEDULES`), and an exponential
    moving average of the weights (`hf_lomdm.ema`) is used for evaluation and by `save_model`.
 
 Logged every `logging_steps`: `loss` is Trainer's mean of the backpropagated surrogate (its RLOO
@@ -58,7 +58,7 @@ from .objective import (
     stratified_nelbo,
 )
 from .parameter_groups import is_scheduler_parameter
-from .schedule_lomdm import saturated
+from .schedule_lomdm import SCHEDULES, saturated
 
 logger = logging.get_logger(__name__)
 
@@ -116,7 +116,7 @@ class LoMDMTrainingArguments(TrainingArguments):
         metadata={
             "help": "Learning rate of the scheduler parameters (forward/reverse scheduler, position scores). "
             "None: 25 x `learning_rate` for per_position, 1 x for lomdm (measured; see "
-            "`SCHEDULER_LR_MULTIPLIERS`). Follows the same warm-up and decay."
+            "`schedule_lomdm.SCHEDULES`). Follows the same warm-up and decay."
         },
     )
     ema_decay: float | None = field(
@@ -157,18 +157,11 @@ class LoMDMTrainingArguments(TrainingArguments):
             raise ValueError(f"`eval_time_samples` must be >= 1, got {self.eval_time_samples}.")
 
 
-# Default scheduler learning rate as a multiple of the backbone's, per schedule (measured on the order
-# tasks, `benchmarks/order_tasks.py`; README "Learned orders"). `per_position` has one score per position:
-# Adam moves each by about the learning rate per step, so at the backbone's rate its exponents barely move in
-# a few hundred steps (contrast 0.006 at 1x, 0.064 at 10x, 0.14 at 25x, 300 steps). `lomdm`'s scores come out
-# of a network in which every weight moves by that much: at 10-25x they thrash from step to step and learn no
-# order (contrast 0.000), at 1x they learn it.
-SCHEDULER_LR_MULTIPLIERS = {"per_position": 25.0, "lomdm": 1.0}
-
-
 def default_scheduler_learning_rate(schedule: str | None, learning_rate: float) -> float:
-    """`scheduler_learning_rate` used when none is given: `learning_rate` times the schedule's multiplier."""
-    return learning_rate * SCHEDULER_LR_MULTIPLIERS.get(schedule, 1.0)
+    """`scheduler_learning_rate` used when none is given: `learning_rate` times the schedule kind's multiplier
+    (`schedule_lomdm.SCHEDULES`, where the multipliers' measurements are written; 1 for an unknown schedule)."""
+    kind = SCHEDULES.get(schedule)
+    return learning_rate * (1.0 if kind is None else kind.scheduler_lr_multiplier)
 
 
 def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
@@ -494,7 +487,6 @@ class LoMDMTrainer(Trainer):
 
 
 __all__ = [
-    "SCHEDULER_LR_MULTIPLIERS",
     "LoMDMTrainer",
     "LoMDMTrainingArguments",
     "default_scheduler_learning_rate",

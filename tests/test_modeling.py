@@ -277,8 +277,9 @@ def test_logits_mask_computes_exactly_the_selected_rows_of_the_full_head(shift):
     selected = z == MASK_ID
     with torch.no_grad():
         full, packed = model(z), model(z, logits_mask=selected)
-    assert packed.logits.shape == (int(selected.sum()), 99)
-    torch.testing.assert_close(packed.logits, full.logits[selected], rtol=0, atol=0)
+    assert packed.logits is None  # the packed rows are named for what they hold
+    assert packed.packed_log_probs.shape == (int(selected.sum()), 99)
+    torch.testing.assert_close(packed.packed_log_probs, full.logits[selected], rtol=0, atol=0)
     torch.testing.assert_close(packed.reverse_exponents, full.reverse_exponents, rtol=0, atol=0)
     with pytest.raises(ValueError, match="`logits_mask` must be a bool tensor"):
         model(z, logits_mask=selected.long())
@@ -292,7 +293,7 @@ def test_allowed_tokens_renormalise_the_denoiser_over_the_allowed_set():
     allowed[3, 40:45] = True  # the last one also 40..44
     with torch.no_grad():
         free, restricted = model(z).logits, model(z, allowed_tokens=allowed).logits
-        packed = model(z, allowed_tokens=allowed[None], logits_mask=z == MASK_ID).logits
+        packed = model(z, allowed_tokens=allowed[None], logits_mask=z == MASK_ID).packed_log_probs
     for position in (1, 3):
         expected = torch.log_softmax(free[0, position][allowed[position]], -1)  # SUBS, then renormalised
         torch.testing.assert_close(restricted[0, position][allowed[position]], expected)

@@ -154,3 +154,113 @@ def test_saturated_marks_positions_whose_sigmoid_has_flattened():
     assert S.saturated(scores, noise_mask).tolist() == [[True, True, False, False, False]]
     # The common mode of the scores cannot saturate anything: only differences count.
     assert torch.equal(S.saturated(scores + 1e3, noise_mask), S.saturated(scores, noise_mask))
+
+
+# --- The schedule registry --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("schedule", list(S.SCHEDULES))
+def test_model_builds_exactly_the_learned_modules_the_registry_declares(schedule):
+    from helpers import tiny_model
+
+    from hf_lomdm.parameter_groups import is_scheduler_parameter, scheduler_modules
+
+    model = tiny_model(schedule=schedule)
+    kind = S.SCHEDULES[schedule]
+    assert scheduler_modules(model) == [n for n in S.SCHEDULER_MODULE_NAMES if n in kind.learned_modules]
+    for name in S.SCHEDULER_MODULE_NAMES:
+        assert (getattr(model, name) is not None) == (name in kind.learned_modules)
+    learned = {n for n, _ in model.named_parameters() if is_scheduler_parameter(n)}
+    assert learned == {n for n, _ in model.named_parameters() if n.split(".")[0] in kind.learned_modules}
+
+
+@pytest.mark.parametrize("schedule", list(S.SCHEDULES))
+def test_registry_exponents_stay_within_the_declared_smallest_exponent(schedule):
+    kind = S.SCHEDULES[schedule]
+    noise_mask = torch.ones(4, 9, dtype=torch.bool)
+    scores = None if kind.scores == "none" else 50 * torch.randn(4, 9)  # saturating scores reach the extremes
+    e = kind.exponents(scores, noise_mask, 0.7, 0.65)
+    assert e.shape == (4, 9)
+    assert float(e.min()) >= kind.smallest_exponent(0.7, 0.65) - 1e-6
+    assert S.smallest_exponent(schedule, 0.7, 0.65) == kind.smallest_exponent(0.7, 0.65)
+
+
+def test_unknown_schedule_is_rejected_by_the_config_with_the_registry_names():
+    from hf_lomdm import LoMDMConfig
+
+    with pytest.raises(
+        ValueError, match=r"`schedule` must be one of \('linear', 'polynomial', 'per_position'"
+    ):
+        LoMDMConfig(schedule="cosine")
+
+
+def test_schedule_kind_names_are_spelled_only_in_the_registry():
+    # A new kind must touch one file: no module of the package branches on a kind's name.
+    from pathlib import Path
+
+    package = Path(S.__file__).parent
+    for path in package.rglob("*.py"):
+        if path.name == "schedule_lomdm.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        for name in ("per_position", "polynomial"):
+            assert f'"{name}"' not in text, f"{path.relative_to(package)} spells the schedule kind {name!r}"
+
+
+# --- The forward noise draw -------------------------------------------------------------------------------
+
+
+def test_add_noise_masks_with_probability_t_to_the_e_and_never_outside_m():
+    batch, length = 2000, 6
+    e = torch.tensor([0.1, 0.5, 1.0, 1.3, 0.7, 0.7]).expand(batch, -1)
+    noise_mask = torch.ones(batch, length, dtype=torch.bool)
+    noise_mask[:, -1] = False
+    t = torch.full((batch,), 0.4, dtype=torch.float64)
+    spec = S.sample_noise(
+        batch, length, num_samples=2, t=t, floor=0.025, generator=torch.Generator().manual_seed(0)
+    )
+    draw = S.add_noise(spec, e, noise_mask)
+    assert draw.is_mask.shape == (2, batch, length) and not bool(draw.is_mask[..., -1].any())
+    rate = draw.is_mask[..., :-1].double().mean((0, 1))
+    expected = 0.4 ** e[0, :-1].double()
+    se = (expected * (1 - expected) / (2 * batch)).sqrt()
+    assert bool(((rate - expected).abs() < 4 * se).all()), (rate, expected)
+    torch.testing.assert_close(draw.log_t, t.log())
+    torch.testing.assert_close(draw.log_weight, -t.log())  # a given t carries the integrand's 1/t, no q(t)
+
+
+def test_add_noise_importance_weight_is_one_over_t_q_of_t():
+    e = torch.full((8, 5), 0.7)
+    noise_mask = torch.ones(8, 5, dtype=torch.bool)
+    spec = S.sample_noise(8, 5, num_samples=1, floor=0.025, generator=torch.Generator().manual_seed(3))
+    draw = S.add_noise(spec, e, noise_mask)
+    a = S.mixture_power(e, noise_mask, 0.025)  # 0.35 per row
+    expected = -draw.log_t - S.log_time_density(draw.log_t, a, S.TIME_UNIFORM_WEIGHT)
+    torch.testing.assert_close(draw.log_weight, expected)
+    # the antithetic uniforms behind the times are spaced 1/B apart
+    gaps = torch.diff(torch.sort(spec.time_uniforms).values)
+    torch.testing.assert_close(gaps, torch.full((7,), 1 / 8, dtype=torch.float64))
+
+
+def test_sample_noise_rejects_times_outside_zero_one():
+    with pytest.raises(ValueError, match=r"`t` must be a \(2,\) tensor with values in \(0, 1\]"):
+        S.sample_noise(2, 3, num_samples=1, t=torch.tensor([0.5, 0.0]), floor=0.025)
+
+
+def test_model_returns_the_draw_and_leaves_the_noise_spec_untouched():
+    from helpers import tiny_model
+
+    model = tiny_model(schedule="lomdm")
+    x = torch.randint(4, 99, (3, 10), generator=torch.Generator().manual_seed(0))
+    noise_mask = torch.ones_like(x, dtype=torch.bool)
+    spec = S.sample_noise(3, 10, num_samples=2, floor=0.025, generator=torch.Generator().manual_seed(1))
+    before = spec.mask_uniforms.clone()
+    with torch.no_grad():
+        out = model(x, noise=spec)
+        e = model.forward_exponents(x)
+    expected = S.add_noise(spec, e, noise_mask)
+    assert torch.equal(out.noise_draw.is_mask, expected.is_mask)
+    torch.testing.assert_close(out.noise_draw.log_t, expected.log_t)
+    torch.testing.assert_close(out.noise_draw.log_weight, expected.log_weight)
+    assert torch.equal(spec.mask_uniforms, before)
+    assert out.logits is None and out.packed_log_probs.shape == (int(expected.is_mask.sum()), 99)

@@ -5,7 +5,7 @@ disjoint range of token ids in one shared vocabulary, after the mask token (id 0
 
     [mask] [column 0: values..., missing?] [column 1: values..., missing?] ... [column L-1: ...]
 
-so position ℓ of a row always holds a token of column ℓ's range, and `schedule="per_position"` learns one
+so position ℓ of a row always holds a token of column ℓ's range, and the `per_position` schedule learns one
 exponent per column: α_{t,ℓ} = 1 - t^{e_ℓ}. A column is revealed at t*_ℓ = u^{1/e_ℓ}: the larger e_ℓ, the
 earlier in generation (Algorithm 1 of 2511.19152 = `model.generate(order="learned", steps=None)`).
 
