@@ -1,4 +1,4 @@
-"""Schedule math of LoMDM: the single home of every formula of SPEC §1.
+"""Schedule math of LoMDM: the single home of every formula of the model.
 
 Every schedule has the exponent form (LoMDM, arXiv 2602.02112, Eq. 8; MDM(LS), arXiv 2511.19152, Eq. 5)
 
@@ -49,7 +49,7 @@ def _mean_over(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def normsig(scores: torch.Tensor, noise_mask: torch.Tensor) -> torch.Tensor:
     """NormSig(v)_i = sigmoid(ṽ_i) - mean_{j in M} sigmoid(ṽ_j) with ṽ = v - mean_{j in M} v_j; zero outside `M`.
 
-    LoMDM Eq. 12 with the scores centred first (SPEC §1): NormSig of raw scores only sees their differences, so
+    LoMDM Eq. 12 with the scores centred first: NormSig of raw scores only sees their differences, so
     nothing holds their common mode; at a high scheduler learning rate it drifted until every sigmoid saturated
     and the exponents froze. Centred, the scores straddle 0 where the sigmoid is steepest.
 
@@ -113,10 +113,10 @@ def velocity_matching(e: torch.Tensor, e_hat: torch.Tensor) -> torch.Tensor:
     return e * (torch.log(e) - torch.log(e_hat)) - (e - e_hat)
 
 
-def log_q(
+def log_q_per_token(
     z_is_mask: torch.Tensor, log_t: torch.Tensor, e: torch.Tensor, noise_mask: torch.Tensor
 ) -> torch.Tensor:
-    """log q(z_t | x) = sum_{i in M} [z_t^i = m ? e_i log t : log(1 - t**e_i)], per sequence `(B,)`.
+    """log q(z_t^i | x) = [z_t^i = m ? e_i log t : log(1 - t**e_i)] on M, 0 outside, shape of `z_is_mask`.
 
     The clean branch uses log(-expm1(e log t)); it is evaluated on a dummy value where the token is
     masked so that its infinite derivative at t = 1 cannot leak a NaN into the gradient.
@@ -124,7 +124,14 @@ def log_q(
     e_log_t = e * log_t  # (B, L)
     safe = torch.where(z_is_mask, torch.full_like(e_log_t, -1.0), e_log_t)
     per_token = torch.where(z_is_mask, e_log_t, torch.log(-torch.expm1(safe)))
-    return (per_token * noise_mask.to(per_token.dtype)).sum(-1)
+    return per_token * noise_mask.to(per_token.dtype)
+
+
+def log_q(
+    z_is_mask: torch.Tensor, log_t: torch.Tensor, e: torch.Tensor, noise_mask: torch.Tensor
+) -> torch.Tensor:
+    """log q(z_t | x) = sum_{i in M} log q(z_t^i | x), per sequence `(B,)` (the masks are independent given x)."""
+    return log_q_per_token(z_is_mask, log_t, e, noise_mask).sum(-1)
 
 
 def unmask_prob(log_s: torch.Tensor, log_t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -149,7 +156,7 @@ def mixture_power(e: torch.Tensor, noise_mask: torch.Tensor, floor: float) -> to
 
 
 def log_time_density(log_t: torch.Tensor, a: torch.Tensor | float, uniform_weight: float) -> torch.Tensor:
-    """log q(t) for the defensive mixture q(t) = w + (1 - w) * a * t**(a - 1) on (0, 1] (SPEC §1)."""
+    """log q(t) for the defensive mixture q(t) = w + (1 - w) * a * t**(a - 1) on (0, 1]."""
     log_t = log_t.double()
     a = torch.as_tensor(a, dtype=torch.float64, device=log_t.device)
     uniform = torch.full_like(log_t, math.log(uniform_weight) if uniform_weight > 0 else -math.inf)
@@ -422,6 +429,7 @@ __all__ = [
     "alpha",
     "exponents",
     "log_q",
+    "log_q_per_token",
     "log_time_density",
     "log_velocity",
     "mask_prob",

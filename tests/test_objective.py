@@ -15,7 +15,7 @@ import torch
 from helpers import MASK_ID, tiny_model
 
 from hf_lomdm import schedule_lomdm as S
-from hf_lomdm.objective import lomdm_loss
+from hf_lomdm.objective import lomdm_loss, update_token_baseline
 
 SCHEDULES = ["linear", "polynomial", "per_position", "lomdm"]
 
@@ -374,3 +374,168 @@ def test_mask_token_in_labels_or_clean_input_raises():
     input_ids[1, 2] = MASK_ID
     with pytest.raises(ValueError, match="clean `input_ids` contain the mask token"):
         lomdm_loss(model, input_ids)
+
+
+# --- The per-token estimators (ptcv, tcv) -----------------------------------------------------------------
+
+
+def _random_token_baseline(seed: int = 0) -> torch.Tensor:
+    # Any z-free table keeps the estimators unbiased; a random one checks that nothing relies on a good table.
+    return 3.0 + torch.rand(99, generator=torch.Generator().manual_seed(seed))
+
+
+def _mc_gradients_cv(model, params, x, *, estimator, num_samples, t=None, chunks, chunk_size, seed=0):
+    grads = []
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(chunks):
+        model.zero_grad()
+        res = lomdm_loss(
+            model,
+            x.expand(chunk_size, -1),
+            t=None if t is None else torch.full((chunk_size,), t),
+            num_samples=num_samples,
+            estimator=estimator,
+            generator=generator,
+            token_baseline=_random_token_baseline(),
+        )
+        (res.loss * res.num_tokens.sum() / chunk_size).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in params]).double())
+    return torch.stack(grads)
+
+
+def _directions(exact: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    directions = torch.cat(
+        [exact[None], score[None], torch.randn(3, exact.numel(), generator=generator, dtype=torch.float64)]
+    )
+    return directions / directions.norm(dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize(("estimator", "num_samples"), [("ptcv", 1), ("ptcv", 2), ("tcv", 1), ("tcv", 2)])
+@pytest.mark.parametrize("schedule", ["lomdm", "per_position"])
+def test_token_baseline_gradient_matches_enumerated_expectation_at_fixed_t(schedule, estimator, num_samples):
+    model = tiny_model(schedule=schedule)
+    params = _scheduler_params(model, schedule)
+    x, t = torch.tensor([5, 17, 42, 9]), 0.5
+    exact = _flat_grad(model, params, exact_integrand(model, x, t))
+    score = exact - _flat_grad(model, params, exact_integrand_pathwise(model, x, t))
+    directions = _directions(exact, score)
+    grads = _mc_gradients_cv(
+        model, params, x, estimator=estimator, num_samples=num_samples, t=t, chunks=24, chunk_size=400
+    )
+    proj = grads @ directions.T  # (chunks, 5)
+    se = proj.std(0) / math.sqrt(grads.shape[0])
+    z = (proj.mean(0) - directions @ exact) / se
+    assert z.abs().max() < 5, z
+    # Power: an estimator that dropped the score part would sit this many standard errors away.
+    assert (directions[1] @ score).abs() > 4 * se[1]
+
+
+def _closed_form_time_integral_tensor(model, x: torch.Tensor) -> torch.Tensor:
+    """`closed_form_time_integral` as a differentiable tensor: the exact NELBO of x, integrated over all t."""
+    masks = all_masks(x.numel())
+    e, s = reference_terms(model, x, masks)
+    total = torch.zeros((), dtype=torch.float64)
+    for mask, s_a in zip(masks, s):
+        if not mask.any():
+            continue
+        unmasked = (~mask).nonzero().flatten().tolist()
+        for size in range(len(unmasked) + 1):
+            for c in itertools.combinations(unmasked, size):
+                total = total + s_a * (-1) ** size / (e[mask].sum() + e[list(c)].sum())
+    return total
+
+
+@pytest.mark.parametrize("num_samples", [1, 2])
+def test_tcv_gradient_is_unbiased_over_sampled_times(num_samples):
+    """tcv drops w c_i ∂_e(e_i t^{e_i}), whose mean over t is 0: unbiased for the time integral, not per t."""
+    # A denoiser that uses context (a wider init): with a context-free one the true gradient is 0 over t.
+    model = tiny_model(schedule="per_position", initializer_range=0.3)
+    params = _scheduler_params(model, "per_position")
+    x = torch.tensor([5, 17, 42])
+    exact = _flat_grad(model, params, _closed_form_time_integral_tensor(model, x))[:3]  # θ of positions 0..2
+    grads = _mc_gradients_cv(
+        model, params, x, estimator="tcv", num_samples=num_samples, chunks=32, chunk_size=500
+    )[:, :3]
+    se = grads.std(0) / math.sqrt(grads.shape[0])
+    z = (grads.mean(0) - exact) / se
+    assert z.abs().max() < 5, (grads.mean(0), exact, se)
+    assert exact.abs().max() > 6 * se.max()  # the check has power: the gradient is many s.e. from 0
+
+
+def test_dropped_tcv_term_has_zero_mean_over_time_for_the_importance_mixture():
+    # ∫_0^1 (1/t) ∂_e(e t^e) dt = 0: checked by the objective's own time sampler (importance weight 1/(t q(t))).
+    e = torch.tensor([0.05, 0.3, 0.7, 1.35], dtype=torch.float64)
+    u = (torch.arange(200_000, dtype=torch.float64) + 0.5) / 200_000
+    a = float(e.min()) / 2
+    log_t = S.sample_log_times(u, a, 0.5)[:, None]  # (N, 1)
+    log_w = -log_t - S.log_time_density(log_t, a, 0.5)
+    d_e = torch.exp(e * log_t) * (1 + e * log_t)  # ∂_e(e t^e)
+    mean = (torch.exp(log_w) * d_e).mean(0)
+    torch.testing.assert_close(mean, torch.zeros(4, dtype=torch.float64), atol=2e-2, rtol=0)
+    assert float((torch.exp(log_w) * d_e).abs().mean(0).min()) > 0.3  # the integrand itself is far from 0
+
+
+@pytest.mark.parametrize("estimator", ["rloo", "ptcv", "tcv"])
+def test_score_function_part_has_value_zero_and_nothing_to_do_for_fixed_schedules(estimator):
+    x = torch.randint(4, 99, (6, 12), generator=torch.Generator().manual_seed(0))
+    for schedule in ("lomdm", "polynomial"):
+        model = tiny_model(schedule=schedule)
+        res = lomdm_loss(model, x, estimator=estimator, generator=torch.Generator().manual_seed(1))
+        plain = lomdm_loss(model, x, estimator="plain", generator=torch.Generator().manual_seed(1))
+        # value: the NELBO estimate per token, whatever the estimator
+        torch.testing.assert_close(res.loss, res.nelbo.sum() / res.num_tokens.sum())
+        torch.testing.assert_close(res.loss, plain.loss)
+        if schedule == "polynomial":  # no learned exponents: the same gradient as plain for the backbone
+            g = torch.autograd.grad(res.loss, list(model.parameters()))
+            g_plain = torch.autograd.grad(plain.loss, list(model.parameters()))
+            for a, b in zip(g, g_plain):
+                torch.testing.assert_close(a, b)
+
+
+def test_tcv_gradient_is_exactly_zero_for_a_context_free_denoiser_with_its_own_losses():
+    """With p_θ(x_i | z) independent of z the NELBO does not depend on e; tcv with c = ℓ returns exactly 0."""
+    model = tiny_model(schedule="per_position", num_hidden_layers=1)
+    with torch.no_grad():  # a context-free denoiser: zero features, so p_θ(. | z) is uniform whatever z is
+        for p in model.model.parameters():
+            p.zero_()
+    x = torch.randint(4, 99, (16, 8), generator=torch.Generator().manual_seed(0))
+    probe = lomdm_loss(model, x, num_samples=1, estimator="plain", generator=torch.Generator().manual_seed(2))
+    losses = probe.token_loss[probe.is_mask]
+    # ℓ = log(V - 1) for every token
+    torch.testing.assert_close(losses, torch.full_like(losses, math.log(98)))
+    table = torch.full((99,), math.log(98))  # c = ℓ exactly
+    model.zero_grad()
+    res = lomdm_loss(
+        model,
+        x,
+        num_samples=1,
+        estimator="tcv",
+        token_baseline=table,
+        generator=torch.Generator().manual_seed(3),
+    )
+    res.loss.backward()
+    assert model.position_scores.weight.grad.abs().max() < 1e-6
+
+
+def test_update_token_baseline_averages_each_id_over_its_masked_positions():
+    model = tiny_model(schedule="lomdm")
+    x = torch.tensor([[5, 5, 7, 9]])
+    res = lomdm_loss(
+        model, x, num_samples=2, t=torch.tensor([0.999]), generator=torch.Generator().manual_seed(0)
+    )
+    table = torch.full((99,), 2.0)
+    new = update_token_baseline(table, res, decay=0.75)
+    for token in (5, 7, 9):
+        where = res.is_mask & (res.targets == token)
+        expected = 0.75 * 2.0 + 0.25 * res.token_loss[where].mean() if where.any() else torch.tensor(2.0)
+        torch.testing.assert_close(new[token], expected.float())
+    assert torch.equal(new[10:], table[10:])  # ids absent from the batch keep their value
+    with pytest.raises(ValueError, match=r"`decay` must be in \[0, 1\), got 1.0"):
+        update_token_baseline(table, res, decay=1.0)
+
+
+def test_token_baseline_with_the_wrong_shape_is_rejected():
+    model = tiny_model(schedule="lomdm")
+    with pytest.raises(ValueError, match=r"`token_baseline` must have shape \(99,\), got \(98,\)"):
+        lomdm_loss(model, torch.tensor([[5, 6, 7]]), estimator="tcv", token_baseline=torch.zeros(98))
