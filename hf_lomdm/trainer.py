@@ -56,6 +56,7 @@ from .objective import (
     check_estimator_arguments,
     lomdm_loss,
     stratified_nelbo,
+    update_token_baseline,
 )
 from .parameter_groups import is_scheduler_parameter
 from .schedule_lomdm import SCHEDULES, saturated
@@ -94,7 +95,16 @@ class LoMDMTrainingArguments(TrainingArguments):
     estimator: Estimator = field(
         default="rloo",
         metadata={
-            "help": "'rloo' (score-function term with a leave-one-out baseline) or 'plain' (MDLM, K = 1)."
+            "help": "Gradient estimator of the learned exponents: 'rloo' (leave-one-out baseline, K >= 2), "
+            "'ptcv' (per-token baseline), 'tcv' (token control variate, any K) or 'plain' (MDLM, no "
+            "score-function term)."
+        },
+    )
+    token_baseline_decay: float = field(
+        default=0.9,
+        metadata={
+            "help": "EMA decay of the per-token loss table that 'ptcv' / 'tcv' use as control variate (updated "
+            "after each step from its masked positions)."
         },
     )
     time_sampling: TimeSampling = field(
@@ -117,6 +127,29 @@ class LoMDMTrainingArguments(TrainingArguments):
             "help": "Learning rate of the scheduler parameters (forward/reverse scheduler, position scores). "
             "None: 25 x `learning_rate` for per_position, 1 x for lomdm (measured; see "
             "`schedule_lomdm.SCHEDULES`). Follows the same warm-up and decay."
+        },
+    )
+    scheduler_max_grad_norm: float | None = field(
+        default=None,
+        metadata={
+            "help": "Gradient-norm clip of the scheduler parameters, applied separately from the backbone's "
+            "`max_grad_norm` (the scheduler's noisy score-function gradient then cannot shrink the backbone's "
+            "update). None: the same value as `max_grad_norm`; 0: no clip. Ignored under FSDP (one joint clip)."
+        },
+    )
+    scheduler_start_step: int = field(
+        default=0,
+        metadata={
+            "help": "Optimizer step at which the schedulers start to learn; before it their gradients are "
+            "zeroed (the schedule stays as initialised, e = c1), so no noise accumulates in Adam's moments "
+            "while the denoiser does not yet use context and the true scheduler gradient is ~0."
+        },
+    )
+    scheduler_warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Steps over which the scheduler learning rate ramps linearly from 0 after "
+            "`scheduler_start_step` (on top of the common warm-up and decay)."
         },
     )
     ema_decay: float | None = field(
@@ -151,6 +184,15 @@ class LoMDMTrainingArguments(TrainingArguments):
                 f"{self.scheduler_learning_rate}; to freeze the schedulers, set their parameters' "
                 "requires_grad=False."
             )
+        if not 0.0 <= self.token_baseline_decay < 1.0:
+            raise ValueError(f"`token_baseline_decay` must be in [0, 1), got {self.token_baseline_decay}.")
+        if self.scheduler_max_grad_norm is not None and not self.scheduler_max_grad_norm >= 0:
+            raise ValueError(
+                f"`scheduler_max_grad_norm` must be >= 0 (or None), got {self.scheduler_max_grad_norm}."
+            )
+        for name in ("scheduler_start_step", "scheduler_warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must be in (0, 1), got {self.ema_decay}.")
         if self.eval_time_samples < 1:
@@ -289,9 +331,14 @@ class LoMDMTrainer(Trainer):
         self._train_stats: torch.Tensor | None = None
         self._noise_step, self._micro_step = -1, 0
         self._eval_generator: torch.Generator | None = None
-        self._scheduler_group: int | None = (
-            None  # index of the scheduler's optimizer group, when it has its own
+        self._scheduler_groups: list[
+            int
+        ] = []  # indices of the schedulers' optimizer groups, when they have their own
+        self._token_baseline: torch.Tensor | None = (
+            None  # (V,) ptcv / tcv control variate, see `_token_baseline_for`
         )
+        self._scheduler_grad_norm: list[float] = []
+        self._scheduler_lr_used: float | None = None  # pre-clip scheduler gradient norms since the last log
 
     # ---- noise ----------------------------------------------------------------------------------------
 
@@ -350,7 +397,12 @@ class LoMDMTrainer(Trainer):
             estimator=self.args.estimator,
             time_sampling=self.args.time_sampling,
             generator=self._training_generator(inputs["input_ids"].device),
+            token_baseline=self._token_baseline_for(inputs["input_ids"].device),
         )
+        if self._token_baseline is not None and model.training:
+            self._token_baseline = update_token_baseline(
+                self._token_baseline, res, self.args.token_baseline_decay
+            )
         stats = _batch_statistics(res)
         self._train_stats = stats if self._train_stats is None else self._train_stats + stats
         loss = res.loss
@@ -359,6 +411,20 @@ class LoMDMTrainer(Trainer):
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
                 loss = loss * self.accelerator.num_processes
         return (loss, res) if return_outputs else loss
+
+    def _token_baseline_for(self, device: torch.device) -> torch.Tensor | None:
+        """The `(V,)` per-token loss table of `ptcv` / `tcv` (None for the other estimators).
+
+        It starts at log V for every token (a uniform denoiser's loss: z-free, as the estimators need) and follows
+        an EMA of the losses of past steps (`update_token_baseline`); each process keeps its own, and checkpoints
+        store it (`token_baseline.pt`) so a resumed run continues with the same table.
+        """
+        if self.args.estimator not in ("ptcv", "tcv"):
+            return None
+        if self._token_baseline is None:
+            vocab_size = self.model.config.vocab_size
+            self._token_baseline = torch.full((vocab_size,), math.log(vocab_size), device=device)
+        return self._token_baseline
 
     # ---- optimizer ------------------------------------------------------------------------------------
 
@@ -370,7 +436,8 @@ class LoMDMTrainer(Trainer):
         if scheduler_lr is None:
             schedule = getattr(getattr(opt_model, "config", None), "schedule", None)
             scheduler_lr = default_scheduler_learning_rate(schedule, self.args.learning_rate)
-        if self.optimizer is None and scheduler_lr != self.args.learning_rate:
+        own_schedule = self.args.scheduler_start_step > 0 or self.args.scheduler_warmup_steps > 0
+        if self.optimizer is None and (scheduler_lr != self.args.learning_rate or own_schedule):
             decay = set(self.get_decay_parameter_names(opt_model))
             groups = []
             for scheduler_group in (False, True):
@@ -395,10 +462,58 @@ class LoMDMTrainer(Trainer):
                 raise ValueError(
                     f"`scheduler_learning_rate` is not supported with optim={self.args.optim!r}."
                 )
+            # Before the optimizer is built: it fills every group's missing keys ("lr" included) in place.
+            self._scheduler_groups = [i for i, group in enumerate(groups) if "lr" in group]
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
-            if "lr" in groups[-1]:
-                self._scheduler_group = len(groups) - 1
+            self.optimizer.register_step_pre_hook(self._before_optimizer_step)
         return super().create_optimizer(model)
+
+    def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        """Before each optimizer step: note the schedulers' learning rate (for the log) and, before
+        `scheduler_start_step`, zero their gradients so Adam's moments stay at 0 until they start."""
+        self._scheduler_lr_used = optimizer.param_groups[self._scheduler_groups[-1]]["lr"]
+        if self.state.global_step < self.args.scheduler_start_step:
+            for index in self._scheduler_groups:
+                for p in optimizer.param_groups[index]["params"]:
+                    if p.grad is not None:
+                        p.grad.zero_()
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """Trainer's learning-rate schedule; the scheduler groups' rate is also 0 before `scheduler_start_step`
+        and ramps linearly over `scheduler_warmup_steps` after it."""
+        lr_scheduler = super().create_scheduler(num_training_steps, optimizer)
+        start, ramp = self.args.scheduler_start_step, self.args.scheduler_warmup_steps
+        if self._scheduler_groups and (start > 0 or ramp > 0):
+            if not isinstance(lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
+                raise ValueError(
+                    "`scheduler_start_step` / `scheduler_warmup_steps` need a LambdaLR learning-rate schedule, "
+                    f"got lr_scheduler_type={self.args.lr_scheduler_type!r}."
+                )
+            for index in self._scheduler_groups:
+                lr_scheduler.lr_lambdas[index] = _delayed(lr_scheduler.lr_lambdas[index], start, ramp)
+            for group, lr_lambda in zip(lr_scheduler.optimizer.param_groups, lr_scheduler.lr_lambdas):
+                group["lr"] = group["initial_lr"] * lr_lambda(lr_scheduler.last_epoch)  # the step-0 rate
+        return lr_scheduler
+
+    def _clip_grad_norm(self, model: nn.Module):
+        """Clip the backbone's and the schedulers' gradients separately; returns the backbone's pre-clip norm.
+
+        The scheduler's score-function gradient is noisy and can be many times the backbone's; under one joint
+        clip it shrinks every backbone update. Under FSDP (sharded gradients) Trainer's joint clip is used.
+        """
+        if self.is_fsdp_enabled:
+            return super()._clip_grad_norm(model)
+        backbone, schedulers = [], []
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                (schedulers if is_scheduler_parameter(name) else backbone).append(p)
+        if not schedulers:
+            return super()._clip_grad_norm(model)
+        limit = self.args.scheduler_max_grad_norm
+        limit = self.args.max_grad_norm if limit is None else limit
+        norm = self.accelerator.clip_grad_norm_(schedulers, limit if limit > 0 else math.inf)
+        self._scheduler_grad_norm.append(float(norm))
+        return self.accelerator.clip_grad_norm_(backbone, self.args.max_grad_norm)
 
     # ---- evaluation -----------------------------------------------------------------------------------
 
@@ -464,11 +579,21 @@ class LoMDMTrainer(Trainer):
             with open(os.path.join(folder, TRAINING_ARGS_JSON_NAME), "w", encoding="utf-8") as f:
                 f.write(self.args.to_json_string() + "\n")
 
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self._token_baseline is not None:  # per process: each keeps its own table
+            folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            torch.save(self._token_baseline.cpu(), os.path.join(folder, _token_baseline_name(self.args)))
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         ema_path = os.path.join(resume_from_checkpoint, EMA_WEIGHTS_NAME)
         if self._ema is not None and os.path.isfile(ema_path):
             self._ema.load(ema_path, self.model)
+        baseline_path = os.path.join(resume_from_checkpoint, _token_baseline_name(self.args))
+        if os.path.isfile(baseline_path):
+            self._token_baseline = torch.load(baseline_path, weights_only=True).to(self.args.device)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Trainer's log; training logs also get the objective's statistics since the previous log."""
@@ -478,12 +603,28 @@ class LoMDMTrainer(Trainer):
                 stats = self.accelerator.reduce(stats, reduction="sum")
             logs.update(_summarize(stats))
             self._train_stats = None
-            if self._scheduler_group is not None and "learning_rate" in logs:
-                # Trainer logs the rate the step used; every group follows the same multiplicative schedule.
-                groups = self.optimizer.param_groups
-                ratio = groups[self._scheduler_group]["initial_lr"] / groups[0]["initial_lr"]
-                logs["scheduler_learning_rate"] = logs["learning_rate"] * ratio
+            if self._scheduler_lr_used is not None and "learning_rate" in logs:
+                logs["scheduler_learning_rate"] = self._scheduler_lr_used  # the rate the last step used
+            if self._scheduler_grad_norm:
+                logs["scheduler_grad_norm"] = float(np.median(self._scheduler_grad_norm))
+                self._scheduler_grad_norm = []
         super().log(logs, start_time)
+
+
+def _token_baseline_name(args: TrainingArguments) -> str:
+    """File of a process's token baseline table inside a checkpoint."""
+    return "token_baseline.pt" if args.world_size == 1 else f"token_baseline_{args.process_index}.pt"
+
+
+def _delayed(lr_lambda: Callable[[int], float], start: int, ramp: int) -> Callable[[int], float]:
+    """`lr_lambda` times 0 before `start`, then a linear ramp to 1 over `ramp` steps."""
+
+    def delayed(step: int) -> float:
+        if step < start:
+            return 0.0
+        return lr_lambda(step) * (min(1.0, (step - start + 1) / ramp) if ramp > 0 else 1.0)
+
+    return delayed
 
 
 __all__ = [

@@ -520,3 +520,103 @@ def test_high_scheduler_learning_rate_does_not_saturate_the_lomdm_scheduler(tmp_
     assert len(logs) == 6
     assert max(log["scheduler_saturated_fraction"] for log in logs) < 0.5
     assert min(log["exponent_std"] for log in logs[1:]) > 0.01
+
+
+# --- The scheduler's gradient: its own clip, a delayed start, the per-token control variate ----------------
+
+
+def test_scheduler_gradient_is_clipped_apart_from_the_backbone(tmp_path):
+    """The failure: one joint clip of norm 1 let a noisy scheduler gradient of norm ~50 shrink every backbone
+    update ~50x. Clipped apart, the backbone's gradient is left as it is."""
+    trainer = make_trainer(tmp_path, model=tiny_model(schedule="lomdm").train(), max_grad_norm=1.0)
+    backbone, schedulers = [], []
+    for name, p in trainer.model.named_parameters():
+        (schedulers if is_scheduler_parameter(name) else backbone).append(p)
+    g = torch.Generator().manual_seed(0)
+    for p in backbone + schedulers:
+        p.grad = torch.randn(p.shape, generator=g)
+    for params, norm in ((backbone, 0.5), (schedulers, 50.0)):
+        current = torch.cat([p.grad.flatten() for p in params]).norm()
+        for p in params:
+            p.grad.mul_(norm / current)
+    before = [p.grad.clone() for p in backbone]
+    returned = trainer._clip_grad_norm(trainer.model)
+    assert float(returned) == pytest.approx(0.5, rel=1e-5)  # the logged grad_norm is the backbone's
+    for p, g0 in zip(backbone, before):
+        torch.testing.assert_close(p.grad, g0)
+    assert float(torch.cat([p.grad.flatten() for p in schedulers]).norm()) == pytest.approx(1.0, rel=1e-4)
+    assert trainer._scheduler_grad_norm == [pytest.approx(50.0, rel=1e-4)]
+
+
+def test_scheduler_start_step_keeps_the_schedule_fixed_then_lets_it_learn(tmp_path):
+    snapshots = []
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            snapshots.append(
+                torch.cat(
+                    [
+                        p.detach().flatten().clone()
+                        for n, p in model.named_parameters()
+                        if is_scheduler_parameter(n)
+                    ]
+                )
+            )
+
+    trainer = make_trainer(
+        tmp_path,
+        model=tiny_model(schedule="lomdm", randomize_schedule=False).train(),
+        max_steps=4,
+        estimator="tcv",
+        num_noise_samples=1,
+        scheduler_start_step=2,
+        scheduler_warmup_steps=2,
+        lr_scheduler_type="constant",
+    )
+    trainer.add_callback(Snapshot())
+    initial = torch.cat(
+        [
+            p.detach().flatten().clone()
+            for n, p in trainer.model.named_parameters()
+            if is_scheduler_parameter(n)
+        ]
+    )
+    trainer.train()
+    assert torch.equal(snapshots[0], initial) and torch.equal(snapshots[1], initial)  # steps 1-2: fixed
+    assert not torch.equal(snapshots[3], initial)  # learning once started
+    rates = [entry["scheduler_learning_rate"] for entry in trainer.state.log_history if "loss" in entry]
+    assert rates == pytest.approx([0.0, 0.0, 3e-3 / 2, 3e-3])  # 0 before the start, then the linear ramp
+    assert [entry["learning_rate"] for entry in trainer.state.log_history if "loss" in entry] == [3e-3] * 4
+
+
+def test_token_baseline_follows_the_losses_and_resumes_from_the_checkpoint(tmp_path):
+    trainer = make_trainer(
+        tmp_path,
+        model=tiny_model(schedule="lomdm").train(),
+        max_steps=2,
+        estimator="tcv",
+        num_noise_samples=1,
+        save_strategy="steps",
+        save_steps=2,
+    )
+    trainer.train()
+    table = trainer._token_baseline.clone()
+    assert table.shape == (99,) and bool((table != math.log(99)).any())  # moved away from log V ...
+    assert torch.equal(table[20:], torch.full((79,), math.log(99)))  # ... only for ids that occur (4..19)
+    checkpoint = os.path.join(trainer.args.output_dir, "checkpoint-2")
+    resumed = make_trainer(
+        tmp_path, model=tiny_model(schedule="lomdm").train(), estimator="tcv", num_noise_samples=1
+    )
+    resumed._load_from_checkpoint(checkpoint)
+    torch.testing.assert_close(resumed._token_baseline, table)
+
+
+def test_invalid_scheduler_training_arguments_name_the_value(tmp_path):
+    with pytest.raises(ValueError, match=r"`token_baseline_decay` must be in \[0, 1\), got 1.0"):
+        make_args(tmp_path, token_baseline_decay=1.0)
+    with pytest.raises(ValueError, match=r"`scheduler_max_grad_norm` must be >= 0 \(or None\), got -1.0"):
+        make_args(tmp_path, scheduler_max_grad_norm=-1.0)
+    with pytest.raises(ValueError, match="`scheduler_start_step` must be >= 0, got -3"):
+        make_args(tmp_path, scheduler_start_step=-3)
+    with pytest.raises(ValueError, match=r"estimator.*got 'score'"):
+        make_args(tmp_path, estimator="score")
