@@ -17,14 +17,6 @@ import torch
 from ..smollm2 import smollm2_gguf
 from ..units import perplexity
 
-__all__ = [
-    "GenerativePerplexityResult",
-    "generative_perplexity",
-    "load_judge",
-    "load_smollm2_judge",
-    "unigram_entropy",
-]
-
 
 def unigram_entropy(token_ids: Sequence[int]) -> float:
     """Entropy (nats) of the empirical unigram distribution of one sample's tokens."""
@@ -139,3 +131,12 @@ def load_judge(name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     return AutoModelForCausalLM.from_pretrained(name).eval(), AutoTokenizer.from_pretrained(name)
+
+
+__all__ = [
+    "GenerativePerplexityResult",
+    "generative_perplexity",
+    "load_judge",
+    "load_smollm2_judge",
+    "unigram_entropy",
+]
