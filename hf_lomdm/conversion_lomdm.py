@@ -29,20 +29,6 @@ from .configuration_lomdm import LoMDMConfig
 
 SUPPORTED_CAUSAL_LMS = ("llama", "qwen2")
 MASK_TOKEN = "<|mask|>"
-# Fields fixed by the source weights: a converted model cannot change them.
-_ARCHITECTURE_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "intermediate_size",
-    "rope_theta",
-    "rms_norm_eps",
-    "attention_bias",
-    "tie_word_embeddings",
-    "mask_token_id",
-)
 
 
 def _rope_theta(source_config) -> float:
@@ -89,35 +75,37 @@ def lomdm_config_from_causal_lm(
     """The `LoMDMConfig` of a converted `source_config`; `config_overrides` set non-architecture fields
     (`max_position_embeddings`, `c1`, `c2`, scheduler sizes, `dropout`, ...)."""
     _check_source_config(source_config)
-    fixed = sorted(set(config_overrides) & set(_ARCHITECTURE_FIELDS))
-    if fixed:
-        raise ValueError(f"{fixed} are fixed by the source weights and cannot be overridden.")
-    kwargs = {
+    # Fixed by the source weights: a converted model cannot change them.
+    fixed = {
         "vocab_size": max(source_config.vocab_size, mask_token_id + 1),
         "hidden_size": source_config.hidden_size,
         "num_hidden_layers": source_config.num_hidden_layers,
         "num_attention_heads": source_config.num_attention_heads,
         "num_key_value_heads": getattr(source_config, "num_key_value_heads", None),
         "intermediate_size": source_config.intermediate_size,
-        "max_position_embeddings": source_config.max_position_embeddings,
         "rope_theta": _rope_theta(source_config),
         "rms_norm_eps": source_config.rms_norm_eps,
         "attention_bias": source_config.model_type == "qwen2"
         or bool(getattr(source_config, "attention_bias", False)),
-        "initializer_range": getattr(source_config, "initializer_range", 0.02),
         "tie_word_embeddings": bool(getattr(source_config, "tie_word_embeddings", False)),
         "mask_token_id": mask_token_id,
+    }
+    clash = sorted(set(config_overrides) & set(fixed))
+    if clash:
+        raise ValueError(f"{clash} are fixed by the source weights and cannot be overridden.")
+    defaults = {
+        "max_position_embeddings": source_config.max_position_embeddings,
+        "initializer_range": getattr(source_config, "initializer_range", 0.02),
         "pad_token_id": _special_id(source_config.pad_token_id),
         "bos_token_id": _special_id(source_config.bos_token_id),
         "eos_token_id": _special_id(source_config.eos_token_id),
         "schedule": schedule,
         "shift": shift,
     }
-    kwargs.update(config_overrides)
-    return LoMDMConfig(**kwargs)
+    return LoMDMConfig(**fixed, **{**defaults, **config_overrides})
 
 
-def _load_source(path: str, dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
+def load_causal_lm(path: str, dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
     """A causal LM and its tokenizer from a folder or Hub id; a folder holding only a `.gguf` file loads
     through transformers' GGUF support (dequantised)."""
     kwargs = {}
@@ -203,7 +191,7 @@ def from_causal_lm(
     Without a tokenizer the mask token is the id just past the source vocabulary (`config.mask_token_id`).
     """
     if isinstance(model_or_path, (str, os.PathLike)):
-        source, loaded_tokenizer = _load_source(str(model_or_path), dtype)
+        source, loaded_tokenizer = load_causal_lm(str(model_or_path), dtype)
         tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
     elif isinstance(model_or_path, PreTrainedModel):
         source = model_or_path
@@ -228,6 +216,7 @@ __all__ = [
     "MASK_TOKEN",
     "SUPPORTED_CAUSAL_LMS",
     "from_causal_lm",
+    "load_causal_lm",
     "lomdm_config_from_causal_lm",
     "mask_token_id_for",
 ]

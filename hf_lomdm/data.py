@@ -32,7 +32,9 @@ from datasets import Dataset, DatasetDict, load_dataset
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-SPECIAL_TOKENS = {
+# Special tokens (tokenizer attribute -> text) of the tokenizers trained here; `lomdm-train` adds the missing
+# ones to a given tokenizer.
+DEFAULT_SPECIAL_TOKENS = {
     "mask_token": "<|mask|>",
     "pad_token": "<|pad|>",
     "bos_token": "<|bos|>",
@@ -203,9 +205,9 @@ def train_bpe_tokenizer(
 
     Byte-level means every string round-trips through encode/decode; there is no unknown token.
     """
-    if vocab_size <= len(SPECIAL_TOKENS) + 256:
+    if vocab_size <= len(DEFAULT_SPECIAL_TOKENS) + 256:
         raise ValueError(
-            f"`vocab_size` must exceed the 256 bytes plus {len(SPECIAL_TOKENS)} special tokens, "
+            f"`vocab_size` must exceed the 256 bytes plus {len(DEFAULT_SPECIAL_TOKENS)} special tokens, "
             f"got {vocab_size}."
         )
     tokenizer = Tokenizer(models.BPE())
@@ -214,13 +216,13 @@ def train_bpe_tokenizer(
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS.values()),
+        special_tokens=list(DEFAULT_SPECIAL_TOKENS.values()),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     kwargs = {"model_max_length": model_max_length} if model_max_length is not None else {}
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS, **kwargs)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **DEFAULT_SPECIAL_TOKENS, **kwargs)
 
 
 def train_char_tokenizer(
@@ -237,7 +239,7 @@ def train_char_tokenizer(
     for text in texts:
         counts.update(text)
     characters = sorted(char for char, count in counts.items() if count >= min_frequency)
-    specials = [*SPECIAL_TOKENS.values(), UNK_TOKEN]
+    specials = [*DEFAULT_SPECIAL_TOKENS.values(), UNK_TOKEN]
     vocab = {token: index for index, token in enumerate(specials + characters)}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK_TOKEN))
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character
@@ -248,7 +250,7 @@ def train_char_tokenizer(
         tokenizer_object=tokenizer,
         unk_token=UNK_TOKEN,
         clean_up_tokenization_spaces=False,
-        **SPECIAL_TOKENS,
+        **DEFAULT_SPECIAL_TOKENS,
         **kwargs,
     )
 
@@ -425,8 +427,8 @@ class DataCollatorForMaskedDiffusion:
 
 
 __all__ = [
+    "DEFAULT_SPECIAL_TOKENS",
     "SHAKESPEARE_VALIDATION_PLAYS",
-    "SPECIAL_TOKENS",
     "DataArguments",
     "DataCollatorForMaskedDiffusion",
     "group_texts",

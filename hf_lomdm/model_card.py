@@ -16,6 +16,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .data import SHAKESPEARE
+from .evaluation import unconditional_samples
 from .parameter_groups import scheduler_modules
 from .schedule_lomdm import SCHEDULES
 
@@ -272,14 +273,14 @@ def write_model_card(
     output_dir.mkdir(parents=True, exist_ok=True)
     order_plot = None
     try:
-        prompt = torch.tensor([[tokenizer.bos_token_id]], device=model.device)
-        out = model.generate(
-            prompt,
+        out, _ = unconditional_samples(
+            model,
+            tokenizer,
+            1,
+            seed=seed,
             max_new_tokens=min(48, model.config.max_position_embeddings - 1),
             order="learned",
-            return_dict_in_generate=True,
             output_order=True,
-            generator=torch.Generator(device=model.device).manual_seed(seed),
         )
         tokens = [tokenizer.decode([token]) for token in out.sequences[0].tolist()]
         plot_reveal_order(tokens, out.order[0].tolist(), output_dir / ORDER_PLOT_NAME)

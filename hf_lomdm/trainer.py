@@ -47,7 +47,6 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
 
 from .ema import EMA_WEIGHTS_NAME, EMACallback, ExponentialMovingAverage
-from .evaluation import perplexity
 from .objective import (
     TIME_UNIFORM_WEIGHT,
     Estimator,
@@ -60,6 +59,7 @@ from .objective import (
 )
 from .parameter_groups import is_scheduler_parameter
 from .schedule_lomdm import SCHEDULES, saturated
+from .units import perplexity
 
 logger = logging.get_logger(__name__)
 
@@ -234,7 +234,7 @@ def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
 
 
 def _batch_statistics(res: LoMDMLossOutput) -> torch.Tensor:
-    """Additive float64 sums of one batch, in the order of `_STATS`.
+    """Additive float64 sums of one batch, keyed by name and stacked in the order of `_STATS`.
 
     NELBO terms and |M|; Σe, Σe² and the count over M; the moments (n, Σx, Σy, Σxy, Σx², Σy²) of x = e_i,
     y = p_θ(x_i | z_t) over the masked positions of the first noise sample, for Pearson's r; and the saturated
@@ -244,26 +244,27 @@ def _batch_statistics(res: LoMDMLossOutput) -> torch.Tensor:
     in_m = res.noise_mask
     masked = ~torch.isnan(res.confidence)
     x, y = e[masked], res.confidence[masked].double()
-    sums = [
-        res.nelbo.sum(),
-        res.loss_main.sum(),
-        res.loss_velocity.sum(),
-        res.num_tokens.sum(),
-        e[in_m].sum(),
-        e[in_m].square().sum(),
-        in_m.sum(),
-        masked.sum(),
-        x.sum(),
-        y.sum(),
-        (x * y).sum(),
-        x.square().sum(),
-        y.square().sum(),
-    ]
-    if res.forward_scores is None:  # fixed schedule: no scheduler sigmoids
-        sums += [torch.zeros((), device=e.device), torch.zeros((), device=e.device)]
-    else:
-        sums += [saturated(res.forward_scores, in_m).sum(), in_m.sum()]
-    return torch.stack([s.double() for s in sums])
+    zero = torch.zeros((), device=e.device)
+    scheduler = {"saturated_count": zero, "scored_count": zero}  # fixed schedule: no scheduler sigmoids
+    if res.forward_scores is not None:
+        scheduler = {"saturated_count": saturated(res.forward_scores, in_m).sum(), "scored_count": in_m.sum()}
+    sums = {
+        "nelbo": res.nelbo.sum(),
+        "loss_main": res.loss_main.sum(),
+        "loss_velocity": res.loss_velocity.sum(),
+        "tokens": res.num_tokens.sum(),
+        "exponent_sum": e[in_m].sum(),
+        "exponent_square_sum": e[in_m].square().sum(),
+        "exponent_count": in_m.sum(),
+        "masked_count": masked.sum(),
+        "masked_exponent_sum": x.sum(),
+        "masked_confidence_sum": y.sum(),
+        "masked_exponent_confidence_sum": (x * y).sum(),
+        "masked_exponent_square_sum": x.square().sum(),
+        "masked_confidence_square_sum": y.square().sum(),
+        **scheduler,
+    }
+    return torch.stack([sums[name].double() for name in _STATS])
 
 
 def _summarize(stats: torch.Tensor) -> dict[str, float]:

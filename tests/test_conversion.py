@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
-from hf_lomdm.convert import main as convert_main
+from hf_lomdm.cli.convert import main as convert_main
 from hf_lomdm.modeling_lomdm import shift_right, subs_log_probs
 from hf_lomdm.objective import lomdm_loss
 

@@ -10,8 +10,8 @@ from datasets import Dataset
 from transformers import AutoTokenizer
 
 from hf_lomdm.data import (
+    DEFAULT_SPECIAL_TOKENS,
     SHAKESPEARE_VALIDATION_PLAYS,
-    SPECIAL_TOKENS,
     DataArguments,
     DataCollatorForMaskedDiffusion,
     group_texts,
@@ -61,7 +61,7 @@ def test_tokenizer_round_trips_through_auto_tokenizer(tokenizer, tmp_path):
     ] == [0, 1, 2, 3]
     tokenizer.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
-    assert reloaded.mask_token == SPECIAL_TOKENS["mask_token"] and reloaded.mask_token_id == 0
+    assert reloaded.mask_token == DEFAULT_SPECIAL_TOKENS["mask_token"] and reloaded.mask_token_id == 0
     text = "Whether 'tis nobler, ünïcödé ☃ and unseen bytes"
     ids = reloaded(text, add_special_tokens=False)["input_ids"]
     assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -13,7 +13,7 @@ import pytest
 from helpers import tiny_model, word_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from hf_lomdm.eval_cli import main, run
+from hf_lomdm.cli.evaluate import main, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def test_main_returns_none_and_context_use_can_be_switched_off(saved, capsys):
 
 def test_console_script_exits_zero_without_dumping_the_report(saved):
     # what the `lomdm-eval` entry point runs: sys.exit(main())
-    code = "import sys; from hf_lomdm.eval_cli import main; sys.exit(main())"
+    code = "import sys; from hf_lomdm.cli.evaluate import main; sys.exit(main())"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-c", code, *quick_argv(saved)],
@@ -119,11 +119,11 @@ def test_missing_checkpoint_folder_is_a_clear_usage_error(checkpoint, capsys):
 
 
 def test_valid_repo_id_that_cannot_be_loaded_names_the_checkpoint(monkeypatch):
-    import hf_lomdm.eval_cli
+    import hf_lomdm.cli.evaluate
 
     def unreachable(name, **kwargs):  # what the Hub client raises offline, without the network round trips
         raise OSError(f"We couldn't connect to 'https://huggingface.co' to load the files of {name}.")
 
-    monkeypatch.setattr(hf_lomdm.eval_cli.AutoTokenizer, "from_pretrained", unreachable)
+    monkeypatch.setattr(hf_lomdm.cli.evaluate.AutoTokenizer, "from_pretrained", unreachable)
     with pytest.raises(ValueError, match="cannot load checkpoint 'no-such-user/no-such-model'"):
         main(["no-such-user/no-such-model"])

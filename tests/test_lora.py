@@ -99,7 +99,7 @@ def test_cli_lora_sft_trains_only_the_adapter_on_responses(tmp_path):
 
     from huggingface_hub import ModelCard
 
-    from hf_lomdm.train import train
+    from hf_lomdm.cli.train import train
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(
@@ -144,7 +144,7 @@ def test_cli_lora_sft_trains_only_the_adapter_on_responses(tmp_path):
 
 
 def test_lora_without_a_base_model_is_refused(tmp_path):
-    from hf_lomdm.train import train
+    from hf_lomdm.cli.train import train
 
     with pytest.raises(ValueError, match="model_name_or_path"):
         train(["--output_dir", str(tmp_path), "--lora_r", "4"])

@@ -20,11 +20,11 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, TrainerCallback
 import hf_lomdm.objective as objective_module
 import hf_lomdm.trainer as trainer_module
 from hf_lomdm import LoMDMForMaskedDiffusion
+from hf_lomdm.cli.train import parse_args, train
 from hf_lomdm.data import DataCollatorForMaskedDiffusion
 from hf_lomdm.ema import EMA_WEIGHTS_NAME
 from hf_lomdm.objective import LoMDMLossOutput, lomdm_loss
 from hf_lomdm.parameter_groups import is_scheduler_parameter
-from hf_lomdm.train import parse_args, train
 from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
 
 PAD_ID = 1

@@ -3,8 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import evaluate
 
 METRICS = ("generative_perplexity", "nelbo_perplexity")
+
+
+def text_metric_info(description: str, inputs_description: str) -> evaluate.MetricInfo:
+    """The `evaluate.MetricInfo` of a shipped metric: its description and arguments, texts as `predictions`."""
+    import datasets
+    import evaluate  # imported on use: `metric_path` needs neither library
+
+    return evaluate.MetricInfo(
+        description=description,
+        citation="",
+        inputs_description=inputs_description,
+        features=datasets.Features({"predictions": datasets.Value("string")}),
+    )
 
 
 def metric_path(name: str) -> str:
@@ -14,4 +31,4 @@ def metric_path(name: str) -> str:
     return str(Path(__file__).parent / name / f"{name}.py")
 
 
-__all__ = ["METRICS", "metric_path"]
+__all__ = ["METRICS", "metric_path", "text_metric_info"]

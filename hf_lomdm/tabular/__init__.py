@@ -11,7 +11,7 @@ earlier in generation (Algorithm 1 of 2511.19152 = `model.generate(order="learne
 
 Modules:
 - `tokenizer`: `TabularTokenizer` (columns to tokens and back), reading tables and the known-order table.
-- `training`: `train_tabular_model` (`LoMDMTrainer`, best validation NELBO kept), the column exponents and
+- `fit`: `train_tabular_model` (`LoMDMTrainer`, best validation NELBO kept), the column exponents and
   sampling rows of valid column tokens.
 - `fidelity`: the SDMetrics Shape and Trend scores of synthetic rows against real ones.
 
@@ -19,8 +19,8 @@ Shapes: N = rows, L = columns, V = vocabulary.
 """
 
 from .fidelity import FidelityReport, column_pair_trend, column_shape, fidelity
+from .fit import TabularTrainResult, column_exponents, sample_token_rows, train_tabular_model
 from .tokenizer import TabularColumn, TabularTokenizer, known_order_table, read_table, tabular_dataset
-from .training import TabularTrainResult, column_exponents, sample_token_rows, train_tabular_model
 
 __all__ = [
     "FidelityReport",

@@ -9,26 +9,25 @@ metric.compute(predictions=texts, judge=judge_model, judge_tokenizer=judge_token
 
 from __future__ import annotations
 
-import datasets
 import evaluate
 
 from hf_lomdm.evaluation import generative_perplexity
+from hf_lomdm.metrics import text_metric_info
 
 _DESCRIPTION = (
     "Generative perplexity exp(mean judge NLL per token) of generated texts under a causal LM judge, reported "
     "together with the mean per-sample unigram entropy (low gen-PPL with low entropy means repetition)."
 )
 
+_INPUTS = (
+    "predictions: list of generated texts; judge: causal LM or its path; "
+    "judge_tokenizer: its tokenizer (loaded from the path when omitted); gguf_file, batch_size, max_length."
+)
+
 
 class GenerativePerplexity(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description="predictions: list of generated texts; judge: causal LM or its path; "
-            "judge_tokenizer: its tokenizer (loaded from the path when omitted); gguf_file, batch_size, max_length.",
-            features=datasets.Features({"predictions": datasets.Value("string")}),
-        )
+        return text_metric_info(_DESCRIPTION, _INPUTS)
 
     def _compute(
         self, predictions, judge=None, judge_tokenizer=None, gguf_file=None, batch_size=8, max_length=None

