@@ -44,18 +44,24 @@ class LoMDMGenerateOutput(ModelOutput):
     Args:
         sequences (`torch.LongTensor` of shape `(B, L)`): Prompt and generated tokens; generated positions
             after the first EOS of a row hold the pad token.
-        order (`torch.LongTensor` of shape `(B, L)`, *optional*): Index (0-based, per row) of the backbone
+        reveal_pass (`torch.LongTensor` of shape `(B, L)`, *optional*): Index (0-based, per row) of the backbone
             pass whose prediction revealed each position; -1 for prompt and padding tokens and for positions a
-            stopped row never revealed. Returned when `output_order=True`.
+            stopped row never revealed. Returned when `output_order=True`; also readable as `order` (the
+            generation order it records), the name it had before.
         history (`tuple[torch.LongTensor]`, *optional*): The canvas `(B, L)` after every step that revealed
             tokens. Returned when `output_history=True`.
         nfe (`torch.LongTensor` of shape `(B,)`): Backbone passes each row took.
     """
 
     sequences: torch.LongTensor | None = None
-    order: torch.LongTensor | None = None
+    reveal_pass: torch.LongTensor | None = None
     history: tuple[torch.LongTensor, ...] | None = None
     nfe: torch.LongTensor | None = None
+
+    @property
+    def order(self) -> torch.LongTensor | None:
+        """Alias of `reveal_pass` (the field's earlier name; `order` is also the name of the reveal strategy)."""
+        return self.reveal_pass
 
 
 class LoMDMGenerationMixin:
@@ -162,7 +168,7 @@ class LoMDMGenerationMixin:
             return sequences
         return LoMDMGenerateOutput(
             sequences=sequences,
-            order=sampler.reveal_pass if generation_config.output_order else None,
+            reveal_pass=sampler.reveal_pass if generation_config.output_order else None,
             history=tuple(history) if generation_config.output_history else None,
             nfe=sampler.nfe,
         )
