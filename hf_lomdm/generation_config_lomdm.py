@@ -15,6 +15,7 @@ from typing import Any
 
 from transformers import GenerationConfig
 
+from .cache_lomdm import CACHE_IMPLEMENTATIONS
 from .reveal_lomdm import REVEAL_OPTIONS, REVEAL_RULES, check_reveal_options
 
 ORDERS = tuple(REVEAL_RULES)
@@ -57,8 +58,17 @@ class LoMDMGenerationConfig(GenerationConfig):
             would fall below `eps`, every remaining position is revealed at once. 0 keeps the sampler exact.
             (Which order takes which of these three settings is declared by `reveal_lomdm.REVEAL_RULES`; setting
             one for another order raises.)
+
+        > Caches
+
         use_cache (`bool`, defaults to `True`): Reuse a row's last pass while its canvas is unchanged (only
-            when the backbone is not time-conditioned, where it is exact).
+            when the backbone is not time-conditioned, where it is exact), and allow `cache_implementation`.
+            `False` turns every cache off.
+        cache_implementation (`str`, *optional*): A block KV cache (needs `block_length`): `"prefix"` computes
+            the keys / values of the prompt and of the finished blocks once per block, and every later pass of
+            the block recomputes the block and the masked suffix only; `"dual"` also caches the masked suffix and
+            recomputes the block only. Approximate: the cached columns do not see the tokens revealed since the
+            block began (see `cache_lomdm`). `None`: every pass runs on the whole canvas.
 
         > Token distribution (applied to log p_θ before sampling, through transformers' warpers)
 
@@ -96,6 +106,7 @@ class LoMDMGenerationConfig(GenerationConfig):
         self.block_length: int | None = kwargs.pop("block_length", None)
         self.eps: float = kwargs.pop("eps", 0.0)
         self.use_cache: bool = kwargs.pop("use_cache", True)
+        self.cache_implementation: str | None = kwargs.pop("cache_implementation", None)
 
         self.temperature: float = kwargs.pop("temperature", 1.0)
         self.top_k: int | None = kwargs.pop("top_k", None)
@@ -154,6 +165,17 @@ class LoMDMGenerationConfig(GenerationConfig):
         if self.max_new_tokens is not None and (not _is_int(self.max_new_tokens) or self.max_new_tokens < 0):
             raise ValueError(f"`max_new_tokens` must be an integer >= 0, got {self.max_new_tokens!r}.")
         check_reveal_options(self.order, {name: getattr(self, name) for name in REVEAL_OPTIONS})
+        if self.cache_implementation is not None:
+            if self.cache_implementation not in CACHE_IMPLEMENTATIONS:
+                raise ValueError(
+                    f"`cache_implementation` must be one of {CACHE_IMPLEMENTATIONS} or None, got "
+                    f"{self.cache_implementation!r}."
+                )
+            if self.block_length is None:
+                raise ValueError(
+                    f"`cache_implementation={self.cache_implementation!r}` caches finished blocks and needs "
+                    "`block_length`."
+                )
         if (
             isinstance(self.temperature, bool)
             or not isinstance(self.temperature, (int, float))

@@ -58,6 +58,7 @@ class LoMDMSamplerState:
     num_real: list[int]  # real tokens per row: per-row random draws cover exactly these
     reveal_pass: torch.LongTensor  # (B, L) index of the pass that revealed each position, -1 elsewhere
     nfe: torch.LongTensor  # (B,) backbone passes per row
+    computed_positions: torch.LongTensor  # (B,) positions the backbone computed per row, over all its passes
     stale: torch.BoolTensor  # (B,) the canvas changed since the row's last pass
     finished: torch.BoolTensor  # (B,) rows stopped by EOS or stopping criteria
     block_index: int = 0  # the current block
@@ -136,6 +137,25 @@ class LoMDMSampler:
         return self.state.nfe
 
     @property
+    def computed_positions(self) -> torch.LongTensor:
+        """`(B,)` positions the backbone computed for each row, over all its passes (L per full pass)."""
+        return self.state.computed_positions
+
+    @property
+    def position_ids(self) -> torch.LongTensor:
+        """`(B, L)` position of each column counted from its row's first real token (0 on left padding)."""
+        state = self.state
+        length = state.canvas.shape[1]
+        num_real = torch.tensor(state.num_real, device=state.canvas.device)  # (B,)
+        # Left padding: the real tokens are the last n_b columns, so column j is position j - (L - n_b).
+        return (torch.arange(length, device=state.canvas.device) - (length - num_real)[:, None]).clamp(min=0)
+
+    @property
+    def block(self) -> tuple[int, int]:
+        """The columns `[start, end)` of the current block."""
+        return self.state.blocks[self.state.block_index]
+
+    @property
     def num_blocks(self) -> int:
         """Semi-autoregressive blocks of the call (1 without `block_length`)."""
         return len(self.state.blocks)
@@ -169,7 +189,7 @@ class LoMDMSampler:
             raise ValueError(
                 f"`steps` ({self.steps}) must be a multiple of the number of blocks ({num_blocks})."
             )
-        if num_blocks == 1:
+        if self.block_length is None:
             blocks = [(0, canvas.shape[1])]
         else:
             blocks = [
@@ -185,6 +205,7 @@ class LoMDMSampler:
             num_real=attention_mask.sum(-1).tolist(),
             reveal_pass=torch.full_like(canvas, -1),
             nfe=torch.zeros(batch, dtype=torch.long, device=canvas.device),
+            computed_positions=torch.zeros(batch, dtype=torch.long, device=canvas.device),
             stale=torch.ones(batch, dtype=torch.bool, device=canvas.device),
             finished=torch.zeros(batch, dtype=torch.bool, device=canvas.device),
         )
@@ -240,6 +261,7 @@ class LoMDMSampler:
         log_probs: torch.Tensor | None = None,
         reverse_exponents: torch.Tensor | None = None,
         rows: torch.LongTensor | None = None,
+        computed_positions: int | None = None,
     ) -> torch.BoolTensor:
         """Reveal tokens; returns the `(B, L)` positions revealed.
 
@@ -249,6 +271,8 @@ class LoMDMSampler:
             reverse_exponents (`torch.Tensor` of shape `(R, L)`, *optional*): ê of that pass; needed when
                 `needs_exponents`.
             rows (`torch.LongTensor` of shape `(R,)`, *optional*): The rows of the pass (default: all rows).
+            computed_positions (`int`, *optional*): Positions per row the pass computed (default: L, a full
+                pass; fewer for a cached pass).
 
         The tokens come from log p_θ after the logits processors, sampled in float64. Each position records
         the index of the pass it was revealed from.
@@ -258,6 +282,9 @@ class LoMDMSampler:
             if rows is None:
                 rows = torch.arange(state.canvas.shape[0], device=state.canvas.device)
             self._record_pass(rows, log_probs, reverse_exponents)
+            state.computed_positions[rows] += (
+                state.canvas.shape[1] if computed_positions is None else computed_positions
+            )
         masked = self.masked()  # (B, L)
         u = self._uniform(masked.any(-1))  # (B, L, 2): reveal decision, token draw
         revealed = self.rule.reveal(self._context(masked), u, self._sample)
@@ -328,9 +355,8 @@ class LoMDMSampler:
         depend on the batch.
         """
         state = self.state
-        batch, length = state.canvas.shape
+        batch = state.canvas.shape[0]
         device = state.canvas.device
-        num_real = torch.tensor(state.num_real, device=device)  # (B,)
         width = max(state.num_real)
         if not isinstance(self.generator, list):
             source = device if self.generator is None else self.generator.device
@@ -341,10 +367,8 @@ class LoMDMSampler:
             for row, (gen, n, live) in enumerate(zip(self.generator, state.num_real, stepping.tolist())):
                 if live:
                     drawn[row, :n] = torch.rand(n, 2, generator=gen, dtype=torch.float64, device=gen.device)
-        # Left padding: the real tokens are the last n_b columns, so column j is position j - (L - n_b).
         # Padding columns read position 0; they are never masked, so their draws are never used.
-        position = (torch.arange(length, device=device) - (length - num_real)[:, None]).clamp(min=0)  # (B, L)
-        return 1.0 - drawn.gather(1, position[..., None].expand(-1, -1, 2))  # (B, L, 2)
+        return 1.0 - drawn.gather(1, self.position_ids[..., None].expand(-1, -1, 2))  # (B, L, 2)
 
     def _sample(self, positions: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens `(K,)` and float64 probabilities `(K, V)` at the K `positions` `(B, L)` (row-major), drawn

@@ -470,6 +470,7 @@ def test_generation_config_round_trips_as_lomdm_class(make_model, tmp_path):
         "generation_config_lomdm.py",
         "sampler_lomdm.py",
         "reveal_lomdm.py",
+        "cache_lomdm.py",
         "schedule_lomdm.py",
     }
     assert remote <= shipped  # the remote code travels with the checkpoint
@@ -604,7 +605,7 @@ torch.save(outputs, {out!r})
 """
 
 
-def test_remote_code_generates_like_the_package_for_every_order(make_model, tmp_path):
+def test_remote_code_generates_like_the_package_for_every_order_and_cache(make_model, tmp_path):
     import os
     import subprocess
     import sys
@@ -614,6 +615,10 @@ def test_remote_code_generates_like_the_package_for_every_order(make_model, tmp_
     settings = [
         {"order": order, "max_new_tokens": 6, "steps": 3, **{n: OPTION_VALUES[n] for n in rule.options}}
         for order, rule in REVEAL_RULES.items()
+    ]
+    settings += [
+        {"order": "learned", "max_new_tokens": 6, "block_length": 2, "cache_implementation": name}
+        for name in ("prefix", "dual")
     ]
     script = REMOTE_GENERATE.format(
         folder=str(tmp_path / "ckpt"), settings=settings, out=str(tmp_path / "out.pt")
