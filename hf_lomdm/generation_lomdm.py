@@ -134,26 +134,13 @@ class LoMDMGenerationMixin:
             input_ids, attention_mask, generation_config, self.config.max_position_embeddings
         )
         eos_token_id, pad_token_id = self._special_token_ids(generation_config, stopping_criteria)
-        generator = model_kwargs.get("generator")
-        if isinstance(generator, list) and len(generator) != input_ids.shape[0]:
-            raise ValueError(
-                f"`generator` must be one generator or a list with one per output row "
-                f"({input_ids.shape[0]}), got a list of {len(generator)}."
-            )
         if streamer is not None and input_ids.shape[0] != 1:
             raise ValueError(f"streamers take one sequence; got {input_ids.shape[0]} output rows.")
 
         # 2. Canvas and sampler.
-        sampler = LoMDMSampler(
-            generation_config, self._logits_processor(generation_config, logits_processor), generator
+        sampler, allowed_tokens = self._prepare_sampler(
+            generation_config, logits_processor, model_kwargs, input_ids, attention_mask, num_new_tokens
         )
-        sampler.initialize(input_ids, attention_mask, num_new_tokens)
-        allowed_tokens = model_kwargs.get("allowed_tokens")
-        if allowed_tokens is not None and allowed_tokens.shape[-2] != sampler.canvas.shape[1]:
-            raise ValueError(
-                f"`allowed_tokens` covers {allowed_tokens.shape[-2]} positions; the output has "
-                f"{sampler.canvas.shape[1]} (prompt + new tokens)."
-            )
         reuse_passes = generation_config.use_cache and not self.is_time_conditioned
         cache_implementation = generation_config.cache_implementation if generation_config.use_cache else None
         stream = None if streamer is None else _TokenStream(streamer, sampler, eos_token_id)
@@ -165,17 +152,12 @@ class LoMDMGenerationMixin:
             cache = None  # a block KV cache serves the passes of one block
             while sampler.has_masked():
                 rows = sampler.rows_to_denoise(reuse_passes)  # (R,)
-                log_probs = reverse_exponents = computed = None
-                if rows.numel():
-                    if cache_implementation is not None and cache is None:
-                        window = cache_window(
-                            cache_implementation, sampler.block, sampler.canvas.shape[1], self.config.shift
-                        )
-                        cache = LoMDMBlockCache(window, rows)
-                    log_probs, reverse_exponents, computed = self._denoise(
-                        sampler, rows, allowed_tokens, cache
+                if rows.numel() and cache is None and cache_implementation is not None:
+                    window = cache_window(
+                        cache_implementation, sampler.block, sampler.canvas.shape[1], self.config.shift
                     )
-                revealed = sampler.step(log_probs, reverse_exponents, rows, computed)  # (B, L)
+                    cache = LoMDMBlockCache(window, rows)
+                revealed = self._step(sampler, rows, allowed_tokens, cache)  # (B, L)
                 if stream is not None:
                     stream.put_known(sampler.canvas)
                 if generation_config.output_history and bool(revealed.any()):
@@ -389,6 +371,46 @@ class LoMDMGenerationMixin:
         if config.top_p is not None and config.top_p < 1.0:
             processors.append(TopPLogitsWarper(config.top_p))
         return processors
+
+    def _prepare_sampler(
+        self,
+        config: LoMDMGenerationConfig,
+        logits_processor: LogitsProcessorList | None,
+        model_kwargs: dict[str, Any],
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor,
+        num_new_tokens: int,
+    ) -> tuple[LoMDMSampler, torch.Tensor | None]:
+        """The initialized sampler and the checked `allowed_tokens`."""
+        generator = model_kwargs.get("generator")
+        if isinstance(generator, list) and len(generator) != input_ids.shape[0]:
+            raise ValueError(
+                f"`generator` must be one generator or a list with one per output row "
+                f"({input_ids.shape[0]}), got a list of {len(generator)}."
+            )
+        sampler = LoMDMSampler(config, self._logits_processor(config, logits_processor), generator)
+        sampler.initialize(input_ids, attention_mask, num_new_tokens)
+        allowed_tokens = model_kwargs.get("allowed_tokens")
+        if allowed_tokens is not None and allowed_tokens.shape[-2] != sampler.canvas.shape[1]:
+            raise ValueError(
+                f"`allowed_tokens` covers {allowed_tokens.shape[-2]} positions; the output has "
+                f"{sampler.canvas.shape[1]} (prompt + new tokens)."
+            )
+        return sampler, allowed_tokens
+
+    def _step(
+        self,
+        sampler: LoMDMSampler,
+        rows: torch.LongTensor,
+        allowed_tokens: torch.Tensor | None,
+        cache: LoMDMBlockCache | None,
+    ) -> torch.BoolTensor:
+        """One sampler step: a backbone pass on the rows `rows` `(R,)` (none when R = 0: every row reuses its last
+        pass), then `sampler.step`. Returns the `(B, L)` positions revealed."""
+        if not rows.numel():
+            return sampler.step()
+        log_probs, reverse_exponents, computed = self._denoise(sampler, rows, allowed_tokens, cache)
+        return sampler.step(log_probs, reverse_exponents, rows, computed)
 
     def _denoise(
         self,
