@@ -30,12 +30,8 @@ ORDERS = [
 ORDER_IDS = [f"{order}-{steps}-{'-'.join(extra) or 'plain'}" for order, steps, extra in ORDERS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run much faster on one thread when the CPU is shared (conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def one_layer_model(make_model, **overrides):
