@@ -19,7 +19,8 @@ it), gen-PPL from the mean judge NLL per sample with its s.e. over samples; for 
 share of generated tokens that differ from the uncached run with the same block length and generator (s.e. over
 rows). For the learned order with the cache, the reverse exponents ê and the denoiser of every cached pass are
 compared with a fresh whole-canvas pass on the same canvas (mean |Δê| at the block's masked positions, and the
-KL divergence of the fresh from the cached denoiser there).
+KL divergence of the fresh from the cached denoiser there). `--seeds N` pools the quality columns over N generator
+seeds (timings use seed 0); `--samplers` runs a subset.
 
 Writes `benchmarks/results/sampling_trained.{json,md}`.
 """
@@ -151,6 +152,10 @@ def main(argv=None) -> None:
     parser.add_argument("--blocks", default="8,16,32")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--judge", default="smollm2", help="judge LM for gen-PPL, or 'none'")
+    parser.add_argument("--seeds", type=int, default=1, help="generator seeds pooled for the quality columns")
+    parser.add_argument(
+        "--samplers", default="", help="comma-separated names of `sampler_settings` (default: all)"
+    )
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     threads = configure_threads()
@@ -181,6 +186,8 @@ def main(argv=None) -> None:
         )
         print(json.dumps(rows[-1]), flush=True)
         for name, kwargs in sampler_settings(length).items():
+            if args.samplers and name not in args.samplers.split(","):
+                continue
             runs = [(None, None)] + [
                 (block, cache)
                 for block in (blocks if name in HEADLINE else blocks[len(blocks) // 2 : len(blocks) // 2 + 1])
@@ -191,32 +198,14 @@ def main(argv=None) -> None:
                 row = run_one(model, prompt, length, kwargs, block, cache, args.repeats, ar_speed)
                 row.update(sampler=name, batch=batch)
                 if batch == args.batch:
-                    sequences = row.pop("sequences")
-                    texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
-                    row.update(
-                        quality(model, sequences, row["generated"], texts, judge), sample=texts[0][:80]
-                    )
-                    if cache is None:
-                        uncached[block] = row["generated"]
-                    else:
-                        differ = (row["generated"] != uncached[block]).double().mean(-1).tolist()
-                        row["differ"], row["differ_se"] = mean_se(differ)
-                    if cache is not None and kwargs["order"] == "learned":
-                        with CachedPassProbe(model) as probe:
-                            generate(model, prompt, length, kwargs, block, cache)
-                        row.update(
-                            e_hat_abs_diff=statistics.fmean(probe.e_diff),
-                            e_hat_mean=statistics.fmean(probe.e_fresh),
-                            kl_fresh_cached=statistics.fmean(probe.kl),
-                        )
-                row.pop("sequences", None)
-                row.pop("generated")
+                    setting = (model, prompt, length, kwargs, block, cache)
+                    row.update(quality_columns(setting, tokenizer, judge, args.seeds, uncached))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     write(rows, args, threads)
 
 
-def generate(model, prompt, length, kwargs, block, cache):
+def generate(model, prompt, length, kwargs, block, cache, seed: int = 0):
     return model.generate(
         prompt,
         max_new_tokens=length,
@@ -224,7 +213,7 @@ def generate(model, prompt, length, kwargs, block, cache):
         cache_implementation=cache,
         eos_token_id=[],
         return_dict_in_generate=True,
-        generator=torch.Generator().manual_seed(0),
+        generator=torch.Generator().manual_seed(seed),
         **kwargs,
     )
 
@@ -240,9 +229,36 @@ def run_one(model, prompt, length, kwargs, block, cache, repeats, ar_speed) -> d
         "passes": out.nfe.double().mean().item(),
         "positions_per_token": out.computed_positions.double().mean().item() / length,
         "positions_per_pass": (out.computed_positions.double() / out.nfe).mean().item(),
-        "sequences": out.sequences,
-        "generated": out.sequences[:, prompt.shape[1] :],
     }
+
+
+def quality_columns(setting: tuple, tokenizer, judge, seeds: int, uncached: dict) -> dict:
+    """Quality of the samples of `seeds` generator seeds, pooled; for a cached setting, the share of generated
+    tokens that differ from the uncached run with the same blocks and seeds (stored in `uncached` by block)."""
+    model, prompt, length, kwargs, block, cache = setting
+    sequences = torch.cat([generate(*setting, seed=seed).sequences for seed in range(seeds)])
+    generated = sequences[:, prompt.shape[1] :]
+    texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
+    columns = {
+        "samples": len(texts),
+        **quality(model, sequences, generated, texts, judge),
+        "sample": texts[0][:80],
+    }
+    if cache is None:
+        uncached[block] = generated
+    else:
+        columns["differ"], columns["differ_se"] = mean_se(
+            (generated != uncached[block]).double().mean(-1).tolist()
+        )
+    if cache is not None and kwargs["order"] == "learned":
+        with CachedPassProbe(model) as probe:
+            generate(*setting)
+        columns.update(
+            e_hat_abs_diff=statistics.fmean(probe.e_diff),
+            e_hat_mean=statistics.fmean(probe.e_fresh),
+            kl_fresh_cached=statistics.fmean(probe.kl),
+        )
+    return columns
 
 
 def write(rows: list[dict], args, threads: int) -> None:
