@@ -249,3 +249,17 @@ def test_cache_setting_round_trips_through_generation_config(make_model, tmp_pat
     model.save_pretrained(tmp_path)
     assert (tmp_path / "cache_lomdm.py").is_file()  # the remote code travels with the checkpoint
     assert LoMDMGenerationConfig.from_pretrained(tmp_path).cache_implementation == "dual"
+
+
+def test_readme_cache_snippet_runs(make_model):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    (snippet,) = [
+        block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "cache_implementation" in block
+    ]
+    scope = {"model": make_model(), "prompt": torch.tensor([[2]])}
+    exec(snippet, scope)
+    out = scope["out"]
+    assert out.sequences.shape == (1, 49) and out.computed_positions.item() < out.nfe.item() * 49
