@@ -7,7 +7,10 @@ For each model size, interleaved rounds (every configuration once per round, med
 AdamW steps on random token rows of `--length` tokens:
 
 - `mdlm`: LoMDM with `schedule="linear"`, K = 1, the plain estimator and MDLM's time rule (the MDLM loss);
-- `lomdm`: the default LoMDM estimator (`schedule="lomdm"`, K = 2, RLOO, importance-sampled times);
+- `lomdm`: LoMDM with K = 2 RLOO (`schedule="lomdm"`, importance-sampled times): a no-grad clean pass for f(x)
+  plus two noisy passes;
+- `lomdm_tcv1`: LoMDM with the token control variate and K = 1 (`estimator="tcv"`): the clean pass plus one
+  noisy pass;
 - `mdlm_compiled` (opt-in: `--kinds mdlm mdlm_compiled modernbert`): `mdlm` with `torch.compile` on the backbone
   (inductor's C++ kernels on CPU; needs a C++ compiler; compiling takes minutes and is not timed);
 - `bert`, `modernbert`: `BertForMaskedLM` / `ModernBertForMaskedLM` (its `sparse_prediction` head, like our
@@ -55,7 +58,7 @@ def build(kind: str, hidden: int, layers: int, heads: int, ffn: int, length: int
         # The backbone only: its shapes are fixed; the masked-only head gathers a data-dependent number of rows.
         model.model = torch.compile(model.model, dynamic=False)
         return model
-    if kind in ("mdlm", "lomdm"):
+    if kind in ("mdlm", "lomdm", "lomdm_tcv1"):
         config = LoMDMConfig(
             vocab_size=VOCAB,
             hidden_size=hidden,
@@ -120,8 +123,10 @@ def loss_fn(kind: str):
                 model, x, num_samples=1, estimator="plain", time_sampling="uniform_eps", generator=g
             ).loss
         )
-    if kind == "lomdm":
-        return lambda model, x, g: lomdm_loss(model, x, generator=g).loss
+    if kind == "lomdm":  # K = 2 RLOO
+        return lambda model, x, g: lomdm_loss(model, x, num_samples=2, estimator="rloo", generator=g).loss
+    if kind == "lomdm_tcv1":  # one noisy pass: the token control variate with K = 1
+        return lambda model, x, g: lomdm_loss(model, x, num_samples=1, estimator="tcv", generator=g).loss
     return mdlm_loss_for_mlm
 
 
@@ -163,7 +168,7 @@ def main(argv=None) -> None:
         "--kinds",
         nargs="+",
         default=["mdlm", "lomdm", "bert", "modernbert"],
-        choices=["mdlm", "mdlm_compiled", "lomdm", "bert", "modernbert"],
+        choices=["mdlm", "mdlm_compiled", "lomdm", "lomdm_tcv1", "bert", "modernbert"],
     )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=128)

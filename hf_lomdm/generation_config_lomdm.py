@@ -1,17 +1,22 @@
 """Sampling settings of LoMDM: `LoMDMGenerationConfig`, saved as `generation_config.json` (SPEC §2-3).
 
-The valid `order` values are the keys of the sampler's reveal-rule registry (`sampler_lomdm.REVEAL_RULES`), so
-the config and the sampler cannot disagree on them.
+Hub-facing: this file ships inside checkpoints (trust_remote_code), so it imports only torch, transformers and
+its `*_lomdm.py` siblings, through single-dot imports (`from .x import y`): transformers copies exactly those
+into a saved folder.
+
+The valid `order` values, and the settings only some orders take (`eps`, `threshold`, `order_temperature`), are
+declared by the reveal-rule registry (`reveal_lomdm.REVEAL_RULES`, `REVEAL_OPTIONS`); the config asks it and
+holds no list of its own, so the config and the sampler cannot disagree on them.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from transformers import GenerationConfig
 
-from .sampler_lomdm import REVEAL_RULES
+from .cache_lomdm import CACHE_IMPLEMENTATIONS
+from .reveal_lomdm import REVEAL_OPTIONS, REVEAL_RULES, check_reveal_options
 
 ORDERS = tuple(REVEAL_RULES)
 # Generation settings that default to the model config's special token ids.
@@ -41,18 +46,29 @@ class LoMDMGenerationConfig(GenerationConfig):
             MDLM), `confidence` (probability of the sampled token), `margin` (top-1 minus top-2 probability),
             `entropy` (lowest entropy first), `left_to_right`, or `learned_ranked` (a fixed number of reveals per
             step, in the order the learned exponents ê rank the positions; see `order_temperature`).
-        order_temperature (`float`, *optional*): With `order="learned_ranked"`: 0 (the default) reveals the
+        order_temperature (`float`, *optional*): Only with `order="learned_ranked"`: 0 (the default) reveals the
             highest ê first (the learned schedule's most likely order), 1 draws the order from the learned order
             distribution (Plackett-Luce with weights ê), values in between sharpen it (weights ê^(1/τ)), and
             `float("inf")` ignores ê (a uniformly random order with the same number of reveals per step).
-        threshold (`float`, *optional*): With `order="confidence"`, also reveal every position whose sampled
-            token has probability ≥ `threshold`; at least one token per row per step.
+        threshold (`float`, *optional*): Only with `order="confidence"`: also reveal every position whose
+            sampled token has probability ≥ `threshold`; at least one token per row per step.
         block_length (`int`, *optional*): Semi-autoregressive blocks of this many new tokens, generated left
             to right (`max_new_tokens` and `steps` must split evenly). Not available with infilling.
-        eps (`float`, defaults to 0.0): MDLM's time truncation for `learned` / `random`: once t would fall
-            below `eps`, every remaining position is revealed at once. 0 keeps the sampler exact.
+        eps (`float`, defaults to 0.0): Only with `order="learned"` / `"random"`: MDLM's time truncation; once t
+            would fall below `eps`, every remaining position is revealed at once. 0 keeps the sampler exact.
+            (Which order takes which of these three settings is declared by `reveal_lomdm.REVEAL_RULES`; setting
+            one for another order raises.)
+
+        > Caches
+
         use_cache (`bool`, defaults to `True`): Reuse a row's last pass while its canvas is unchanged (only
-            when the backbone is not time-conditioned, where it is exact).
+            when the backbone is not time-conditioned, where it is exact), and allow `cache_implementation`.
+            `False` turns every cache off.
+        cache_implementation (`str`, *optional*): A block KV cache (needs `block_length`): `"prefix"` computes
+            the keys / values of the prompt and of the finished blocks once per block, and every later pass of
+            the block recomputes the block and the masked suffix only; `"dual"` also caches the masked suffix and
+            recomputes the block only. Approximate: the cached columns do not see the tokens revealed since the
+            block began (see `cache_lomdm`). `None`: every pass runs on the whole canvas.
 
         > Token distribution (applied to log p_θ before sampling, through transformers' warpers)
 
@@ -64,7 +80,8 @@ class LoMDMGenerationConfig(GenerationConfig):
 
         num_return_sequences (`int`, defaults to 1): Samples per input row.
         return_dict_in_generate (`bool`, defaults to `False`): Return a [`LoMDMGenerateOutput`], not a tensor.
-        output_order (`bool`, defaults to `False`): Also return the pass index that revealed each position.
+        output_order (`bool`, defaults to `False`): Also return `reveal_pass`, the index of the pass that
+            revealed each position (the generation order).
         output_history (`bool`, defaults to `False`): Also return the canvas after each revealing step.
 
         > Special tokens (default to the model config's)
@@ -89,6 +106,7 @@ class LoMDMGenerationConfig(GenerationConfig):
         self.block_length: int | None = kwargs.pop("block_length", None)
         self.eps: float = kwargs.pop("eps", 0.0)
         self.use_cache: bool = kwargs.pop("use_cache", True)
+        self.cache_implementation: str | None = kwargs.pop("cache_implementation", None)
 
         self.temperature: float = kwargs.pop("temperature", 1.0)
         self.top_k: int | None = kwargs.pop("top_k", None)
@@ -146,30 +164,18 @@ class LoMDMGenerationConfig(GenerationConfig):
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         if self.max_new_tokens is not None and (not _is_int(self.max_new_tokens) or self.max_new_tokens < 0):
             raise ValueError(f"`max_new_tokens` must be an integer >= 0, got {self.max_new_tokens!r}.")
-        if self.order not in ORDERS:
-            raise ValueError(f"`order` must be one of {ORDERS}, got {self.order!r}.")
-        if self.threshold is not None:
-            if isinstance(self.threshold, bool) or not 0.0 < self.threshold <= 1.0:
-                raise ValueError(f"`threshold` must be in (0, 1], got {self.threshold!r}.")
-            if not REVEAL_RULES[self.order].accepts_threshold:
-                accepting = " or ".join(
-                    repr(order) for order, rule in REVEAL_RULES.items() if rule.accepts_threshold
-                )
+        check_reveal_options(self.order, {name: getattr(self, name) for name in REVEAL_OPTIONS})
+        if self.cache_implementation is not None:
+            if self.cache_implementation not in CACHE_IMPLEMENTATIONS:
                 raise ValueError(
-                    f"`threshold` decoding ranks by confidence and needs order={accepting}, "
-                    f"got order={self.order!r}."
+                    f"`cache_implementation` must be one of {CACHE_IMPLEMENTATIONS} or None, got "
+                    f"{self.cache_implementation!r}."
                 )
-        if self.order_temperature is not None:
-            value = self.order_temperature
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= math.inf:
-                raise ValueError(f"`order_temperature` must be a number in [0, inf], got {value!r}.")
-            if self.order != "learned_ranked":
+            if self.block_length is None:
                 raise ValueError(
-                    f"`order_temperature` sets how sharply `order='learned_ranked'` follows the learned exponents; "
-                    f"got order={self.order!r}."
+                    f"`cache_implementation={self.cache_implementation!r}` caches finished blocks and needs "
+                    "`block_length`."
                 )
-        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0.0 <= self.eps < 1.0:
-            raise ValueError(f"`eps` must be in [0, 1), got {self.eps!r}.")
         if (
             isinstance(self.temperature, bool)
             or not isinstance(self.temperature, (int, float))

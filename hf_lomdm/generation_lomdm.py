@@ -1,14 +1,19 @@
 """`model.generate` for LoMDM: the loop that runs the backbone and hands its output to the sampler (SPEC §2).
 
+Hub-facing: this file ships inside checkpoints (trust_remote_code), so it imports only torch, transformers and
+its `*_lomdm.py` siblings, through single-dot imports (`from .x import y`): transformers copies exactly those
+into a saved folder.
+
 Shapes: B = batch (after `num_return_sequences`), L = canvas length (left-padded prompt + new tokens),
-V = vocabulary, R = rows re-run in one pass.
+V = vocabulary, R = rows re-run in one pass, W = columns a cached pass recomputes.
 
 `LoMDMGenerationMixin.generate` resolves the settings (`generation_config_lomdm.LoMDMGenerationConfig`),
 builds a `sampler_lomdm.LoMDMSampler` (which owns the canvas and the reveal rule of `order`) and, block by
 block, runs one backbone pass on the rows that need it and lets the sampler reveal tokens. When a row's canvas
-has not changed since its last pass and the backbone is time-independent, that pass is reused (the cache);
-`nfe` counts the real passes of each row. Streaming and the history of canvases belong to the loop, not to the
-sampler.
+has not changed since its last pass and the backbone is time-independent, that pass is reused; with
+`cache_implementation` a block KV cache (`cache_lomdm.LoMDMBlockCache`) lets the later passes of a block
+recompute only part of the canvas. `nfe` counts the passes of each row and `computed_positions` what they
+computed. Streaming and the history of canvases belong to the loop, not to the sampler.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import ModelOutput, logging
 
+from .cache_lomdm import LoMDMBlockCache, cache_window
 from .configuration_lomdm import check_token_id_tensor
 from .generation_config_lomdm import SPECIAL_TOKENS, LoMDMGenerationConfig
 from .sampler_lomdm import LoMDMSampler
@@ -44,18 +50,29 @@ class LoMDMGenerateOutput(ModelOutput):
     Args:
         sequences (`torch.LongTensor` of shape `(B, L)`): Prompt and generated tokens; generated positions
             after the first EOS of a row hold the pad token.
-        order (`torch.LongTensor` of shape `(B, L)`, *optional*): Index (0-based, per row) of the backbone
+        reveal_pass (`torch.LongTensor` of shape `(B, L)`, *optional*): Index (0-based, per row) of the backbone
             pass whose prediction revealed each position; -1 for prompt and padding tokens and for positions a
-            stopped row never revealed. Returned when `output_order=True`.
+            stopped row never revealed. Returned when `output_order=True`; also readable as `order` (the
+            generation order it records), the name it had before.
         history (`tuple[torch.LongTensor]`, *optional*): The canvas `(B, L)` after every step that revealed
             tokens. Returned when `output_history=True`.
-        nfe (`torch.LongTensor` of shape `(B,)`): Backbone passes each row took.
+        nfe (`torch.LongTensor` of shape `(B,)`): Backbone passes each row took, whole-canvas or cached.
+        computed_positions (`torch.LongTensor` of shape `(B,)`): Positions the backbone computed for each row
+            over those passes: L per whole-canvas pass, the window's width per cached pass (`cache_lomdm`). The
+            call's cost in whole-canvas passes is `computed_positions / L`, its positions per pass
+            `computed_positions / nfe`.
     """
 
     sequences: torch.LongTensor | None = None
-    order: torch.LongTensor | None = None
+    reveal_pass: torch.LongTensor | None = None
     history: tuple[torch.LongTensor, ...] | None = None
     nfe: torch.LongTensor | None = None
+    computed_positions: torch.LongTensor | None = None
+
+    @property
+    def order(self) -> torch.LongTensor | None:
+        """Alias of `reveal_pass` (the field's earlier name; `order` is also the name of the reveal strategy)."""
+        return self.reveal_pass
 
 
 class LoMDMGenerationMixin:
@@ -103,9 +120,11 @@ class LoMDMGenerationMixin:
             1. Resolve the settings (kwargs > `generation_config` > `model.generation_config`) and the inputs.
             2. Build the sampler (it owns the canvas and picks the reveal rule of `order`) and the stream.
             3. For each block, until it has no mask left: (a) one backbone pass on the rows that need it (all
-               rows without cache; with cache, rows whose canvas changed), (b) `sampler.step` takes that pass
-               and reveals tokens, (c) stream and record history. After the block (`sampler.end_block`), rows
-               that produced EOS or meet `stopping_criteria` stop.
+               rows without `use_cache`; with it, rows whose canvas changed); with `cache_implementation`, the
+               block's first pass runs on the whole canvas and fills a block KV cache, the later ones recompute
+               only the cache's window (`cache_lomdm`); (b) `sampler.step` takes that pass and reveals tokens,
+               (c) stream and record history. After the block (`sampler.end_block`), rows that produced EOS or
+               meet `stopping_criteria` stop.
             4. Finalize (padding after EOS) and build the output.
         """
         # 1. Settings and inputs.
@@ -115,39 +134,30 @@ class LoMDMGenerationMixin:
             input_ids, attention_mask, generation_config, self.config.max_position_embeddings
         )
         eos_token_id, pad_token_id = self._special_token_ids(generation_config, stopping_criteria)
-        generator = model_kwargs.get("generator")
-        if isinstance(generator, list) and len(generator) != input_ids.shape[0]:
-            raise ValueError(
-                f"`generator` must be one generator or a list with one per output row "
-                f"({input_ids.shape[0]}), got a list of {len(generator)}."
-            )
         if streamer is not None and input_ids.shape[0] != 1:
             raise ValueError(f"streamers take one sequence; got {input_ids.shape[0]} output rows.")
 
         # 2. Canvas and sampler.
-        sampler = LoMDMSampler(
-            generation_config, self._logits_processor(generation_config, logits_processor), generator
+        sampler, allowed_tokens = self._prepare_sampler(
+            generation_config, logits_processor, model_kwargs, input_ids, attention_mask, num_new_tokens
         )
-        sampler.initialize(input_ids, attention_mask, num_new_tokens)
-        allowed_tokens = model_kwargs.get("allowed_tokens")
-        if allowed_tokens is not None and allowed_tokens.shape[-2] != sampler.canvas.shape[1]:
-            raise ValueError(
-                f"`allowed_tokens` covers {allowed_tokens.shape[-2]} positions; the output has "
-                f"{sampler.canvas.shape[1]} (prompt + new tokens)."
-            )
-        use_cache = generation_config.use_cache and not self.is_time_conditioned
+        reuse_passes = generation_config.use_cache and not self.is_time_conditioned
+        cache_implementation = generation_config.cache_implementation if generation_config.use_cache else None
         stream = None if streamer is None else _TokenStream(streamer, sampler, eos_token_id)
         history: list[torch.LongTensor] = []
 
         # 3. Denoise block by block.
         for block in range(sampler.num_blocks):
             sampler.begin_block(block)
+            cache = None  # a block KV cache serves the passes of one block
             while sampler.has_masked():
-                rows = sampler.rows_to_denoise(use_cache)  # (R,)
-                log_probs, reverse_exponents = (
-                    self._denoise(sampler, rows, allowed_tokens) if rows.numel() else (None, None)
-                )
-                revealed = sampler.step(log_probs, reverse_exponents, rows)  # (B, L)
+                rows = sampler.rows_to_denoise(reuse_passes)  # (R,)
+                if rows.numel() and cache is None and cache_implementation is not None:
+                    window = cache_window(
+                        cache_implementation, sampler.block, sampler.canvas.shape[1], self.config.shift
+                    )
+                    cache = LoMDMBlockCache(window, rows)
+                revealed = self._step(sampler, rows, allowed_tokens, cache)  # (B, L)
                 if stream is not None:
                     stream.put_known(sampler.canvas)
                 if generation_config.output_history and bool(revealed.any()):
@@ -162,9 +172,10 @@ class LoMDMGenerationMixin:
             return sequences
         return LoMDMGenerateOutput(
             sequences=sequences,
-            order=sampler.reveal_pass if generation_config.output_order else None,
+            reveal_pass=sampler.reveal_pass if generation_config.output_order else None,
             history=tuple(history) if generation_config.output_history else None,
             nfe=sampler.nfe,
+            computed_positions=sampler.computed_positions,
         )
 
     def diffusion_generate(
@@ -361,15 +372,62 @@ class LoMDMGenerationMixin:
             processors.append(TopPLogitsWarper(config.top_p))
         return processors
 
+    def _prepare_sampler(
+        self,
+        config: LoMDMGenerationConfig,
+        logits_processor: LogitsProcessorList | None,
+        model_kwargs: dict[str, Any],
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor,
+        num_new_tokens: int,
+    ) -> tuple[LoMDMSampler, torch.Tensor | None]:
+        """The initialized sampler and the checked `allowed_tokens`."""
+        generator = model_kwargs.get("generator")
+        if isinstance(generator, list) and len(generator) != input_ids.shape[0]:
+            raise ValueError(
+                f"`generator` must be one generator or a list with one per output row "
+                f"({input_ids.shape[0]}), got a list of {len(generator)}."
+            )
+        sampler = LoMDMSampler(config, self._logits_processor(config, logits_processor), generator)
+        sampler.initialize(input_ids, attention_mask, num_new_tokens)
+        allowed_tokens = model_kwargs.get("allowed_tokens")
+        if allowed_tokens is not None and allowed_tokens.shape[-2] != sampler.canvas.shape[1]:
+            raise ValueError(
+                f"`allowed_tokens` covers {allowed_tokens.shape[-2]} positions; the output has "
+                f"{sampler.canvas.shape[1]} (prompt + new tokens)."
+            )
+        return sampler, allowed_tokens
+
+    def _step(
+        self,
+        sampler: LoMDMSampler,
+        rows: torch.LongTensor,
+        allowed_tokens: torch.Tensor | None,
+        cache: LoMDMBlockCache | None,
+    ) -> torch.BoolTensor:
+        """One sampler step: a backbone pass on the rows `rows` `(R,)` (none when R = 0: every row reuses its last
+        pass), then `sampler.step`. Returns the `(B, L)` positions revealed."""
+        if not rows.numel():
+            return sampler.step()
+        log_probs, reverse_exponents, computed = self._denoise(sampler, rows, allowed_tokens, cache)
+        return sampler.step(log_probs, reverse_exponents, rows, computed)
+
     def _denoise(
-        self, sampler: LoMDMSampler, rows: torch.LongTensor, allowed_tokens: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self,
+        sampler: LoMDMSampler,
+        rows: torch.LongTensor,
+        allowed_tokens: torch.Tensor | None = None,
+        cache: LoMDMBlockCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         """One backbone pass on the canvas rows `rows` `(R,)`; noise_mask = the set M, as in training.
 
-        Returns log p_θ `(R, L, V)` and, when the sampler's reveal rule reads them, ê `(R, L)` (else `None`).
-        The head runs only at positions still to be revealed (the only ones the sampler reads); the other
-        rows of log p_θ are 0 and never used.
+        Returns log p_θ `(R, L, V)`, ê `(R, L)` when the sampler's reveal rule reads them (else `None`), and the
+        positions per row the pass computed. The head runs only at positions still to be revealed (the only
+        ones the sampler reads); the other rows of log p_θ are 0 and never used. With a filled block `cache`
+        the pass runs on its window only (`_cached_denoise`); otherwise on the whole canvas, filling `cache`.
         """
+        if cache is not None and cache.is_filled:
+            return self._cached_denoise(sampler, rows, allowed_tokens, cache)
         canvas = sampler.canvas[rows]
         still_masked = sampler.generated[rows] & (canvas == self.config.mask_token_id)  # (R, L)
         timesteps = sampler.timesteps()[rows].float() if self.is_time_conditioned else None
@@ -380,14 +438,69 @@ class LoMDMGenerationMixin:
             timesteps=timesteps,
             output_exponents=sampler.needs_exponents,
             logits_mask=still_masked,
-            allowed_tokens=allowed_tokens
-            if allowed_tokens is None or allowed_tokens.dim() == 2
-            else allowed_tokens[rows],
+            allowed_tokens=_rows_of(allowed_tokens, rows),
+            past_key_values=cache,
         )
-        packed = out.packed_log_probs  # (N, V)
-        log_probs = packed.new_zeros(canvas.shape + packed.shape[-1:])  # (R, L, V)
-        log_probs[still_masked] = packed
-        return log_probs, out.reverse_exponents
+        if cache is not None:
+            cache.features = (
+                out.last_hidden_state
+            )  # (R, L, H): what the reverse scheduler reads outside the window
+        log_probs = out.packed_log_probs.new_zeros(
+            canvas.shape + out.packed_log_probs.shape[-1:]
+        )  # (R, L, V)
+        log_probs[still_masked] = out.packed_log_probs
+        return log_probs, out.reverse_exponents, canvas.shape[1]
+
+    def _cached_denoise(
+        self,
+        sampler: LoMDMSampler,
+        rows: torch.LongTensor,
+        allowed_tokens: torch.Tensor | None,
+        cache: LoMDMBlockCache,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """`_denoise` on the cache's window `[start, end)`: the backbone computes W = end - start columns and
+        attends to the cached keys / values of the others; the head runs at the block's masked positions.
+
+        ê (when read) comes from the reverse scheduler on the whole canvas's features: the window's fresh ones
+        and the block's first pass's elsewhere (see `cache_lomdm`).
+        """
+        start, end = cache.window
+        canvas = sampler.canvas[rows]
+        in_block = sampler.masked()[rows]  # (R, L): the only positions the sampler reads
+        logits_mask = in_block[:, start:end]  # (R, W)
+        timesteps = sampler.timesteps()[rows].float() if self.is_time_conditioned else None
+        window_allowed = _rows_of(allowed_tokens, rows)
+        cache.select(rows)
+        out = self._denoiser_pass(
+            canvas[:, start:end],
+            sampler.attention_mask[rows],  # (R, L): the keys come back in the canvas's column order
+            None,
+            sampler.position_ids[rows, start:end],
+            timesteps,
+            output_exponents=False,
+            logits_mask=logits_mask,
+            allowed_tokens=None if window_allowed is None else window_allowed[..., start:end, :],
+            past_key_values=cache,
+        )
+        log_probs = out.packed_log_probs.new_zeros(
+            canvas.shape + out.packed_log_probs.shape[-1:]
+        )  # (R, L, V)
+        log_probs[in_block] = out.packed_log_probs
+        reverse_exponents = None
+        if sampler.needs_exponents:
+            reverse_exponents = self._reverse_exponents(
+                cache.features_with(out.last_hidden_state),
+                canvas,
+                sampler.attention_mask[rows],
+                sampler.generated[rows],
+                sampler.position_ids[rows],
+            )
+        return log_probs, reverse_exponents, end - start
+
+
+def _rows_of(allowed_tokens: torch.Tensor | None, rows: torch.LongTensor) -> torch.Tensor | None:
+    """`allowed_tokens` for the canvas rows `rows`: an `(L, V)` table serves every row, a `(B, L, V)` one is indexed."""
+    return allowed_tokens if allowed_tokens is None or allowed_tokens.dim() == 2 else allowed_tokens[rows]
 
 
 class _TokenStream:

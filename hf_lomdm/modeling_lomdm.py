@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import PreTrainedModel
+from transformers import Cache, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
@@ -122,9 +122,14 @@ def eager_attention_forward(
 
 
 class LoMDMAttention(nn.Module):
-    def __init__(self, config: LoMDMConfig):
+    """Bidirectional RoPE attention. With `past_key_values` (a transformers `Cache`), the keys / values of the
+    positions computed now go through `past_key_values.update(key, value, layer_idx)`, which returns the keys /
+    values to attend to (e.g. cached ones of other positions around them; see `cache_lomdm.LoMDMBlockCache`)."""
+
+    def __init__(self, config: LoMDMConfig, layer_idx: int | None = None):
         super().__init__()
         self.config = config
+        self.layer_idx = layer_idx
         self.head_dim = config.head_dim
         self.num_heads = config.num_attention_heads
         self.num_key_value_heads = config.num_key_value_heads
@@ -138,7 +143,7 @@ class LoMDMAttention(nn.Module):
         self.v_proj = nn.Linear(hidden, self.num_key_value_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=bias)
 
-    def forward(self, hidden_states, attention_mask, position_embeddings):
+    def forward(self, hidden_states, attention_mask, position_embeddings, past_key_values=None):
         batch, length, _ = hidden_states.shape
         query = (
             self.q_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
@@ -148,6 +153,8 @@ class LoMDMAttention(nn.Module):
         )  # (B, kv_heads, L, D)
         value = self.v_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
         query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, kv_heads, L_keys, D)
 
         attention_interface = eager_attention_forward
         if self.config._attn_implementation not in (None, "eager"):
@@ -179,16 +186,18 @@ class LoMDMMLP(nn.Module):
 class LoMDMLayer(GradientCheckpointingLayer):
     """Pre-norm bidirectional transformer layer (RMSNorm, RoPE attention, SwiGLU)."""
 
-    def __init__(self, config: LoMDMConfig, intermediate_size: int):
+    def __init__(self, config: LoMDMConfig, intermediate_size: int, layer_idx: int | None = None):
         super().__init__()
-        self.self_attn = LoMDMAttention(config)
+        self.self_attn = LoMDMAttention(config, layer_idx)
         self.mlp = LoMDMMLP(config.hidden_size, intermediate_size)
         self.input_layernorm = LoMDMRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = LoMDMRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None):
-        attn = self.self_attn(self.input_layernorm(hidden_states), attention_mask, position_embeddings)
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None):
+        attn = self.self_attn(
+            self.input_layernorm(hidden_states), attention_mask, position_embeddings, past_key_values
+        )
         hidden_states = hidden_states + self.dropout(attn)
         mlp = self.mlp(self.post_attention_layernorm(hidden_states))
         return hidden_states + self.dropout(mlp)
@@ -338,7 +347,9 @@ class LoMDMModel(LoMDMPreTrainedModel):
     """The bidirectional transformer backbone; returns the final normalised hidden states f(z).
 
     `attention_mask` is a `(B, L)` padding mask, or a bool `(B, 1, L, L)` mask (True = attend) used as given;
-    with the latter, positions count from 0 unless `position_ids` are passed.
+    with the latter, positions count from 0 unless `position_ids` are passed. With `past_key_values` (a
+    transformers `Cache` that every layer's attention updates), `input_ids` are the positions computed now,
+    `attention_mask` `(B, L_keys)` covers the keys the cache returns (in their order) and `position_ids` are required.
     """
 
     def __init__(self, config: LoMDMConfig):
@@ -346,7 +357,7 @@ class LoMDMModel(LoMDMPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.time_embedding = LoMDMTimeEmbedding(config.hidden_size) if config.time_conditioning else None
         self.layers = nn.ModuleList(
-            [LoMDMLayer(config, config.intermediate_size) for _ in range(config.num_hidden_layers)]
+            [LoMDMLayer(config, config.intermediate_size, i) for i in range(config.num_hidden_layers)]
         )
         self.norm = LoMDMRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = LoMDMRotaryEmbedding(config)
@@ -366,6 +377,7 @@ class LoMDMModel(LoMDMPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         timesteps: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutput:
         if (timesteps is None) == (self.time_embedding is not None):
@@ -374,6 +386,8 @@ class LoMDMModel(LoMDMPreTrainedModel):
                 f"(time_conditioning={self.time_embedding is not None}, timesteps given: {timesteps is not None})."
             )
         if position_ids is None:
+            if past_key_values is not None:
+                raise ValueError("`past_key_values` needs `position_ids` for the positions computed now.")
             position_ids = _position_ids(attention_mask, input_ids)
         hidden_states = self.embed_tokens(input_ids)  # (B, L, H)
         if self.time_embedding is not None:
@@ -382,7 +396,7 @@ class LoMDMModel(LoMDMPreTrainedModel):
         mask = _bidirectional_mask(attention_mask)
         all_hidden = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
-            hidden_states = layer(hidden_states, mask, position_embeddings)
+            hidden_states = layer(hidden_states, mask, position_embeddings, past_key_values=past_key_values)
             if output_hidden_states:
                 all_hidden += (hidden_states,)
         hidden_states = self.norm(hidden_states)
@@ -497,6 +511,7 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         logits_mask: torch.Tensor | None = None,
         allowed_tokens: torch.Tensor | None = None,
         noise: NoiseSpec | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> LoMDMOutput:
         r"""
@@ -524,6 +539,8 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
                 on all K samples as one `(K B, L)` batch with the head only at masked positions
                 (`packed_log_probs`), and returns the draw as `noise_draw`. One module call per step is what DDP,
                 FSDP, PEFT and accelerate's autocast wrap.
+            past_key_values (`Cache`, *optional*): updated by every layer's attention with the keys / values of
+                this pass (generation's block cache, `cache_lomdm.LoMDMBlockCache`, fills itself this way).
         """
         check_allowed_tokens(allowed_tokens, input_ids.shape, self.vocab_size, self.mask_token_id)
         if noise is not None:
@@ -548,6 +565,7 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
             output_hidden_states,
             logits_mask,
             allowed_tokens,
+            past_key_values,
         )
 
     def _denoiser_pass(
@@ -561,11 +579,24 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         output_hidden_states=False,
         logits_mask=None,
         allowed_tokens=None,
+        past_key_values=None,
     ) -> LoMDMOutput:
-        """The denoiser pass of `forward` on checked inputs: log p_θ(· | z) (SUBS) and ê(z)."""
+        """The denoiser pass of `forward` on checked inputs: log p_θ(· | z) (SUBS) and ê(z).
+
+        With `past_key_values` (see `LoMDMModel`), `input_ids` are the positions computed now and `attention_mask`
+        covers the keys; ê then needs features of the whole sequence: pass `output_exponents=False` and get ê
+        from `_reverse_exponents`.
+        """
         if position_ids is None:
             position_ids = _position_ids(attention_mask, input_ids)
-        outputs = self.model(input_ids, attention_mask, position_ids, timesteps, output_hidden_states)
+        outputs = self.model(
+            input_ids,
+            attention_mask,
+            position_ids,
+            timesteps,
+            output_hidden_states,
+            past_key_values=past_key_values,
+        )
         features = outputs.last_hidden_state  # f(z): (B, L, H)
         head_features = shift_right(features) if self.shift else features  # prediction for i read at i - 1
         head_inputs = input_ids
@@ -580,9 +611,9 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         log_probs = subs_log_probs(logits, head_inputs, self.mask_token_id)  # (B, L, V) / (N, V)
         reverse_exponents = None
         if output_exponents:
-            noise_mask = _default_noise_mask(noise_mask, attention_mask, input_ids)
-            scores = self._scores(self.reverse_scheduler, features, position_ids, attention_mask)
-            reverse_exponents = self._exponents(scores, noise_mask)
+            reverse_exponents = self._reverse_exponents(
+                features, input_ids, attention_mask, noise_mask, position_ids
+            )
         return LoMDMOutput(
             logits=log_probs if logits_mask is None else None,
             packed_log_probs=log_probs if logits_mask is not None else None,
@@ -590,6 +621,14 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
             last_hidden_state=features,
             hidden_states=outputs.hidden_states,
         )
+
+    def _reverse_exponents(
+        self, features, input_ids, attention_mask, noise_mask, position_ids
+    ) -> torch.Tensor:
+        """ê `(B, L)` from the backbone features f(z) `(B, L, H)` of the sequence `input_ids` `(B, L)`."""
+        noise_mask = _default_noise_mask(noise_mask, attention_mask, input_ids)
+        scores = self._scores(self.reverse_scheduler, features, position_ids, attention_mask)
+        return self._exponents(scores, noise_mask)
 
     def _training_forward(
         self, input_ids, attention_mask, noise_mask, position_ids, noise, allowed_tokens=None

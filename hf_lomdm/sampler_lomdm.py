@@ -1,4 +1,8 @@
-"""The LoMDM sampler: the reverse process of SPEC §2 on a fixed canvas, and the reveal rule of each `order`.
+"""The LoMDM sampler: the reverse process of SPEC §2 on a fixed canvas, as a state machine that owns its state.
+
+Hub-facing: this file ships inside checkpoints (trust_remote_code), so it imports only torch, transformers and
+its `*_lomdm.py` siblings, through single-dot imports (`from .x import y`): transformers copies exactly those
+into a saved folder.
 
 Shapes: B = batch, L = canvas length (left-padded prompt + new tokens), V = vocabulary, K = number of positions
 sampled in one step.
@@ -6,19 +10,8 @@ sampled in one step.
 The canvas z holds the prompt, the mask tokens appended to it and any mask token already in the input
 (infilling). The positions to fill are the set M of SPEC §1 (`noise_mask`), fixed for the whole call. After a
 backbone pass on z (log p_θ(· | z), SUBS log-probabilities, and the reverse exponents ê(z)), `LoMDMSampler.step`
-reveals masked positions by the reveal rule that `order` names in `REVEAL_RULES`, looked up once:
-
-- `learned`, `steps=S` ([`LearnedReveal`]): the τ-grid 1 = t_0 > ... > t_S = 0 (LoMDM §4, reverse process);
-  every masked position is revealed with probability `schedule_lomdm.unmask_prob(log s, log t, ê)`.
-- `learned`, `steps=None`: the exact first-hitting sampler. z is fixed between reveals, so each masked
-  position's next reveal time is `schedule_lomdm.reveal_log_time(log t, u, ê)`; the latest is revealed and t
-  moves there. This simulates the continuous-time reverse process exactly, one pass per token.
-- `random` ([`RandomReveal`]): the same with ê ≡ 1 (MDLM ancestral sampling).
-- `confidence` / `margin` / `entropy` / `left_to_right` ([`RankedReveal`]): per-row reveal quotas filled by
-  score (MaskGIT / Dream style); with `threshold` ([`ThresholdReveal`]), confidence decoding also reveals
-  every token whose probability reaches it (parallel decoding).
-- `learned_ranked` ([`LearnedRankedReveal`]): the same quotas filled in the learned order, ranked by ê (its most
-  likely order with `order_temperature=0`, a draw from the learned order distribution with 1).
+asks the reveal rule of `order` (`reveal_lomdm.REVEAL_RULES`, built once) which masked positions to reveal and
+writes them. The rules return what they reveal; only the sampler writes its state ([`LoMDMSamplerState`]).
 
 Revealed and prompt tokens never change. The sampler never calls the model: `generate` runs the backbone and
 hands its output to `step`.
@@ -26,22 +19,16 @@ hands its output to `step`.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
-from .schedule_lomdm import reveal_log_time, unmask_prob
+from .reveal_lomdm import REVEAL_OPTIONS, RevealContext, build_reveal_rule
 
-if TYPE_CHECKING:  # the config module imports this one for `REVEAL_RULES`
+if TYPE_CHECKING:  # for annotations only: the config module imports the reveal rules, never this module
     from .generation_config_lomdm import LoMDMGenerationConfig
-
-# `sample(positions, u)`: tokens `(K,)` and float64 probabilities `(K, V)` at the K `positions` `(B, L)` (row-major),
-# drawn with the uniforms `u` `(B, L)` (see `LoMDMSampler._sample`).
-SampleFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def sample_categorical(
@@ -61,8 +48,7 @@ def sample_categorical(
 
 @dataclass
 class LoMDMSamplerState:
-    """What a [`LoMDMSampler`] carries between the steps of one `generate` call. Only the sampler and its
-    reveal rule write it."""
+    """What a [`LoMDMSampler`] carries between the steps of one `generate` call. Only the sampler writes it."""
 
     canvas: torch.LongTensor  # (B, L) z: the mask token where a position is still to be revealed
     attention_mask: torch.LongTensor  # (B, L) 1 = real token, 0 = left padding
@@ -72,6 +58,7 @@ class LoMDMSamplerState:
     num_real: list[int]  # real tokens per row: per-row random draws cover exactly these
     reveal_pass: torch.LongTensor  # (B, L) index of the pass that revealed each position, -1 elsewhere
     nfe: torch.LongTensor  # (B,) backbone passes per row
+    computed_positions: torch.LongTensor  # (B,) positions the backbone computed per row, over all its passes
     stale: torch.BoolTensor  # (B,) the canvas changed since the row's last pass
     finished: torch.BoolTensor  # (B,) rows stopped by EOS or stopping criteria
     block_index: int = 0  # the current block
@@ -81,277 +68,6 @@ class LoMDMSamplerState:
     step_index: int = 0  # steps taken in the current block
     log_probs: torch.Tensor | None = None  # (B, L, V) float32 cached log p_θ of each row's last pass
     reverse_exponents: torch.Tensor | None = None  # (B, L) cached ê of each row's last pass
-
-
-# -- reveal rules --------------------------------------------------------------------------------------------
-
-
-class RevealRule:
-    """How one sampler step picks the positions to reveal and their tokens (SPEC §2); one subclass per `order`.
-
-    The sampler picks its rule once, from `REVEAL_RULES[order]`, so no other code branches on the order name.
-    """
-
-    needs_exponents: ClassVar[bool] = False  # reads ê(z): the backbone must return `reverse_exponents`
-    accepts_threshold: ClassVar[bool] = False  # takes `threshold` (parallel decoding)
-
-    @classmethod
-    def from_config(cls, config: LoMDMGenerationConfig) -> RevealRule:
-        """The rule with the settings it reads from `config`."""
-        return cls()
-
-    def timesteps(self, state: LoMDMSamplerState, masked: torch.Tensor) -> torch.Tensor:
-        """`(B,)` time t of the next pass, for time-conditioned backbones; `masked` `(B, L)`: still masked."""
-        raise NotImplementedError
-
-    def reveal(
-        self, state: LoMDMSamplerState, masked: torch.Tensor, u: torch.Tensor, sample: SampleFn
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The `(B, L)` positions to reveal and their tokens `(K,)` (row-major).
-
-        Args:
-            state ([`LoMDMSamplerState`]): The sampler's state, with this step's cached passes.
-            masked (`torch.BoolTensor` of shape `(B, L)`): Positions of the current block still masked.
-            u (`torch.Tensor` of shape `(B, L, 2)`): float64 uniforms in (0, 1]: reveal decision, token draw.
-            sample (`SampleFn`): Draws the tokens at given positions from the processed log p_θ.
-        """
-        raise NotImplementedError
-
-
-class ScheduleReveal(RevealRule):
-    """Reveal by the reverse schedule with exponents ê (SPEC §2): on the τ-grid, a masked position is revealed
-    at step t_k -> t_{k+1} with probability `unmask_prob`; with `steps=None`, the exact first-hitting sampler.
-
-    Args:
-        eps (`float`, defaults to 0.0): MDLM's time truncation: once t would fall below `eps`, every remaining
-            position is revealed at once.
-    """
-
-    def __init__(self, eps: float = 0.0):
-        self.eps = eps
-
-    @classmethod
-    def from_config(cls, config: LoMDMGenerationConfig) -> ScheduleReveal:
-        return cls(eps=config.eps)
-
-    def exponents(self, state: LoMDMSamplerState) -> torch.Tensor:
-        """`(B, L)` reverse exponents ê of the rows' last passes."""
-        raise NotImplementedError
-
-    def timesteps(self, state: LoMDMSamplerState, masked: torch.Tensor) -> torch.Tensor:
-        if state.steps_per_block is None:
-            return state.log_t.exp()
-        return torch.full_like(state.log_t, math.exp(self._grid_log_time(state, state.step_index)))
-
-    def reveal(
-        self, state: LoMDMSamplerState, masked: torch.Tensor, u: torch.Tensor, sample: SampleFn
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        e_hat = self.exponents(state)  # (B, L)
-        if state.steps_per_block is None:
-            reveal = self._first_hitting(state, masked, u[..., 0], e_hat)
-        else:
-            reveal = self._grid_step(state, masked, u[..., 0], e_hat)
-        return reveal, sample(reveal, u[..., 1])[0]
-
-    def _first_hitting(
-        self, state: LoMDMSamplerState, masked: torch.Tensor, u: torch.Tensor, e_hat: torch.Tensor
-    ) -> torch.Tensor:
-        """Reveal each row's masked position with the latest reveal time and move the row's t there."""
-        log_reveal = reveal_log_time(state.log_t[:, None], u, e_hat).masked_fill(~masked, -math.inf)  # (B, L)
-        log_next, first = log_reveal.max(-1)  # (B,): the latest reveal time is the next event
-        reveal = torch.zeros_like(masked).scatter_(-1, first[:, None], True) & masked
-        if self.eps > 0:
-            reveal |= masked & (log_next < math.log(self.eps))[:, None]
-        state.log_t = torch.where(masked.any(-1), log_next, state.log_t)
-        return reveal
-
-    def _grid_step(
-        self, state: LoMDMSamplerState, masked: torch.Tensor, u: torch.Tensor, e_hat: torch.Tensor
-    ) -> torch.Tensor:
-        """The τ-grid step t_k -> t_{k+1}: reveal with probability `unmask_prob(log t_{k+1}, log t_k, ê)`."""
-        log_t = torch.tensor(
-            self._grid_log_time(state, state.step_index), dtype=torch.float64, device=u.device
-        )
-        log_s = torch.tensor(
-            self._grid_log_time(state, state.step_index + 1), dtype=torch.float64, device=u.device
-        )
-        return masked & (u < unmask_prob(log_s, log_t, e_hat))
-
-    def _grid_log_time(self, state: LoMDMSamplerState, k: int) -> float:
-        """log t_k of the τ-grid: t_k = 1 - (1 - eps) k / S for k < S, and t_S = 0."""
-        num_steps = state.steps_per_block
-        assert 0 <= k <= num_steps, f"step {k} outside the grid of {num_steps} steps"
-        return -math.inf if k == num_steps else math.log1p(-(1.0 - self.eps) * k / num_steps)
-
-
-class LearnedReveal(ScheduleReveal):
-    """`order="learned"`: the model's reverse schedule ê(z) (LoMDM §4)."""
-
-    needs_exponents = True
-
-    def exponents(self, state: LoMDMSamplerState) -> torch.Tensor:
-        return state.reverse_exponents
-
-
-class RandomReveal(ScheduleReveal):
-    """`order="random"`: ê ≡ 1, MDLM ancestral sampling (every masked position equally likely next)."""
-
-    def exponents(self, state: LoMDMSamplerState) -> torch.Tensor:
-        return torch.ones_like(state.canvas, dtype=torch.float64)
-
-
-class RankedReveal(RevealRule):
-    """Fill each row's reveal quota with its best-scored masked positions (MaskGIT / Dream style, SPEC §2).
-
-    The quota spreads the block's tokens evenly over its steps (one token per step with `steps=None`). Every
-    masked position is sampled, then scored by `score`; the chosen ones keep their sampled tokens.
-    """
-
-    def timesteps(self, state: LoMDMSamplerState, masked: torch.Tensor) -> torch.Tensor:
-        # Ranked orders have no schedule: t is the fraction of the block still masked.
-        return masked.sum(-1) / state.block_total.clamp(min=1)
-
-    def score(self, tokens: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        """`(K,)` scores of the sampled `tokens` `(K,)` under `probs` `(K, V)`; higher is revealed first."""
-        raise NotImplementedError
-
-    def reveal(
-        self, state: LoMDMSamplerState, masked: torch.Tensor, u: torch.Tensor, sample: SampleFn
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens, probs = sample(masked, u[..., 1])  # (K,), (K, V): every masked position is a candidate
-        scores = torch.full(masked.shape, -math.inf, dtype=torch.float64, device=masked.device)
-        scores[masked] = self.score(tokens, probs)  # (B, L); boolean indexing follows the row-major order
-        chosen = self.choose(state, scores, masked)
-        placed = torch.zeros_like(state.canvas)  # (B, L) sampled tokens; read only at chosen ⊆ masked
-        placed[masked] = tokens
-        return chosen, placed[chosen]
-
-    def quota(self, state: LoMDMSamplerState) -> torch.Tensor:
-        """`(B,)` tokens to reveal this step: floor((k+1) n / S) - floor(k n / S) of the block's n."""
-        if state.steps_per_block is None:
-            return torch.ones_like(state.block_total)
-        k, n, num_steps = state.step_index, state.block_total, state.steps_per_block
-        return (k + 1) * n // num_steps - k * n // num_steps
-
-    def choose(self, state: LoMDMSamplerState, scores: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
-        """The `quota` best-scored eligible positions of each row (ties go to the leftmost)."""
-        quota = self.quota(state)  # (B,)
-        ranking = scores.masked_fill(~eligible, -math.inf).argsort(dim=-1, descending=True, stable=True)
-        positions = torch.arange(scores.shape[1], device=scores.device).expand_as(ranking)
-        ranks = torch.empty_like(ranking).scatter_(-1, ranking, positions)  # (B, L) rank of each position
-        return eligible & (ranks < quota[:, None])
-
-
-class ConfidenceReveal(RankedReveal):
-    """`order="confidence"`: the probability of the sampled token (MaskGIT; Dream's `maskgit_plus`)."""
-
-    accepts_threshold = True
-
-    @classmethod
-    def from_config(cls, config: LoMDMGenerationConfig) -> ConfidenceReveal:
-        return ConfidenceReveal() if config.threshold is None else ThresholdReveal(config.threshold)
-
-    def score(self, tokens: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        return probs.gather(-1, tokens[:, None]).squeeze(-1)
-
-
-class ThresholdReveal(ConfidenceReveal):
-    """`order="confidence"` with `threshold`: parallel decoding. Besides the quota (at least one token per row
-    per step), every masked position whose sampled token has probability ≥ `threshold` is revealed.
-
-    Args:
-        threshold (`float`): Confidence in (0, 1] above which a token is revealed at once.
-    """
-
-    def __init__(self, threshold: float):
-        self.threshold = threshold
-
-    def quota(self, state: LoMDMSamplerState) -> torch.Tensor:
-        return super().quota(state).clamp(min=1)
-
-    def choose(self, state: LoMDMSamplerState, scores: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
-        return super().choose(state, scores, eligible) | (eligible & (scores >= self.threshold))
-
-
-class MarginReveal(RankedReveal):
-    """`order="margin"`: top-1 minus top-2 probability (Dream's `topk_margin`)."""
-
-    def score(self, tokens: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        top2 = probs.topk(2, dim=-1).values  # (K, 2)
-        return top2[:, 0] - top2[:, 1]
-
-
-class EntropyReveal(RankedReveal):
-    """`order="entropy"`: lowest entropy first."""
-
-    def score(self, tokens: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        return torch.special.xlogy(probs, probs).sum(-1)  # sum p log p = -H: the most certain scores highest
-
-
-class LeftToRightReveal(RankedReveal):
-    """`order="left_to_right"`: the leftmost masked positions first. The rank needs no token, so only the
-    chosen positions are sampled."""
-
-    def reveal(
-        self, state: LoMDMSamplerState, masked: torch.Tensor, u: torch.Tensor, sample: SampleFn
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        columns = torch.arange(masked.shape[1], device=masked.device, dtype=torch.float64)
-        chosen = self.choose(state, -columns.expand(masked.shape), masked)
-        return chosen, sample(chosen, u[..., 1])[0]
-
-
-class LearnedRankedReveal(RankedReveal):
-    """`order="learned_ranked"`: fill each row's quota in the order the learned schedule ranks the positions.
-
-    Under exponents ê a token's reveal time is t* = u^{1/ê}, so -log t* ~ Exponential(ê) and the order of the
-    reveals is a Plackett-Luce draw with weights ê: P(i next) = ê_i / Σ_j ê_j over the masked positions (SPEC §1,
-    property 3). Gumbel top-k samples exactly that: rank by log ê + g, g ~ Gumbel(0, 1). With `order_temperature`
-    τ the rank is log ê + τ·g, i.e. Plackett-Luce weights ê^{1/τ}: τ = 1 keeps the learned order distribution (with
-    a fixed number of reveals per step instead of the schedule's random one), τ = 0 takes its most likely order,
-    highest ê first, ties broken uniformly at random, and τ = inf ignores ê: a uniformly random order with the
-    same per-step quotas (the baseline to compare a learned ranking with). A sharper order matters because the
-    exponents learned in a few hundred steps are close (ê = 0.8 vs 0.6 puts the first one first with probability
-    0.57 only).
-
-    Args:
-        temperature (`float`, defaults to 0.0): τ in [0, inf].
-    """
-
-    needs_exponents = True
-
-    def __init__(self, temperature: float = 0.0):
-        self.temperature = temperature
-
-    @classmethod
-    def from_config(cls, config: LoMDMGenerationConfig) -> LearnedRankedReveal:
-        return cls(0.0 if config.order_temperature is None else config.order_temperature)
-
-    def reveal(
-        self, state: LoMDMSamplerState, masked: torch.Tensor, u: torch.Tensor, sample: SampleFn
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        gumbel = -torch.log(-torch.log(u[..., 0].clamp(max=1.0 - 1e-12)))  # (B, L) float64
-        log_e = state.reverse_exponents.double().log()  # (B, L)
-        if self.temperature == math.inf:
-            chosen = self.choose(state, gumbel, masked)
-        elif self.temperature > 0:
-            chosen = self.choose(state, log_e + self.temperature * gumbel, masked)
-        else:  # highest ê first; among equal ê the Gumbel rank (uniformly random), not the leftmost position
-            by_gumbel = gumbel.argsort(dim=-1, descending=True)
-            ranked = self.choose(state, log_e.gather(-1, by_gumbel), masked.gather(-1, by_gumbel))
-            chosen = torch.zeros_like(masked).scatter_(-1, by_gumbel, ranked)
-        return chosen, sample(chosen, u[..., 1])[0]
-
-
-# The one place where an `order` name means something; `LoMDMGenerationConfig` accepts exactly these keys.
-REVEAL_RULES: dict[str, type[RevealRule]] = {
-    "learned": LearnedReveal,
-    "random": RandomReveal,
-    "confidence": ConfidenceReveal,
-    "margin": MarginReveal,
-    "entropy": EntropyReveal,
-    "left_to_right": LeftToRightReveal,
-    "learned_ranked": LearnedRankedReveal,
-}
 
 
 # -- the sampler ---------------------------------------------------------------------------------------------
@@ -379,7 +95,9 @@ class LoMDMSampler:
         logits_processor: LogitsProcessorList | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
     ):
-        self.rule = REVEAL_RULES[generation_config.order].from_config(generation_config)
+        self.rule = build_reveal_rule(
+            generation_config.order, {name: getattr(generation_config, name) for name in REVEAL_OPTIONS}
+        )
         self.steps = generation_config.steps
         self.block_length = generation_config.block_length
         self.greedy = generation_config.temperature == 0
@@ -419,6 +137,25 @@ class LoMDMSampler:
         return self.state.nfe
 
     @property
+    def computed_positions(self) -> torch.LongTensor:
+        """`(B,)` positions the backbone computed for each row, over all its passes (L per full pass)."""
+        return self.state.computed_positions
+
+    @property
+    def position_ids(self) -> torch.LongTensor:
+        """`(B, L)` position of each column counted from its row's first real token (0 on left padding)."""
+        state = self.state
+        length = state.canvas.shape[1]
+        num_real = torch.tensor(state.num_real, device=state.canvas.device)  # (B,)
+        # Left padding: the real tokens are the last n_b columns, so column j is position j - (L - n_b).
+        return (torch.arange(length, device=state.canvas.device) - (length - num_real)[:, None]).clamp(min=0)
+
+    @property
+    def block(self) -> tuple[int, int]:
+        """The columns `[start, end)` of the current block."""
+        return self.state.blocks[self.state.block_index]
+
+    @property
     def num_blocks(self) -> int:
         """Semi-autoregressive blocks of the call (1 without `block_length`)."""
         return len(self.state.blocks)
@@ -452,7 +189,7 @@ class LoMDMSampler:
             raise ValueError(
                 f"`steps` ({self.steps}) must be a multiple of the number of blocks ({num_blocks})."
             )
-        if num_blocks == 1:
+        if self.block_length is None:
             blocks = [(0, canvas.shape[1])]
         else:
             blocks = [
@@ -468,6 +205,7 @@ class LoMDMSampler:
             num_real=attention_mask.sum(-1).tolist(),
             reveal_pass=torch.full_like(canvas, -1),
             nfe=torch.zeros(batch, dtype=torch.long, device=canvas.device),
+            computed_positions=torch.zeros(batch, dtype=torch.long, device=canvas.device),
             stale=torch.ones(batch, dtype=torch.bool, device=canvas.device),
             finished=torch.zeros(batch, dtype=torch.bool, device=canvas.device),
         )
@@ -516,13 +254,14 @@ class LoMDMSampler:
 
     def timesteps(self) -> torch.Tensor:
         """`(B,)` time t of the next pass, for time-conditioned backbones."""
-        return self.rule.timesteps(self.state, self.masked())
+        return self.rule.timesteps(self._context())
 
     def step(
         self,
         log_probs: torch.Tensor | None = None,
         reverse_exponents: torch.Tensor | None = None,
         rows: torch.LongTensor | None = None,
+        computed_positions: int | None = None,
     ) -> torch.BoolTensor:
         """Reveal tokens; returns the `(B, L)` positions revealed.
 
@@ -532,6 +271,8 @@ class LoMDMSampler:
             reverse_exponents (`torch.Tensor` of shape `(R, L)`, *optional*): ê of that pass; needed when
                 `needs_exponents`.
             rows (`torch.LongTensor` of shape `(R,)`, *optional*): The rows of the pass (default: all rows).
+            computed_positions (`int`, *optional*): Positions per row the pass computed (default: L, a full
+                pass; fewer for a cached pass).
 
         The tokens come from log p_θ after the logits processors, sampled in float64. Each position records
         the index of the pass it was revealed from.
@@ -541,10 +282,16 @@ class LoMDMSampler:
             if rows is None:
                 rows = torch.arange(state.canvas.shape[0], device=state.canvas.device)
             self._record_pass(rows, log_probs, reverse_exponents)
+            state.computed_positions[rows] += (
+                state.canvas.shape[1] if computed_positions is None else computed_positions
+            )
         masked = self.masked()  # (B, L)
         u = self._uniform(masked.any(-1))  # (B, L, 2): reveal decision, token draw
-        reveal, tokens = self.rule.reveal(state, masked, u, self._sample)
-        state.canvas[reveal] = tokens
+        revealed = self.rule.reveal(self._context(masked), u, self._sample)
+        reveal = revealed.positions
+        state.canvas[reveal] = revealed.tokens
+        if revealed.log_t is not None:
+            state.log_t = revealed.log_t
         state.reveal_pass = torch.where(reveal, (state.nfe - 1)[:, None], state.reveal_pass)
         state.stale |= reveal.any(-1)
         state.step_index += 1
@@ -568,6 +315,18 @@ class LoMDMSampler:
         return sequences
 
     # -- helpers of `step` -----------------------------------------------------------------------------------
+
+    def _context(self, masked: torch.BoolTensor | None = None) -> RevealContext:
+        """What the reveal rule reads at this step (`masked` `(B, L)`: the current block's masked positions)."""
+        state = self.state
+        return RevealContext(
+            masked=self.masked() if masked is None else masked,
+            log_t=state.log_t,
+            step_index=state.step_index,
+            num_steps=state.steps_per_block,
+            block_total=state.block_total,
+            reverse_exponents=state.reverse_exponents,
+        )
 
     def _record_pass(
         self, rows: torch.LongTensor, log_probs: torch.Tensor, reverse_exponents: torch.Tensor | None
@@ -596,9 +355,8 @@ class LoMDMSampler:
         depend on the batch.
         """
         state = self.state
-        batch, length = state.canvas.shape
+        batch = state.canvas.shape[0]
         device = state.canvas.device
-        num_real = torch.tensor(state.num_real, device=device)  # (B,)
         width = max(state.num_real)
         if not isinstance(self.generator, list):
             source = device if self.generator is None else self.generator.device
@@ -609,10 +367,8 @@ class LoMDMSampler:
             for row, (gen, n, live) in enumerate(zip(self.generator, state.num_real, stepping.tolist())):
                 if live:
                     drawn[row, :n] = torch.rand(n, 2, generator=gen, dtype=torch.float64, device=gen.device)
-        # Left padding: the real tokens are the last n_b columns, so column j is position j - (L - n_b).
         # Padding columns read position 0; they are never masked, so their draws are never used.
-        position = (torch.arange(length, device=device) - (length - num_real)[:, None]).clamp(min=0)  # (B, L)
-        return 1.0 - drawn.gather(1, position[..., None].expand(-1, -1, 2))  # (B, L, 2)
+        return 1.0 - drawn.gather(1, self.position_ids[..., None].expand(-1, -1, 2))  # (B, L, 2)
 
     def _sample(self, positions: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens `(K,)` and float64 probabilities `(K, V)` at the K `positions` `(B, L)` (row-major), drawn
@@ -624,19 +380,4 @@ class LoMDMSampler:
         return tokens, probs
 
 
-__all__ = [
-    "REVEAL_RULES",
-    "ConfidenceReveal",
-    "EntropyReveal",
-    "LearnedReveal",
-    "LeftToRightReveal",
-    "LoMDMSampler",
-    "LoMDMSamplerState",
-    "MarginReveal",
-    "RandomReveal",
-    "RankedReveal",
-    "RevealRule",
-    "ScheduleReveal",
-    "ThresholdReveal",
-    "sample_categorical",
-]
+__all__ = ["LoMDMSampler", "LoMDMSamplerState", "sample_categorical"]

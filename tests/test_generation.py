@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from transformers import AutoModelForMaskedLM, LogitsProcessor, LogitsProcessorL
 from transformers.generation.streamers import BaseStreamer
 
 from hf_lomdm import LoMDMGenerationConfig, LoMDMSampler
+from hf_lomdm.reveal_lomdm import REVEAL_OPTIONS, REVEAL_RULES, RevealContext, build_reveal_rule
 from hf_lomdm.sampler_lomdm import sample_categorical
 from hf_lomdm.schedule_lomdm import unmask_prob
 
@@ -464,7 +466,11 @@ def test_generation_config_round_trips_as_lomdm_class(make_model, tmp_path):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "generation_config.json").is_file()
     shipped = {path.name for path in tmp_path.iterdir()}
-    remote = {"generation_lomdm.py", "generation_config_lomdm.py", "sampler_lomdm.py", "schedule_lomdm.py"}
+    import hf_lomdm
+
+    # Every Hub-facing file travels with the checkpoint (modeling imports the others, directly or not).
+    remote = {path.name for path in Path(hf_lomdm.__file__).parent.glob("*_lomdm.py")}
+    assert "reveal_lomdm.py" in remote and "cache_lomdm.py" in remote
     assert remote <= shipped  # the remote code travels with the checkpoint
     loaded = AutoModelForMaskedLM.from_pretrained(tmp_path)
     assert type(loaded.generation_config) is LoMDMGenerationConfig
@@ -505,3 +511,123 @@ def test_constrained_infilling_draws_only_allowed_tokens(make_model):
         ).all()
     with pytest.raises(ValueError, match="covers 4 positions"):
         model.generate(prompt, allowed_tokens=allowed[:4])
+
+
+# A valid value other than the default for each setting only some orders take.
+OPTION_VALUES = {"eps": 0.3, "threshold": 0.5, "order_temperature": 1.0}
+
+
+@pytest.mark.parametrize("order", sorted(REVEAL_RULES))
+@pytest.mark.parametrize("option", sorted(REVEAL_OPTIONS))
+def test_config_accepts_an_order_option_exactly_when_the_rule_declares_it(order, option):
+    settings = {"order": order, option: OPTION_VALUES[option]}
+    if option in REVEAL_RULES[order].options:
+        assert getattr(LoMDMGenerationConfig(**settings), option) == OPTION_VALUES[option]
+    else:
+        with pytest.raises(ValueError, match=rf"`{option}` is a setting of order=.*got order='{order}'"):
+            LoMDMGenerationConfig(**settings)
+    LoMDMGenerationConfig(
+        order=order, **{option: REVEAL_OPTIONS[option].default}
+    )  # the default is always fine
+
+
+def test_config_and_reveal_rules_never_import_the_sampler():
+    # config -> reveal rules and sampler -> reveal rules, never back: no import cycle between the three.
+    import ast
+    import pathlib
+
+    import hf_lomdm
+
+    root = pathlib.Path(hf_lomdm.__file__).parent
+    imported = {}
+    for name in ("generation_config_lomdm", "reveal_lomdm", "sampler_lomdm"):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        imported[name] = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "sampler_lomdm" not in imported["generation_config_lomdm"] | imported["reveal_lomdm"]
+    assert "generation_config_lomdm" not in imported["reveal_lomdm"]
+    assert (
+        "reveal_lomdm" in imported["generation_config_lomdm"] and "reveal_lomdm" in imported["sampler_lomdm"]
+    )
+
+
+@pytest.mark.parametrize("order", sorted(REVEAL_RULES))
+@pytest.mark.parametrize("num_steps", [None, 3])
+def test_reveal_rules_return_masked_positions_without_writing_their_inputs(order, num_steps):
+    gen = torch.Generator().manual_seed(0)
+    batch, length, vocab = 3, 7, 11
+    masked = torch.rand(batch, length, generator=gen) < 0.6
+    masked[:, 0] = True
+    context = RevealContext(
+        masked=masked,
+        log_t=torch.full((batch,), -0.1, dtype=torch.float64),
+        step_index=1,
+        num_steps=num_steps,
+        block_total=masked.sum(-1) + 1,
+        reverse_exponents=0.2 + torch.rand(batch, length, generator=gen),
+    )
+    before = {name: value.clone() for name, value in vars(context).items() if isinstance(value, torch.Tensor)}
+    log_probs = torch.randn(batch, length, vocab, generator=gen).log_softmax(-1)
+
+    def sample(positions, u):
+        probs = log_probs[positions].double().exp()
+        return sample_categorical(log_probs[positions], u[positions], probs), probs
+
+    u = 1.0 - torch.rand(batch, length, 2, generator=gen, dtype=torch.float64)
+    settings = {name: OPTION_VALUES[name] for name in REVEAL_RULES[order].options}
+    revealed = build_reveal_rule(order, settings).reveal(context, u, sample)
+    assert bool((revealed.positions <= masked).all()) and bool(revealed.positions.any())
+    assert revealed.tokens.shape == (int(revealed.positions.sum()),)
+    for name, value in before.items():
+        assert torch.equal(getattr(context, name), value), name
+
+
+def test_reveal_pass_is_also_readable_as_order(make_model):
+    out = make_model().generate(
+        torch.tensor([[2, 5]]), max_new_tokens=4, return_dict_in_generate=True, output_order=True
+    )
+    assert out.order is out.reveal_pass and sorted(out.reveal_pass[0, 2:].tolist()) == [0, 1, 2, 3]
+
+
+REMOTE_GENERATE = """
+import sys
+sys.modules["hf_lomdm"] = None  # the package cannot be imported in this process
+import torch
+from transformers import AutoModelForMaskedLM
+model = AutoModelForMaskedLM.from_pretrained({folder!r}, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+outputs = [
+    model.generate(torch.tensor([[2, 5, 6]]), generator=torch.Generator().manual_seed(0), **settings)
+    for settings in {settings!r}
+]
+torch.save(outputs, {out!r})
+"""
+
+
+def test_remote_code_generates_like_the_package_for_every_order_and_cache(make_model, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    model = make_model()
+    model.save_pretrained(tmp_path / "ckpt")
+    settings = [
+        {"order": order, "max_new_tokens": 6, "steps": 3, **{n: OPTION_VALUES[n] for n in rule.options}}
+        for order, rule in REVEAL_RULES.items()
+    ]
+    settings += [
+        {"order": "learned", "max_new_tokens": 6, "block_length": 2, "cache_implementation": name}
+        for name in ("prefix", "dual")
+    ]
+    script = REMOTE_GENERATE.format(
+        folder=str(tmp_path / "ckpt"), settings=settings, out=str(tmp_path / "out.pt")
+    )
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for remote, kwargs in zip(torch.load(tmp_path / "out.pt"), settings):
+        local = model.generate(
+            torch.tensor([[2, 5, 6]]), generator=torch.Generator().manual_seed(0), **kwargs
+        )
+        assert torch.equal(remote, local), kwargs

@@ -98,6 +98,8 @@ def test_push_to_hub_then_from_pretrained_with_and_without_the_package(tmp_path)
             "generation_lomdm.py",
             "generation_config_lomdm.py",
             "sampler_lomdm.py",
+            "reveal_lomdm.py",
+            "cache_lomdm.py",
             "schedule_lomdm.py",
         } <= stored
         assert {"adapter_config.json", "adapter_model.safetensors"} <= set(hub.repos[f"{repo}-lora"].files)

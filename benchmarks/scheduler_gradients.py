@@ -1,0 +1,269 @@
+"""How much signal the learned schedule's gradient carries on text, per estimator (the main-job setting).
+
+The main job (`training/configs/shakespeare-char.yaml`: character tokenizer, 128-character rows, a 4 x 128 LoMDM)
+is measured at initialisation and after `--steps` training steps of the package's `LoMDMTrainer` (its defaults
+plus the estimator given by `--train-estimator`). At each state, `--batches` independent batches of `--batch`
+training rows (fresh rows, fresh noise) give one gradient each of the forward scheduler φ and the reverse
+scheduler ψ, for every estimator of `hf_lomdm.objective` (K noisy samples per row):
+
+- norm of the mean gradient, per-batch rms, the per-batch signal-to-noise ratio rho² = |E g|² / tr Cov(g)
+  (|E g|² from the mean pairwise dot product, unbiased, may be < 0), and tr Cov relative to K = 2 RLOO; the
+  "equal passes" column divides by K / 2 (variance falls as 1 / rows, so K = 1 at twice the rows costs the same
+  denoiser passes as K = 2);
+- for RLOO, the pathwise part (`plain` with the same K and noise) and the score part (their difference) apart;
+- the token table of `ptcv` / `tcv` is estimated on separate batches (z-free for the measured ones).
+
+Adam drift: Adam moves each coordinate by about the learning rate per step with a random sign when the gradient
+is noise, i.e. a random walk of sd √(Σ lr²). The prediction perturbs φ by that much and reports the within-row sd
+of e it causes on held-out rows, beside the sd seen after the run (and ê on half-masked rows, and Pearson's r of
+e with the denoiser's confidence at masked positions: the curriculum signal).
+
+    python benchmarks/scheduler_gradients.py                 # ~15 min on one core: init and step 300
+    python benchmarks/scheduler_gradients.py --steps 50 --batches 6 --output /tmp/g.json   # smoke run
+
+Prints a Markdown table and writes JSON (`benchmarks/results/scheduler_gradients.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import get_scheduler
+
+from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
+from hf_lomdm.data import (
+    DataArguments,
+    DataCollatorForMaskedDiffusion,
+    group_texts,
+    load_text_datasets,
+    tokenizer_config_kwargs,
+    train_char_tokenizer,
+)
+from hf_lomdm.objective import lomdm_loss, update_token_baseline
+from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
+
+RESULTS = Path(__file__).parent / "results" / "scheduler_gradients.json"
+BLOCK = 128
+ARCH = dict(  # training/configs/shakespeare-char.yaml
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=384,
+    scheduler_intermediate_size=256,
+    scheduler_head_size=64,
+    max_position_embeddings=BLOCK,
+)
+# (estimator, K): `plain` with K = 2 is RLOO's pathwise part under the same noise.
+ESTIMATORS = [("rloo", 2), ("plain", 2), ("ptcv", 2), ("tcv", 2), ("tcv", 1)]
+
+
+def char_rows(seed: int):
+    raw = load_text_datasets(DataArguments(block_size=BLOCK))
+    tokenizer = train_char_tokenizer(raw["train"]["text"], model_max_length=BLOCK)
+    train, val = (group_texts(raw[name], tokenizer, BLOCK, "wrap") for name in ("train", "validation"))
+    return (
+        tokenizer,
+        torch.tensor(train["input_ids"], dtype=torch.long),
+        torch.tensor(val["input_ids"], dtype=torch.long),
+    )
+
+
+def scheduler_gradients(model, x, estimator, num_samples, seed, table):
+    model.zero_grad()
+    res = lomdm_loss(
+        model,
+        x,
+        num_samples=num_samples,
+        estimator=estimator,
+        generator=torch.Generator().manual_seed(seed),
+        token_baseline=table,
+    )
+    res.loss.backward()
+    flat = lambda module: torch.cat([p.grad.flatten() for p in module.parameters()]).double()  # noqa: E731
+    return flat(model.forward_scheduler), flat(model.reverse_scheduler)
+
+
+def moments(grads: torch.Tensor) -> dict[str, float]:
+    """Statistics over N per-batch gradients `(N, P)`."""
+    n = grads.shape[0]
+    total = grads.sum(0)
+    mean_sq = (total.dot(total) - (grads * grads).sum()) / (n * (n - 1))  # unbiased |E g|^2
+    trace_cov = ((grads - grads.mean(0)) ** 2).sum() / (n - 1)
+    return {
+        "mean_norm": float(grads.mean(0).norm()),
+        "rms": float((grads * grads).sum(1).mean().sqrt()),
+        "rho2": float(mean_sq / trace_cov),
+        "trace_cov": float(trace_cov),
+    }
+
+
+def token_table(model, rows, batches, batch, seed, vocab_size):
+    table = torch.full((vocab_size,), math.log(vocab_size))
+    with torch.no_grad():
+        for i in range(batches):
+            x = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed + i))[:batch]]
+            res = lomdm_loss(
+                model, x, num_samples=1, estimator="plain", generator=torch.Generator().manual_seed(i)
+            )
+            table = update_token_baseline(table, res, decay=i / (i + 1))  # a running mean over the batches
+    return table
+
+
+def measure(model, rows, args, state_seed):
+    table = token_table(model, rows, 4, args.batch, 10_000 + state_seed, model.config.vocab_size)
+    grads = {key: ([], []) for key in ESTIMATORS}
+    for b in range(args.batches):
+        x = rows[
+            torch.randperm(len(rows), generator=torch.Generator().manual_seed(state_seed + b))[: args.batch]
+        ]
+        for estimator, k in ESTIMATORS:
+            phi, psi = scheduler_gradients(model, x, estimator, k, seed=b, table=table)
+            grads[(estimator, k)][0].append(phi)
+            grads[(estimator, k)][1].append(psi)
+    stacked = {key: (torch.stack(phi), torch.stack(psi)) for key, (phi, psi) in grads.items()}
+    reference = moments(stacked[("rloo", 2)][0])["trace_cov"]
+    out = []
+    for (estimator, k), (phi, psi) in stacked.items():
+        row = {"estimator": estimator, "K": k, "phi": moments(phi), "psi": moments(psi)}
+        row["variance_vs_rloo2"] = row["phi"]["trace_cov"] / reference
+        row["variance_vs_rloo2_equal_passes"] = row["variance_vs_rloo2"] * k / 2
+        out.append(row)
+    score = stacked[("rloo", 2)][0] - stacked[("plain", 2)][0]
+    out.append({"estimator": "rloo score part", "K": 2, "phi": moments(score)})
+    return out
+
+
+@torch.no_grad()
+def schedule_spread(model, rows):
+    """Within-row sd of e (clean rows), of ê (half-masked rows), and r(e, confidence) at masked positions."""
+    generator = torch.Generator().manual_seed(0)
+    half = torch.rand(rows.shape, generator=generator) < 0.5
+    e = model.forward_exponents(rows)
+    out = model(rows.masked_fill(half, model.config.mask_token_id))
+    confidence = out.logits.gather(-1, rows[..., None]).squeeze(-1).exp()[half]
+    pair = torch.stack([e[half].double(), confidence.double()])
+    return {
+        "e_sd": float(e.std(-1).mean()),
+        "e_hat_sd": float(out.reverse_exponents.std(-1).mean()),
+        "r_e_confidence": float(torch.corrcoef(pair)[0, 1]) if float(e[half].std()) > 0 else math.nan,
+    }
+
+
+@torch.no_grad()
+def random_walk_prediction(model, rows, s2: float, draws: int = 4):
+    """Within-row sd of e after perturbing every φ weight by N(0, √S2): Adam's walk under a pure-noise gradient."""
+    state = {n: p.clone() for n, p in model.forward_scheduler.named_parameters()}
+    sds = []
+    for d in range(draws):
+        g = torch.Generator().manual_seed(d)
+        for name, p in model.forward_scheduler.named_parameters():
+            p.copy_(state[name] + math.sqrt(s2) * torch.randn(p.shape, generator=g))
+        sds.append(float(model.forward_exponents(rows).std(-1).mean()))
+    for name, p in model.forward_scheduler.named_parameters():
+        p.copy_(state[name])
+    return sum(sds) / len(sds)
+
+
+def train(model, rows, args):
+    collate = DataCollatorForMaskedDiffusion(pad_token_id=model.config.pad_token_id)
+    trainer = LoMDMTrainer(
+        model=model,
+        args=LoMDMTrainingArguments(
+            output_dir=args.run_dir,
+            max_steps=args.steps,
+            per_device_train_batch_size=16,
+            learning_rate=2e-3,
+            warmup_steps=40,
+            lr_scheduler_type="cosine",
+            estimator=args.train_estimator,
+            num_noise_samples=1 if args.train_estimator == "tcv" else 2,
+            scheduler_start_step=args.scheduler_start_step,
+            logging_steps=50,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=args.seed,
+        ),
+        train_dataset=Dataset.from_dict({"input_ids": rows.tolist()}),
+        data_collator=collate,
+    )
+    # The schedulers' learning rate per step, as the Trainer runs it: 0 before the start, then the common schedule.
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-3)
+    schedule = get_scheduler("cosine", dummy, num_warmup_steps=40, num_training_steps=args.steps)
+    s2 = 0.0
+    for step in range(args.steps):
+        s2 += 0.0 if step < args.scheduler_start_step else schedule.get_last_lr()[0] ** 2
+        dummy.step()
+        schedule.step()
+    trainer.train()
+    return s2, [e for e in trainer.state.log_history if "loss" in e]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=300, help="training steps between the two states")
+    parser.add_argument("--batches", type=int, default=24, help="independent batches per estimator and state")
+    parser.add_argument("--batch", type=int, default=16, help="rows per batch")
+    parser.add_argument("--train-estimator", "--train_estimator", default="tcv", choices=["rloo", "tcv"])
+    parser.add_argument("--scheduler-start-step", "--scheduler_start_step", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-dir", "--run_dir", default="/tmp/scheduler_gradients_run")
+    parser.add_argument("--output", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    tokenizer, train_rows, val_rows = char_rows(args.seed)
+    torch.manual_seed(args.seed)
+    model = LoMDMForMaskedDiffusion(
+        LoMDMConfig(**tokenizer_config_kwargs(tokenizer), schedule="lomdm", **ARCH)
+    ).train()
+    held_out = val_rows[:64]
+    start = time.perf_counter()
+    record = {"args": vars(args), "states": {}}
+    record["states"]["init"] = {
+        "gradients": measure(model, train_rows, args, 0),
+        **schedule_spread(model, held_out),
+    }
+    s2, logs = train(model, train_rows, args)
+    model.train()
+    after = {"gradients": measure(model, train_rows, args, 1), **schedule_spread(model, held_out)}
+    after["predicted_e_sd_random_walk"] = random_walk_prediction(model, held_out, s2)
+    after["train_logs"] = logs
+    record["states"][f"step {args.steps}"] = after
+    record["seconds"] = time.perf_counter() - start
+
+    print(
+        "| state | estimator | K | φ mean norm | φ rms | φ rho² | tr Cov ÷ RLOO-2 | same, equal passes | ψ rho² |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for state, res in record["states"].items():
+        for row in res["gradients"]:
+            psi = f"{row['psi']['rho2']:+.3f}" if "psi" in row else "-"
+            ratio = row.get("variance_vs_rloo2")
+            equal = row.get("variance_vs_rloo2_equal_passes")
+            print(
+                f"| {state} | {row['estimator']} | {row['K']} | {row['phi']['mean_norm']:.4f} | "
+                f"{row['phi']['rms']:.4f} | {row['phi']['rho2']:+.3f} | "
+                f"{'-' if ratio is None else f'{ratio:.3f}'} | {'-' if equal is None else f'{equal:.3f}'} | {psi} |"
+            )
+    for state, res in record["states"].items():
+        line = (
+            f"{state}: within-row sd e {res['e_sd']:.5f}, ê {res['e_hat_sd']:.5f}, "
+            f"r(e, conf) {res['r_e_confidence']:+.3f}"
+        )
+        if "predicted_e_sd_random_walk" in res:
+            line += f"; Adam random walk predicts e sd {res['predicted_e_sd_random_walk']:.5f}"
+        print(line)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.output} ({record['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
