@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import inspect
 import json
-import sys
+import math
+import os
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -30,10 +31,12 @@ from typing import Any, Literal
 import torch
 import yaml
 from transformers import (
+    AutoConfig,
     AutoModelForMaskedLM,
     AutoTokenizer,
-    HfArgumentParser,
     PreTrainedTokenizerBase,
+    PrinterCallback,
+    ProgressCallback,
     set_seed,
 )
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint
@@ -58,6 +61,15 @@ from ..modeling_lomdm import LoMDMForMaskedDiffusion
 from ..runtime import configure_threads, resolve_bf16
 from ..schedule_lomdm import SCHEDULES
 from ..trainer import LoMDMTrainer, LoMDMTrainingArguments
+from ..units import bits, is_character_level
+from .common import (
+    DataclassArgumentParser,
+    UsageError,
+    check_local_folder,
+    from_pretrained,
+    normalize_argv,
+    run_cli,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -157,33 +169,115 @@ def _yaml_to_argv(config: dict[str, Any]) -> list[str]:
     return argv
 
 
+def _recipe(path: str) -> dict[str, Any]:
+    """The `{argument: value}` mapping of a recipe file; `UsageError` for a missing file or a wrong form."""
+    if not path.endswith((".yaml", ".yml")):
+        hint = next((path + ext for ext in (".yaml", ".yml") if os.path.isfile(path + ext)), None)
+        if hint is not None:
+            raise UsageError(f"recipe {path!r} has no .yaml extension: did you mean {hint!r}?")
+        raise UsageError(
+            f"{path!r} is not a recipe: the first argument must be a .yaml / .yml file (see training/configs/) "
+            "or a --flag."
+        )
+    if not os.path.isfile(path):
+        raise UsageError(f"recipe {path!r}: no such file.")
+    with open(path, encoding="utf-8") as f:
+        try:
+            config = yaml.safe_load(f) or {}
+        except yaml.YAMLError as error:
+            raise UsageError(f"recipe {path!r} is not valid YAML: {error}") from error
+    if not isinstance(config, dict):
+        raise UsageError(
+            f"{path} must hold a mapping of argument names to values, got {type(config).__name__}."
+        )
+    known = {f.name for cls in _DATACLASSES for f in fields(cls)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise UsageError(f"unknown keys {unknown} in {path}.")
+    return config
+
+
+def _without_bare_debug(argv: list[str]) -> list[str]:
+    """`argv` without a `--debug` that has no value: that one asks `run_cli` for tracebacks, while
+    `--debug VALUE` is `TrainingArguments.debug`."""
+    return [
+        arg
+        for index, arg in enumerate(argv)
+        if not (arg == "--debug" and (index + 1 == len(argv) or argv[index + 1].startswith("-")))
+    ]
+
+
+def _check_arguments(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: LoMDMTrainingArguments,
+    sample_args: SampleArguments,
+) -> None:
+    """Every check that needs no data or model, so that a bad recipe fails before tokenizing / building: the
+    values `transformers` does not check, the local folders, and the architecture (a `LoMDMConfig` is built)."""
+    for name in ("learning_rate", "weight_decay", "max_grad_norm", "warmup_steps"):
+        value = getattr(training_args, name)
+        if not (math.isfinite(value) and value >= 0) or (name == "learning_rate" and value == 0):
+            bound = "> 0" if name == "learning_rate" else ">= 0"
+            raise UsageError(f"`{name}` must be a finite number {bound}, got {value}.")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(training_args, name) < 1:
+            raise UsageError(f"`{name}` must be >= 1, got {getattr(training_args, name)}.")
+    for name in ("max_train_samples", "max_eval_samples"):
+        if getattr(data_args, name) is not None and getattr(data_args, name) < 1:
+            raise UsageError(f"`{name}` must be >= 1 (or unset), got {getattr(data_args, name)}.")
+    if model_args.lora_r is not None and model_args.lora_r < 1:
+        raise UsageError(f"`lora_r` must be >= 1, got {model_args.lora_r}.")
+    if not 0.0 <= model_args.lora_dropout < 1.0:
+        raise UsageError(f"`lora_dropout` must be in [0, 1), got {model_args.lora_dropout}.")
+    if model_args.tokenizer_vocab_size <= len(DEFAULT_SPECIAL_TOKENS):
+        raise UsageError(
+            f"`tokenizer_vocab_size` must exceed the {len(DEFAULT_SPECIAL_TOKENS)} special tokens, got "
+            f"{model_args.tokenizer_vocab_size}."
+        )
+    if sample_args.sample_count < 0:
+        raise UsageError(f"`sample_count` must be >= 0, got {sample_args.sample_count}.")
+    if sample_args.sample_steps is not None and sample_args.sample_steps < 1:
+        raise UsageError(f"`sample_steps` must be >= 1 (or unset), got {sample_args.sample_steps}.")
+    if not sample_args.sample_temperature > 0:
+        raise UsageError(f"`sample_temperature` must be > 0, got {sample_args.sample_temperature}.")
+    if model_args.tokenizer_name_or_path is not None:
+        model_args.tokenizer_name_or_path = check_local_folder(
+            model_args.tokenizer_name_or_path, "`tokenizer_name_or_path`"
+        )
+    if model_args.model_name_or_path is not None:  # its config: a missing folder or Hub repo fails here
+        model_args.model_name_or_path = check_local_folder(
+            model_args.model_name_or_path, "`model_name_or_path`"
+        )
+        from_pretrained(AutoConfig, model_args.model_name_or_path, "`model_name_or_path`")
+    for name in ("train_files", "validation_files"):
+        for path in getattr(data_args, name) or []:
+            if not os.path.isfile(path):
+                raise UsageError(f"`{name}` {path!r}: no such file.")
+    if model_args.model_name_or_path is None:
+        LoMDMConfig(max_position_embeddings=data_args.block_size, **_architecture(model_args))
+
+
 def parse_args(
     argv: list[str],
 ) -> tuple[ModelArguments, DataArguments, LoMDMTrainingArguments, SampleArguments]:
-    """Parse `[CONFIG.yaml] [--key value ...]`; flags after the file override it, unknown keys raise."""
-    if argv and argv[0].endswith((".yaml", ".yml")):
-        with open(argv[0], encoding="utf-8") as f:
-            config = yaml.safe_load(f) or {}
-        if not isinstance(config, dict):
-            raise ValueError(
-                f"{argv[0]} must hold a mapping of argument names to values, got {type(config).__name__}."
-            )
-        known = {f.name for cls in _DATACLASSES for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"unknown keys {unknown} in {argv[0]}.")
-        argv = _yaml_to_argv(config) + list(argv[1:])
-    argv = _resolve_auto_bf16(list(argv))
+    """Parse `[CONFIG.yaml] [--key value ...]`; flags after the file override it, unknown keys raise. Everything
+    that can be checked without data is checked here (`UsageError` / `ValueError`)."""
     # allow_abbrev=False: `--max_step 5` must not silently mean `--max_steps 5`.
-    parser = HfArgumentParser(_DATACLASSES, allow_abbrev=False)
+    parser = DataclassArgumentParser(_DATACLASSES)
+    argv = _without_bare_debug(list(argv))
+    if argv and not argv[0].startswith("-"):
+        argv = _yaml_to_argv(_recipe(argv[0])) + argv[1:]
+    argv = _resolve_auto_bf16(normalize_argv(parser, argv))
     model_args, data_args, training_args, sample_args = parser.parse_args_into_dataclasses(args=argv)
     if model_args.lora_r is not None and model_args.model_name_or_path is None:
-        raise ValueError(f"`lora_r={model_args.lora_r}` adapts a trained model: set `model_name_or_path`.")
+        raise UsageError(f"`lora_r={model_args.lora_r}` adapts a trained model: set `model_name_or_path`.")
     if training_args.max_steps <= 0 and not any(arg.startswith("--num_train_epochs") for arg in argv):
-        raise ValueError(
+        raise UsageError(
             f"`max_steps={training_args.max_steps}`: give a positive number of steps, or set `num_train_epochs` "
             "explicitly to train by epochs."
         )
+    _check_arguments(model_args, data_args, training_args, sample_args)
     return model_args, data_args, training_args, sample_args
 
 
@@ -274,6 +368,15 @@ def _tokenizer(
 _CONFIG_FIELDS = frozenset(inspect.signature(LoMDMConfig.__init__).parameters) - {"self", "kwargs"}
 
 
+def _architecture(model_args: ModelArguments) -> dict[str, Any]:
+    """The `LoMDMConfig` fields set in `model_args`."""
+    return {
+        f.name: getattr(model_args, f.name)
+        for f in fields(ModelArguments)
+        if f.name in _CONFIG_FIELDS and getattr(model_args, f.name) is not None
+    }
+
+
 def _model(
     model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, block_size: int
 ) -> LoMDMForMaskedDiffusion:
@@ -289,13 +392,8 @@ def _model(
                 f"{tokenizer.mask_token_id}."
             )
         return model
-    architecture = {
-        f.name: getattr(model_args, f.name)
-        for f in fields(ModelArguments)
-        if f.name in _CONFIG_FIELDS and getattr(model_args, f.name) is not None
-    }
     config = LoMDMConfig(
-        **tokenizer_config_kwargs(tokenizer), max_position_embeddings=block_size, **architecture
+        **tokenizer_config_kwargs(tokenizer), max_position_embeddings=block_size, **_architecture(model_args)
     )
     config._attn_implementation = model_args.attn_implementation
     return LoMDMForMaskedDiffusion(config)
@@ -353,6 +451,32 @@ def _token_rows(
     return splits
 
 
+def _as_numbers(logs: dict[str, Any]) -> dict[str, Any]:
+    """A log dict for the console: floats rounded to 4 significant digits but kept numbers (transformers'
+    `ProgressCallback` / `PrinterCallback` print them as strings, `'loss': '1.725'`)."""
+    return {
+        key: float(f"{value:.4g}") if isinstance(value, float) else value
+        for key, value in logs.items()
+        if key != "total_flos"
+    }
+
+
+class _ProgressNumbers(ProgressCallback):
+    """`ProgressCallback` whose log lines show numbers as numbers (`_as_numbers`)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None:
+            self.training_bar.write(str(_as_numbers(logs or {})))
+
+
+class _PrinterNumbers(PrinterCallback):
+    """`PrinterCallback` (used with `disable_tqdm`) whose log lines show numbers as numbers (`_as_numbers`)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_local_process_zero and logs is not None:
+            print(_as_numbers(logs))
+
+
 def _fit(
     model,
     tokenizer: PreTrainedTokenizerBase,
@@ -371,6 +495,9 @@ def _fit(
         data_collator=DataCollatorForMaskedDiffusion(tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
+    for printer, replacement in ((ProgressCallback, _ProgressNumbers), (PrinterCallback, _PrinterNumbers)):
+        if trainer.pop_callback(printer) is not None:
+            trainer.add_callback(replacement)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
@@ -397,6 +524,7 @@ def _save_and_evaluate(
         "eval_ppl_bound": eval_metrics["eval_ppl_bound"],
         "eval_tokens": eval_metrics["eval_tokens"],
         "eval_nelbo_stderr": eval_metrics["eval_nelbo_stderr"],
+        "character_level": is_character_level(trainer.processing_class),
         "precision": "bf16 autocast" if args.bf16 else "float32",
         "cpu_threads": threads,
     }
@@ -465,9 +593,14 @@ def _print_report(
         f"{report['train_tokens_per_second']:.0f} tokens/s, wall {report['wall_time_s']:.0f} s, "
         f"{report['precision']}" + (f", {threads} CPU thread(s)" if threads else "")
     )
+    bits_per_char = ""
+    if report["character_level"]:  # a token is a character
+        bits_per_char = (
+            f" = {bits(report['eval_nelbo']):.4f} ± {bits(report['eval_nelbo_stderr']):.4f} bits/char"
+        )
     print(
-        f"  validation: NELBO {report['eval_nelbo']:.4f} ± {report['eval_nelbo_stderr']:.4f} nats/token, "
-        f"PPL bound {report['eval_ppl_bound']:.2f} ({report['eval_tokens']:.0f} tokens, "
+        f"  validation: NELBO {report['eval_nelbo']:.4f} ± {report['eval_nelbo_stderr']:.4f} nats/token"
+        f"{bits_per_char}, PPL bound {report['eval_ppl_bound']:.2f} ({report['eval_tokens']:.0f} tokens, "
         f"{eval_time_samples} time samples per sequence)"
     )
     losses = context.loss
@@ -510,9 +643,10 @@ def train(argv: list[str]) -> dict[str, Any]:
     return report
 
 
-def main() -> None:
-    """Entry point of the `lomdm-train` console script."""
-    train(sys.argv[1:])
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `lomdm-train` console script: bad input exits with status 2 and one line on stderr
+    (`--debug` without a value, or `LOMDM_DEBUG=1`, for the traceback; see `hf_lomdm.cli.common`)."""
+    run_cli("lomdm-train", train, argv)
 
 
 if __name__ == "__main__":
