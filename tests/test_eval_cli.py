@@ -82,6 +82,8 @@ def quick_argv(saved) -> list[str]:
         "--time_samples",
         "2",
         "--no-context_use",
+        "--output",
+        str(saved / "quick.json"),
     ]
 
 
@@ -115,15 +117,60 @@ def test_missing_checkpoint_folder_is_a_clear_usage_error(checkpoint, capsys):
         main([checkpoint])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert f"checkpoint folder {checkpoint!r} does not exist" in err and "Repo id must" not in err
+    assert f"checkpoint {checkpoint!r}: no such folder" in err and "Repo id must" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
-def test_valid_repo_id_that_cannot_be_loaded_names_the_checkpoint(monkeypatch):
+def test_valid_repo_id_that_cannot_be_loaded_is_named_as_a_missing_folder(monkeypatch, capsys):
     import hf_lomdm.cli.evaluate
 
     def unreachable(name, **kwargs):  # what the Hub client raises offline, without the network round trips
         raise OSError(f"We couldn't connect to 'https://huggingface.co' to load the files of {name}.")
 
     monkeypatch.setattr(hf_lomdm.cli.evaluate.AutoTokenizer, "from_pretrained", unreachable)
-    with pytest.raises(ValueError, match="cannot load checkpoint 'no-such-user/no-such-model'"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["no-such-user/no-such-model"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "checkpoint 'no-such-user/no-such-model': no such folder, and no Hub repo" in err
+
+
+def test_rows_default_is_a_sample_and_all_is_the_whole_text(saved, tmp_path, capsys):
+    from hf_lomdm.cli.evaluate import DEFAULT_ROWS, build_parser
+
+    assert build_parser().parse_args(["ckpt"]).rows == DEFAULT_ROWS
+    assert f"default: {DEFAULT_ROWS}" in build_parser().format_help()
+    every = run([*quick_argv(saved), "--rows", "all"])["nelbo"]["num_sequences"]
+    two = run([*quick_argv(saved), "--rows", "2"])["nelbo"]["num_sequences"]
+    assert every > 2 and two == 2
+
+
+def test_partial_report_is_saved_when_a_later_step_fails(saved, tmp_path, monkeypatch, capsys):
+    import hf_lomdm.cli.evaluate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("context use broke")
+
+    monkeypatch.setattr(hf_lomdm.cli.evaluate, "context_use", broken)
+    output = tmp_path / "partial.json"
+    argv = [str(saved / "ckpt"), "--text_file", str(saved / "unseen.txt"), "--time_samples", "2"]
+    with pytest.raises(RuntimeError, match="context use broke"):
+        run([*argv, "--output", str(output)])
+    partial = json.loads(output.read_text())
+    assert "nelbo" in partial and "context_use" not in partial
+    assert "partial results saved" in capsys.readouterr().err
+
+
+def test_missing_judge_fails_before_the_nelbo_pass(saved, monkeypatch):
+    import hf_lomdm.cli.evaluate
+
+    def no_judge(name):
+        raise ImportError("No module named 'gguf'")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the NELBO pass ran before the judge was checked")
+
+    monkeypatch.setattr(hf_lomdm.cli.evaluate, "load_judge", no_judge)
+    monkeypatch.setattr(hf_lomdm.cli.evaluate, "nelbo_perplexity", never)
+    with pytest.raises(ValueError, match="--judge smollm2: No module named 'gguf'"):
+        run([*quick_argv(saved), "--generate", "2"])

