@@ -20,9 +20,10 @@ precision, checkpoints, resuming, callbacks):
    backbone's for `per_position`, 1x for `lomdm`; see `schedule_lomdm.SCHEDULES`), and an exponential
    moving average of the weights (`hf_lomdm.ema`) is used for evaluation and by `save_model`.
 
-Logged every `logging_steps`: `loss` is Trainer's mean of the backpropagated surrogate (its RLOO
-score-function term has mean ~0 but large variance, so it jumps); `nelbo`, `main`, `velocity` are the NELBO
-estimate and its parts L_main, L_velocity per token over the logging window (the numbers to watch); the
+Logged every `logging_steps`, each quantity once: `loss` is Trainer's mean of the per-step losses, equal in
+value to the NELBO estimate (the score-function parts of the objective have value 0: they only carry gradient),
+so train `loss` and `eval_loss` measure the same thing; `nelbo` is the NELBO per token over the logging window
+(token-weighted) and `velocity` its L_velocity part (L_main = `nelbo` - `velocity`); the
 forward exponent `exponent_mean` / `exponent_std` over M; `scheduler_saturated_fraction`, the share of the
 forward scheduler's NormSig sigmoids within 0.01 of 0 or 1 (a scheduler that saturates stops learning); and
 `exponent_confidence_corr`: Pearson's r between the forward exponent e_i (the velocity A^i = e_i / t up to the
@@ -68,7 +69,6 @@ TRAINING_ARGS_JSON_NAME = "training_args.json"
 # Additive statistics of training batches, summed over a logging window (see `_batch_statistics`).
 _STATS = (
     "nelbo",
-    "loss_main",
     "loss_velocity",
     "tokens",
     "exponent_sum",
@@ -212,12 +212,14 @@ def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     `predictions`: `(N, 3)` per-sequence [NELBO, L_main, L_velocity]; `label_ids`: `(N,)` |M| per sequence.
     `nelbo = sum NELBO / sum |M|` (tokens weigh equally, not sequences) with its standard error over
     sequences `nelbo_stderr` (Monte-Carlo and data sampling together); `ppl_bound = exp(nelbo)` bounds the
-    perplexity from above; `loss` repeats `nelbo` so `metric_for_best_model="loss"` works.
+    perplexity from above; `velocity` is the L_velocity part (L_main = `nelbo` - `velocity`, not repeated).
+    `loss` repeats `nelbo` because Trainer needs `eval_loss` for its default `metric_for_best_model="loss"`
+    (`load_best_model_at_end`, `EarlyStoppingCallback`); `prediction_step` returns no loss of its own.
     """
     per_sequence = np.asarray(eval_pred.predictions, dtype=np.float64).reshape(-1, 3)
     counts = np.asarray(eval_pred.label_ids, dtype=np.float64).reshape(-1)
     tokens = float(counts.sum())
-    nelbo, main, velocity = (per_sequence.sum(0) / max(tokens, 1.0)).tolist()
+    nelbo, _, velocity = (per_sequence.sum(0) / max(tokens, 1.0)).tolist()
     # Standard error of the ratio estimator sum NELBO / sum |M| over sequences (delta method).
     residuals = per_sequence[:, 0] - nelbo * counts
     n = len(counts)
@@ -226,7 +228,6 @@ def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
         "loss": nelbo,
         "nelbo": nelbo,
         "nelbo_stderr": stderr,
-        "main": main,
         "velocity": velocity,
         "ppl_bound": perplexity(nelbo),
         "tokens": tokens,
@@ -236,7 +237,7 @@ def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
 def _batch_statistics(res: LoMDMLossOutput) -> torch.Tensor:
     """Additive float64 sums of one batch, keyed by name and stacked in the order of `_STATS`.
 
-    NELBO terms and |M|; Σe, Σe² and the count over M; the moments (n, Σx, Σy, Σxy, Σx², Σy²) of x = e_i,
+    NELBO and its L_velocity part, |M|; Σe, Σe² and the count over M; the moments (n, Σx, Σy, Σxy, Σx², Σy²) of x = e_i,
     y = p_θ(x_i | z_t) over the masked positions of the first noise sample, for Pearson's r; and the saturated
     scheduler sigmoids with the number of scores (zero for fixed schedules).
     """
@@ -250,7 +251,6 @@ def _batch_statistics(res: LoMDMLossOutput) -> torch.Tensor:
         scheduler = {"saturated_count": saturated(res.forward_scores, in_m).sum(), "scored_count": in_m.sum()}
     sums = {
         "nelbo": res.nelbo.sum(),
-        "loss_main": res.loss_main.sum(),
         "loss_velocity": res.loss_velocity.sum(),
         "tokens": res.num_tokens.sum(),
         "exponent_sum": e[in_m].sum(),
@@ -275,7 +275,6 @@ def _summarize(stats: torch.Tensor) -> dict[str, float]:
     mean_e = s["exponent_sum"] / num_exponents
     logs = {
         "nelbo": s["nelbo"] / tokens,
-        "main": s["loss_main"] / tokens,
         "velocity": s["loss_velocity"] / tokens,
         "exponent_mean": mean_e,
         "exponent_std": math.sqrt(max(s["exponent_square_sum"] / num_exponents - mean_e**2, 0.0)),

