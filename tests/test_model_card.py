@@ -107,3 +107,49 @@ def test_reveal_order_plot_needs_matching_lengths(tmp_path):
     pytest.importorskip("matplotlib")
     with pytest.raises(ValueError, match="same length"):
         plot_reveal_order(["a", "b"], [0], tmp_path / "x.png")
+
+
+def test_card_states_precision_training_time_and_that_a_static_order_did_not_move(tmp_path):
+    model = tiny_model(
+        schedule="lomdm", vocab_size=40, randomize_schedule=False
+    )  # untrained: e = c1 everywhere
+    write_model_card(tmp_path, model, word_tokenizer(), precision="bf16 autocast", training_seconds=224.4)
+    text = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "precision bf16 autocast, training time 3 min 44 s" in text
+    assert "the learned order did not move" in text
+    assert 'tokenizer.bos_token + ""' not in text and "[tokenizer.bos_token]" in text
+
+
+def test_card_of_a_moved_order_reports_the_spread():
+    card = build_model_card(tiny_model(schedule="lomdm"), exponent_std=0.25)
+    assert "standard deviation of 0.2500" in card.text and "did not move" not in card.text
+    assert "the learned order did not move" in build_model_card(tiny_model(), exponent_std=0.0003).text
+    fixed = build_model_card(tiny_model(schedule="linear"), exponent_std=None)
+    assert "schedule is fixed" in fixed.text
+
+
+def test_card_says_why_the_reveal_order_picture_is_missing(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    write_model_card(tmp_path, tiny_model(schedule="lomdm", vocab_size=40), word_tokenizer())
+    text = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert not (tmp_path / ORDER_PLOT_NAME).exists()
+    assert "The reveal-order picture is missing: matplotlib is not installed" in text
+
+
+def test_reveal_order_plot_tells_space_from_newline_and_has_a_title():
+    pytest.importorskip("matplotlib")
+    figure = reveal_order_figure(
+        ["<s>", " ", "\n", "a"], [-1, 0, 1, 2], columns=4, title="tiny: order=learned"
+    )
+    labels = [text.get_text() for text in figure.axes[0].texts]
+    assert labels[1] == "␣" and labels[2] == "↵" and labels[3] == "a"
+    assert figure.axes[0].get_title() == "tiny: order=learned"

@@ -576,6 +576,8 @@ def _write_card(
         },
         context_use=context,
         repo_id=args.hub_model_id or args.output_dir,
+        precision=report["precision"],
+        training_seconds=report["train_runtime_s"],
         dataset_name=data_args.dataset_name,
         training_data=f"`{data_args.dataset_name}`, {data_args.block_size}-token rows ({data_args.packing}), "
         f"{report['steps']} steps.",
