@@ -57,6 +57,13 @@ def test_generate_example_runs():
     assert infilled.endswith(" to be: that is the question")  # the masks are filled, nothing is appended
 
 
+def test_generate_example_prints_a_masked_token_as_one_character(checkpoint):
+    output = _run(ROOT / "examples/generate.py", "--model", checkpoint)
+    assert "completion:" in output and "<|mask|>" not in output
+    canvases = output.split("passes:", 1)[1].split("infilled:", 1)[0]
+    assert "_" in canvases  # the early canvases are mostly masked
+
+
 def test_infill_example_keeps_the_given_tokens(checkpoint):
     out = _run(ROOT / "examples/infill.py", "--model", checkpoint, "--span", "3", "--samples", "2")
     assert out.count("filled tokens") == 2
