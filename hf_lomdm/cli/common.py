@@ -50,17 +50,20 @@ def _canonical(option: str) -> str:
 
 
 def normalize_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
-    """`argv` with every flag in the spelling `parser` registered (`--max-steps` -> `--max_steps` or back) and a
+    """`argv` with every flag in the spelling `parser` registered (`--max-steps` -> `--max_steps` or back; the
+    underscore one where both are, so callers look a flag up by one name) and a
     negative number after a flag that takes one value glued to it (`--lr -1e-3` -> `--lr=-1e-3`), which
     argparse would otherwise read as an unknown flag."""
-    options = {
-        _canonical(option): option for option in parser._option_string_actions if option.startswith("--")
-    }
+    options: dict[str, str] = {}  # canonical name -> the registered spelling, `--max_steps` where both are
+    for option in parser._option_string_actions:
+        key = _canonical(option)
+        if option.startswith("--") and (key not in options or option == f"--{key}"):
+            options[key] = option
     out: list[str] = []
     for arg in argv:
         if arg.startswith("--") and len(arg) > 2:
             name, sep, value = arg.partition("=")
-            if name not in parser._option_string_actions and _canonical(name) in options:
+            if _canonical(name) in options:
                 arg = options[_canonical(name)] + sep + value
         out.append(arg)
     glued: list[str] = []
