@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from datasets import Dataset
 from helpers import CLI_RECIPE, tiny_model
 from safetensors.torch import load_file
@@ -350,7 +351,17 @@ def test_recipes_parse_and_document_their_launch(tmp_path):
         assert "Launch:" in header and "Hardware:" in header and "Expected:" in header, recipe
         assert f"training/configs/{os.path.basename(recipe)}" in header, recipe
         # use_cpu: the GPU recipes ask for bf16, which TrainingArguments only accepts here on the CPU.
-        training_args = parse_args([recipe, "--output_dir", str(tmp_path), "--use_cpu", "true"])[2]
+        argv = [recipe, "--output_dir", str(tmp_path), "--use_cpu", "true"]
+        with open(recipe, encoding="utf-8") as f:
+            base = yaml.safe_load(f).get("model_name_or_path")
+        if (
+            base is not None
+        ):  # a converted checkpoint (lomdm-convert): checked at parse time, so it must exist
+            with pytest.raises(ValueError, match=f"`model_name_or_path` '{base}': no such folder"):
+                parse_args(argv)
+            tiny_model().save_pretrained(tmp_path / "base")
+            argv += ["--model_name_or_path", str(tmp_path / "base")]
+        training_args = parse_args(argv)[2]
         assert training_args.output_dir == str(tmp_path)  # the command line overrides the file
 
 
