@@ -107,6 +107,7 @@ def test_console_script_exits_zero_without_dumping_the_report(saved):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "PPL bound" in proc.stdout and "{'checkpoint'" not in proc.stderr
+    assert "NELBO (importance)" in proc.stderr  # the progress bar of the long pass
 
 
 @pytest.mark.parametrize(

@@ -98,7 +98,7 @@ def test_lora_finetune_example_reports_nelbo_before_and_after(checkpoint, tmp_pa
         "2",
     )
     assert "before" in out and "after" in out and (tmp_path / "lora" / "adapter_model.safetensors").is_file()
-    assert "| step | surrogate loss | NELBO (nats/token) |" in out and "{'" not in out
+    assert "| step | training NELBO (nats/token) | of it L_velocity |" in out and "{'" not in out
 
 
 def test_tabular_example_prints_tables_and_writes_results(tmp_path):
