@@ -329,7 +329,9 @@ def main(argv: list[str]) -> None:
         ax.set_title(f"{name}: learned per-column exponents")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(args.output_dir / "exponents.png", dpi=120)
+        fig.savefig(
+            args.output_dir / "exponents.png", dpi=120, bbox_inches="tight"
+        )  # keep the rotated labels
         print(f"plot: {args.output_dir / 'exponents.png'}")
     print(f"results: {args.output_dir / 'results.json'}")
 

@@ -175,3 +175,11 @@ def test_missing_judge_fails_before_the_nelbo_pass(saved, monkeypatch):
     monkeypatch.setattr(hf_lomdm.cli.evaluate, "nelbo_perplexity", never)
     with pytest.raises(ValueError, match="--judge smollm2: No module named 'gguf'"):
         run([*quick_argv(saved), "--generate", "2"])
+
+
+def test_unknown_order_fails_before_the_nelbo_pass(saved, monkeypatch):
+    import hf_lomdm.cli.evaluate
+
+    monkeypatch.setattr(hf_lomdm.cli.evaluate, "nelbo_perplexity", None)  # any call would fail differently
+    with pytest.raises(ValueError, match=r"--orders: unknown \['lerned'\]"):
+        run([*quick_argv(saved), "--generate", "2", "--orders", "learned,lerned"])

@@ -35,6 +35,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from ..data import DataArguments, group_texts, load_text_datasets
 from ..evaluation import context_use, load_judge, nelbo_perplexity, sample_orders
+from ..generation_config_lomdm import ORDERS
 from ..units import bits, is_character_level
 from .common import ArgumentParser, UsageError, check_local_folder, from_pretrained, run_cli
 
@@ -267,6 +268,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.checkpoint = check_local_folder(args.checkpoint, "checkpoint")
     if args.text_file is not None and not os.path.isfile(args.text_file):
         raise UsageError(f"--text_file {args.text_file!r}: no such file.")
+    unknown = sorted(set(args.orders.split(",")) - set(ORDERS))
+    if args.generate and unknown:
+        raise UsageError(f"--orders: unknown {unknown}; choose from {', '.join(ORDERS)}.")
     if args.output is None and os.path.isdir(args.checkpoint):
         args.output = os.path.join(args.checkpoint, "lomdm_eval.json")
 
