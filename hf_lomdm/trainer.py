@@ -89,11 +89,15 @@ _STATS = (
 class LoMDMTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the LoMDM objective, scheduler learning rate, EMA and evaluation settings."""
 
-    num_noise_samples: int = field(
-        default=2, metadata={"help": "K noisy samples per sequence and step (RLOO needs K >= 2)."}
+    num_noise_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "K noisy samples per sequence and step. None: 2 for 'rloo' (its leave-one-out baseline "
+            "needs two), 1 for the other estimators."
+        },
     )
     estimator: Estimator = field(
-        default="rloo",
+        default="tcv",
         metadata={
             "help": "Gradient estimator of the learned exponents: 'rloo' (leave-one-out baseline, K >= 2), "
             "'ptcv' (per-token baseline), 'tcv' (token control variate, any K) or 'plain' (MDLM, no "
@@ -169,6 +173,8 @@ class LoMDMTrainingArguments(TrainingArguments):
                 False  # every parameter gets a gradient each step: skip the search
             )
         super().__post_init__()
+        if self.num_noise_samples is None:
+            self.num_noise_samples = 2 if self.estimator == "rloo" else 1
         check_estimator_arguments(
             self.num_noise_samples, self.estimator, self.time_sampling, num_samples_name="num_noise_samples"
         )
