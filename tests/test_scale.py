@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -24,7 +27,10 @@ def counting_rows(n: int, seed: int = 0) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     rows = []
     for _ in range(n):
-        length, start = int(torch.randint(5, 17, (1,), generator=g)), int(torch.randint(0, 16, (1,), generator=g))
+        length, start = (
+            int(torch.randint(5, 17, (1,), generator=g)),
+            int(torch.randint(0, 16, (1,), generator=g)),
+        )
         rows.append([4 + (start + i) % 16 for i in range(length)])
     return Dataset.from_dict({"input_ids": rows})
 
@@ -103,7 +109,9 @@ def _sgd_step_deltas(tmp_path, schedule: str, checkpointing: bool) -> dict[str, 
 def test_trainer_gradient_checkpointing_takes_the_same_step(tmp_path, schedule):
     plain = _sgd_step_deltas(tmp_path, schedule, checkpointing=False)
     checkpointed = _sgd_step_deltas(tmp_path, schedule, checkpointing=True)
-    assert any(delta.abs().sum() > 0 for name, delta in plain.items() if "scheduler" in name or "position" in name)
+    assert any(
+        delta.abs().sum() > 0 for name, delta in plain.items() if "scheduler" in name or "position" in name
+    )
     for name, delta in plain.items():
         torch.testing.assert_close(checkpointed[name], delta, rtol=1e-5, atol=1e-7, msg=name)
 
@@ -113,3 +121,23 @@ def test_cli_flag_turns_on_gradient_checkpointing(tmp_path):
     args = parse_args([recipe, "--output_dir", str(tmp_path), "--gradient_checkpointing", "true"])[2]
     assert args.activation_checkpointing is True  # Trainer enables it on the model (tested above)
     assert parse_args([recipe, "--output_dir", str(tmp_path)])[2].activation_checkpointing is False
+
+
+def test_memory_benchmark_measures_less_activation_memory_with_checkpointing(tmp_path):
+    output = tmp_path / "memory.json"
+    command = [
+        sys.executable,
+        os.path.join(REPO, "benchmarks", "memory.py"),
+        "--sizes",
+        "main",
+        "--kinds",
+        "lomdm",
+    ]
+    command += ["--batch", "2", "--length", "32", "--rounds", "1", "--output", str(output)]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row["gradient_checkpointing"]: row for row in json.loads(output.read_text())["rows"]}
+    assert rows[False]["activation_mib"] > 0 and rows[False]["peak_mib"] >= rows[False]["activation_mib"]
+    # 4 layers checkpointed: each keeps only its input, not its attention / MLP intermediates.
+    assert rows[True]["activation_mib"] < 0.5 * rows[False]["activation_mib"]
+    assert rows[True]["peak_mib"] < rows[False]["peak_mib"]
