@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from datasets import Dataset
-from helpers import tiny_model
+from datasets import Dataset, IterableDataset
+from helpers import WORDS, tiny_model, word_tokenizer
+from safetensors.torch import load_file
+from transformers import AutoModelForMaskedLM
 
-from hf_lomdm.data import DataCollatorForMaskedDiffusion
+from hf_lomdm.data import DataArguments, DataCollatorForMaskedDiffusion, group_texts, load_text_datasets
 from hf_lomdm.objective import lomdm_loss
 from hf_lomdm.train import parse_args
+from hf_lomdm.train import train as train_recipe
 from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
 
 PAD_ID = 1
@@ -141,3 +145,157 @@ def test_memory_benchmark_measures_less_activation_memory_with_checkpointing(tmp
     # 4 layers checkpointed: each keeps only its input, not its attention / MLP intermediates.
     assert rows[True]["activation_mib"] < 0.5 * rows[False]["activation_mib"]
     assert rows[True]["peak_mib"] < rows[False]["peak_mib"]
+
+
+# ---- torch.compile through the Trainer -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_compiled_training_saves_and_reloads_under_the_eager_parameter_names(tmp_path):
+    """`torch_compile=True`: Trainer checkpoints, `save_model` and `save_pretrained` of the compiled wrapper all
+    hold the model's own parameter names (no `_orig_mod.`) and load back with `from_pretrained`, weights equal.
+
+    The `eager` dynamo backend: the compiled wrapper is the same as inductor's, without minutes of C++ compiling.
+    """
+    args = training_args(
+        tmp_path,
+        max_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        save_strategy="steps",
+        save_steps=2,
+        torch_compile=True,
+        torch_compile_backend="eager",
+    )
+    model = tiny_model(randomize_schedule=False).train()
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = LoMDMTrainer(
+        model=model,
+        args=args,
+        train_dataset=counting_rows(16),
+        data_collator=DataCollatorForMaskedDiffusion(pad_token_id=PAD_ID),
+    )
+    trainer.train()
+    assert isinstance(trainer.model_wrapped, torch._dynamo.eval_frame.OptimizedModule)
+    assert any(
+        "_orig_mod." in name for name in trainer.model_wrapped.state_dict()
+    )  # what naive saving writes
+    trainer.save_model(str(tmp_path / "final"))
+    trainer.model_wrapped.save_pretrained(tmp_path / "wrapper")
+    trained = dict(model.named_parameters())
+    assert not torch.equal(
+        trained["model.layers.0.mlp.up_proj.weight"], initial["model.layers.0.mlp.up_proj.weight"]
+    )
+    for folder in (tmp_path / "out" / "checkpoint-2", tmp_path / "final", tmp_path / "wrapper"):
+        assert set(load_file(str(folder / "model.safetensors"))) <= set(model.state_dict()), folder
+        loaded = dict(AutoModelForMaskedLM.from_pretrained(folder).named_parameters())
+        assert loaded.keys() == trained.keys()
+        for name, weight in trained.items():
+            torch.testing.assert_close(loaded[name], weight.detach(), rtol=0, atol=0, msg=f"{folder}: {name}")
+
+
+# ---- streamed long-context data --------------------------------------------------------------------------
+
+
+def write_jsonl(path, documents: int, seed: int) -> list[str]:
+    """JSON lines `{"text": ...}` of 5-60 random words each; returns the documents."""
+    g = torch.Generator().manual_seed(seed)
+    texts = []
+    for _ in range(documents):
+        length = int(torch.randint(5, 61, (1,), generator=g))
+        texts.append(" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (length,), generator=g)))
+    path.write_text("".join(json.dumps({"text": text, "id": i}) + "\n" for i, text in enumerate(texts)))
+    return texts
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    train, validation = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
+    return write_jsonl(train, 400, seed=0), write_jsonl(validation, 40, seed=1), str(train), str(validation)
+
+
+@pytest.mark.parametrize("packing", ["wrap", "pad"])
+def test_streamed_corpus_packs_1024_token_rows_like_the_loaded_corpus(corpus, packing):
+    texts, _, train, validation = corpus
+    tokenizer = word_tokenizer()
+    streamed_args = DataArguments(
+        train_files=[train], validation_files=[validation], streaming=True, block_size=1024, packing=packing
+    )
+    raw = load_text_datasets(streamed_args)
+    assert isinstance(raw["train"], IterableDataset) and isinstance(raw["validation"], Dataset)
+    assert raw["validation"].num_rows == 40
+    streamed = [row["input_ids"] for row in group_texts(raw["train"], tokenizer, 1024, packing)]
+    loaded_args = DataArguments(
+        train_files=[train], validation_files=[validation], block_size=1024, packing=packing
+    )
+    loaded = group_texts(load_text_datasets(loaded_args)["train"], tokenizer, 1024, packing)["input_ids"]
+    assert streamed == loaded
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    documents = [[bos, *tokenizer(text, add_special_tokens=False)["input_ids"], eos] for text in texts]
+    if packing == "wrap":  # <bos> doc <eos> concatenated in file order, cut into full rows, the tail dropped
+        assert len(streamed) >= 5 and all(len(row) == 1024 for row in streamed)
+        flat = [token for doc in documents for token in doc]
+        assert [token for row in streamed for token in row] == flat[: 1024 * len(streamed)]
+    else:  # every document is its own row (all are shorter than 1024 tokens)
+        assert streamed == documents
+
+
+def test_streaming_arguments_name_what_is_missing(corpus):
+    _, _, train, _ = corpus
+    with pytest.raises(ValueError, match="max_train_samples"):
+        DataArguments(train_files=[train], streaming=True, max_train_samples=8)
+    with pytest.raises(ValueError, match="streaming"):
+        DataArguments(streaming=True)  # the built-in corpus
+    with pytest.raises(ValueError, match="validation_files"):
+        load_text_datasets(DataArguments(train_files=[train], streaming=True))
+    with pytest.raises(ValueError, match="'body'"):
+        load_text_datasets(
+            DataArguments(train_files=[train], validation_files=[train], streaming=True, text_column="body")
+        )
+
+
+def test_trainer_trains_on_a_streamed_corpus_for_max_steps(tmp_path, corpus):
+    _, _, train, validation = corpus
+    args = DataArguments(train_files=[train], validation_files=[validation], streaming=True, block_size=1024)
+    rows = group_texts(load_text_datasets(args)["train"], word_tokenizer(), 1024)
+    trainer = LoMDMTrainer(
+        model=tiny_model(randomize_schedule=False, max_position_embeddings=1024).train(),
+        args=training_args(tmp_path, max_steps=3, per_device_train_batch_size=2),
+        train_dataset=rows,
+        data_collator=DataCollatorForMaskedDiffusion(pad_token_id=PAD_ID),
+    )
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "nelbo" in log]
+    assert trainer.state.global_step == 3 and len(logs) == 3
+    assert all(math.isfinite(log["nelbo"]) and log["nelbo"] > 0 for log in logs)
+
+
+def test_streaming_recipe_trains_through_the_cli(tmp_path, corpus):
+    _, _, train, validation = corpus
+    recipe = os.path.join(REPO, "training", "configs", "stream-1024.yaml")
+    tiny = ["--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2"]
+    tiny += [
+        "--intermediate_size",
+        "64",
+        "--scheduler_intermediate_size",
+        "32",
+        "--scheduler_head_size",
+        "16",
+    ]
+    report = train_recipe(
+        [
+            recipe,
+            "--train_files",
+            train,
+            "--validation_files",
+            validation,
+            "--output_dir",
+            str(tmp_path / "run"),
+        ]
+        + tiny
+        + ["--max_steps", "2", "--per_device_train_batch_size", "2", "--tokenizer_vocab_size", "300"]
+        + ["--use_cpu", "true", "--save_strategy", "no", "--eval_strategy", "no", "--sample_count", "0"]
+    )
+    assert report["steps"] == 2 and math.isfinite(report["eval_nelbo"])
+    model = AutoModelForMaskedLM.from_pretrained(tmp_path / "run")
+    assert model.config.max_position_embeddings == 1024
