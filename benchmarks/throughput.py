@@ -8,8 +8,12 @@ AdamW steps on random token rows of `--length` tokens:
 
 - `mdlm`: LoMDM with `schedule="linear"`, K = 1, the plain estimator and MDLM's time rule (the MDLM loss);
 - `lomdm`: the default LoMDM estimator (`schedule="lomdm"`, K = 2, RLOO, importance-sampled times);
-- `mdlm_compiled` (opt-in: `--kinds mdlm mdlm_compiled modernbert`): `mdlm` with `torch.compile` on the backbone
-  (inductor's C++ kernels on CPU; needs a C++ compiler; compiling takes minutes and is not timed);
+- `mdlm_compiled` (opt-in: `--kinds mdlm mdlm_compiled modernbert`): `mdlm` with the backbone compiled in place
+  (`model.model.compile()`: inductor's C++ kernels on CPU; needs a C++ compiler; compiling takes minutes and is
+  not timed). In place, so the parameter names (and a saved checkpoint) stay those of the eager model;
+- `mdlm_compiled_model` (opt-in): `mdlm` with the whole model compiled as `TrainingArguments(torch_compile=True)`
+  does through accelerate (`torch.compile(model)`, dynamic shapes allowed: the masked-only head gathers a
+  data-dependent number of rows, and the input checks break the graph);
 - `bert`, `modernbert`: `BertForMaskedLM` / `ModernBertForMaskedLM` (its `sparse_prediction` head, like our
   masked-only head) of the same width, depth, heads and feed-forward width, trained with the same MDLM loss
   written out here (t ~ U(eps, 1), mask with probability t, cross-entropy of the masked tokens weighted 1/t).
@@ -17,8 +21,9 @@ AdamW steps on random token rows of `--length` tokens:
 Reported per configuration: training tokens/s, ratios to `mdlm` / `bert` / `modernbert` of the same round
 (the machine is shared: ratios measured side by side are what to read), model FLOPs per step (counted with
 `torch.utils.flop_counter` on one step), model FLOPs utilisation against a measured float32 matmul peak, and
-the activation memory one step saves for backward (bytes of tensors saved by autograd). float32 always; bf16
-autocast only where the CPU has bf16 matrix units (`hf_lomdm.runtime.has_fast_bf16`).
+the activation memory one step saves for backward (bytes of tensors saved by autograd; `benchmarks/memory.py`
+measures allocator bytes, with and without gradient checkpointing). Precisions (`--precisions`): float32, and bf16
+autocast where the CPU has bf16 matrix units (`hf_lomdm.runtime.has_fast_bf16`).
 Writes `benchmarks/results/throughput.{json,md}`.
 """
 
@@ -53,8 +58,10 @@ def build(kind: str, hidden: int, layers: int, heads: int, ffn: int, length: int
     if kind == "mdlm_compiled":
         model = build("mdlm", hidden, layers, heads, ffn, length)
         # The backbone only: its shapes are fixed; the masked-only head gathers a data-dependent number of rows.
-        model.model = torch.compile(model.model, dynamic=False)
+        model.model.compile(dynamic=False)
         return model
+    if kind == "mdlm_compiled_model":
+        return torch.compile(build("mdlm", hidden, layers, heads, ffn, length))
     if kind in ("mdlm", "lomdm"):
         config = LoMDMConfig(
             vocab_size=VOCAB,
@@ -114,7 +121,7 @@ def mdlm_loss_for_mlm(model, x: torch.Tensor, generator: torch.Generator, eps: f
 
 
 def loss_fn(kind: str):
-    if kind in ("mdlm", "mdlm_compiled"):
+    if kind in ("mdlm", "mdlm_compiled", "mdlm_compiled_model"):
         return lambda model, x, g: (
             lomdm_loss(
                 model, x, num_samples=1, estimator="plain", time_sampling="uniform_eps", generator=g
@@ -163,7 +170,7 @@ def main(argv=None) -> None:
         "--kinds",
         nargs="+",
         default=["mdlm", "lomdm", "bert", "modernbert"],
-        choices=["mdlm", "mdlm_compiled", "lomdm", "bert", "modernbert"],
+        choices=["mdlm", "mdlm_compiled", "mdlm_compiled_model", "lomdm", "bert", "modernbert"],
     )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=128)
@@ -171,10 +178,18 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--steps", type=int, default=4, help="timed optimizer steps per configuration and round"
     )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=["float32", "bf16"],
+        help="default: float32, and bf16 autocast where the CPU has bf16 matrix units",
+    )
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     threads = configure_threads()
-    precisions = ["float32"] + (["bf16 autocast"] if has_fast_bf16(torch.device("cpu")) else [])
+    if args.precisions is None:
+        args.precisions = ["float32"] + (["bf16"] if has_fast_bf16(torch.device("cpu")) else [])
+    precisions = ["bf16 autocast" if p == "bf16" else p for p in args.precisions]
     peak = matmul_peak()
     x = torch.randint(4, VOCAB, (args.batch, args.length), generator=torch.Generator().manual_seed(0))
     rows = []
@@ -185,7 +200,7 @@ def main(argv=None) -> None:
             model = build(kind, *dims, args.length).train()
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
             counted = (
-                build("mdlm", *dims, args.length).train() if kind == "mdlm_compiled" else model
+                build("mdlm", *dims, args.length).train() if kind.startswith("mdlm_compiled") else model
             )  # same work
             flops, activations = step_flops_and_activations(
                 counted, loss_fn(kind), x, torch.Generator().manual_seed(0)
