@@ -299,3 +299,129 @@ def test_streaming_recipe_trains_through_the_cli(tmp_path, corpus):
     assert report["steps"] == 2 and math.isfinite(report["eval_nelbo"])
     model = AutoModelForMaskedLM.from_pretrained(tmp_path / "run")
     assert model.config.max_position_embeddings == 1024
+
+
+# ---- FSDP2 ------------------------------------------------------------------------------------------------
+
+# FSDP2 (`fully_shard`) with the shard units of training/accelerate/fsdp.yaml (every LoMDMLayer, then the root),
+# on CPU processes with gloo; run without torchrun it is the single-process reference. Each step trains on 8
+# rows: each of the 2 processes takes 4 (FSDP averages the gradients), the reference takes both halves as two
+# micro-batches with the same noise. A sharded checkpoint (torch.distributed.checkpoint) is written at step 2,
+# then a fresh sharded model resumes from it; the last one (step 4) is converted offline by the test.
+FSDP_SCRIPT = """\
+import json, os, sys
+import torch, torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+from torch.distributed.checkpoint.state_dict import set_state_dict
+from torch.distributed.fsdp import fully_shard
+from safetensors.torch import save_file
+sys.path.insert(0, {tests!r})
+from helpers import tiny_model
+from hf_lomdm.modeling_lomdm import LoMDMLayer
+from hf_lomdm.objective import lomdm_loss
+
+torch.set_num_threads(1)
+out, sharded = {out!r}, "WORLD_SIZE" in os.environ
+if sharded:
+    dist.init_process_group("gloo")
+rank, world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
+halves = torch.randint(4, 99, (8, 16), generator=torch.Generator().manual_seed(0)).chunk(2)
+
+
+def build():
+    model = tiny_model(randomize_schedule=False).train()
+    if sharded:
+        for module in model.modules():
+            if isinstance(module, LoMDMLayer):
+                fully_shard(module)
+        fully_shard(model)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+
+def train_step(model, optimizer, step):
+    sums = torch.zeros(2, dtype=torch.float64)  # NELBO, tokens
+    for part in [rank] if sharded else [0, 1]:
+        res = lomdm_loss(model, halves[part], generator=torch.Generator().manual_seed(1000 * step + part))
+        (res.loss if sharded else res.loss / 2).backward()
+        sums += torch.stack([res.nelbo.sum().detach().double(), res.num_tokens.sum().double()])
+    if sharded:
+        dist.all_reduce(sums)
+    optimizer.step()
+    optimizer.zero_grad()
+    return float(sums[0] / sums[1])
+
+
+def save(model, optimizer, name):
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({{"model": model_state, "optim": optimizer_state}}, checkpoint_id=os.path.join(out, name))
+
+
+def full_weights(model):
+    if not sharded:
+        return {{k: v.detach().clone() for k, v in model.state_dict().items()}}
+    return dict(get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)))
+
+
+model, optimizer = build()
+report = {{"nelbo": []}}
+for step in range(4):
+    if step == 2 and sharded:
+        save(model, optimizer, "checkpoint-2")
+    report["nelbo"].append(train_step(model, optimizer, step))
+if sharded:
+    save(model, optimizer, "checkpoint-4")
+    report["local_numel"] = sum(p.to_local().numel() for p in model.parameters())
+    resumed, resumed_optimizer = build()
+    model_state, optimizer_state = get_state_dict(resumed, resumed_optimizer)
+    state = {{"model": model_state, "optim": optimizer_state}}
+    dcp.load(state, checkpoint_id=os.path.join(out, "checkpoint-2"))
+    set_state_dict(resumed, resumed_optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    report["resumed_nelbo"] = [train_step(resumed, resumed_optimizer, step) for step in (2, 3)]
+    final, resumed_final = full_weights(model), full_weights(resumed)
+    report["resumed_max_difference"] = max(float((resumed_final[k] - v).abs().max()) for k, v in final.items())
+else:
+    final = full_weights(model)
+report["numel"] = sum(p.numel() for p in model.parameters())
+if rank == 0:
+    save_file({{k: v.clone() for k, v in final.items()}}, os.path.join(out, f"final-{{world}}.safetensors"))
+    with open(os.path.join(out, f"report-{{world}}.json"), "w") as f:
+        json.dump(report, f)
+if sharded:
+    dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_cpu_processes_matches_one_process_and_resumes_from_a_sharded_checkpoint(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    out = tmp_path / "fsdp"
+    out.mkdir()
+    script = tmp_path / "fsdp_train.py"
+    script.write_text(FSDP_SCRIPT.format(tests=os.path.join(REPO, "tests"), out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for launcher in ([], ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]):
+        result = subprocess.run(
+            [sys.executable, *launcher, str(script)], capture_output=True, text=True, env=env, timeout=540
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+    single, sharded = (json.loads((out / f"report-{n}.json").read_text()) for n in (1, 2))
+    assert sharded["local_numel"] < 0.6 * sharded["numel"]  # each process holds about half of the weights
+    assert sharded["nelbo"] == pytest.approx(single["nelbo"], rel=1e-5)
+    assert sharded["resumed_nelbo"] == pytest.approx(
+        sharded["nelbo"][2:], rel=1e-6
+    )  # same step, same numbers
+    assert sharded["resumed_max_difference"] <= 1e-6
+    single_weights, sharded_weights = (load_file(str(out / f"final-{n}.safetensors")) for n in (1, 2))
+    for name, weight in single_weights.items():
+        torch.testing.assert_close(sharded_weights[name], weight, rtol=1e-4, atol=1e-6, msg=name)
+    # Offline conversion of the sharded checkpoint: load it into an unsharded model (no process group needed).
+    model = tiny_model(randomize_schedule=False)
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=str(out / "checkpoint-4"))
+    model.load_state_dict(state["model"])
+    model.save_pretrained(tmp_path / "converted")
+    converted = AutoModelForMaskedLM.from_pretrained(tmp_path / "converted")
+    for name, weight in converted.state_dict().items():
+        torch.testing.assert_close(weight, sharded_weights[name], rtol=0, atol=0, msg=name)
