@@ -14,6 +14,7 @@ from datasets import Dataset, IterableDataset
 from helpers import WORDS, tiny_model, word_tokenizer
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
+from transformers.testing_utils import require_torch_multi_accelerator
 
 from hf_lomdm.data import DataArguments, DataCollatorForMaskedDiffusion, group_texts, load_text_datasets
 from hf_lomdm.objective import lomdm_loss
@@ -425,3 +426,70 @@ def test_fsdp2_on_two_cpu_processes_matches_one_process_and_resumes_from_a_shard
     converted = AutoModelForMaskedLM.from_pretrained(tmp_path / "converted")
     for name, weight in converted.state_dict().items():
         torch.testing.assert_close(weight, sharded_weights[name], rtol=0, atol=0, msg=name)
+
+
+# Through LoMDMTrainer and `accelerate launch --config_file training/accelerate/fsdp.yaml`: on GPUs only, because
+# accelerate enables FSDP only on accelerators (on CPU it silently runs DDP: AcceleratorState keeps MULTI_CPU).
+FSDP_TRAINER_SCRIPT = """\
+import json, sys
+from datasets import Dataset
+sys.path.insert(0, {tests!r})
+from helpers import tiny_model
+from hf_lomdm.data import DataCollatorForMaskedDiffusion
+from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
+out, resume = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
+rows = [[4 + (s + i) % 16 for i in range(16)] for s in range(64)]
+args = LoMDMTrainingArguments(output_dir=out, report_to=[], disable_tqdm=True, max_steps=4,
+                              per_device_train_batch_size=4, learning_rate=1e-2, save_strategy="steps",
+                              save_steps=2, logging_steps=1, seed=0)
+trainer = LoMDMTrainer(model=tiny_model(randomize_schedule=False).train(), args=args,
+                       train_dataset=Dataset.from_dict({{"input_ids": rows}}),
+                       data_collator=DataCollatorForMaskedDiffusion(pad_token_id=1))
+trainer.train(resume_from_checkpoint=resume)
+trainer.save_model(out + "/final")
+if trainer.is_world_process_zero():
+    nelbo = {{log["step"]: log["nelbo"] for log in trainer.state.log_history if "nelbo" in log}}
+    with open(out + "/report.json", "w") as f:
+        json.dump({{"fsdp": trainer.is_fsdp_enabled, "world": trainer.args.world_size, "nelbo": nelbo}}, f)
+"""
+
+
+@pytest.mark.slow
+@require_torch_multi_accelerator
+def test_fsdp_yaml_trains_like_ddp_resumes_and_converts_a_sharded_checkpoint(tmp_path):
+    script = tmp_path / "fsdp_trainer.py"
+    script.write_text(FSDP_TRAINER_SCRIPT.format(tests=os.path.join(REPO, "tests")))
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+
+    def launch(config: str, out: str, flags: tuple[str, ...] = (), resume: str | None = None) -> dict:
+        config_file = os.path.join(REPO, "training", "accelerate", config)
+        command = [accelerate, "launch", "--config_file", config_file, "--num_processes", "2"]
+        command += ["--mixed_precision", "no", *flags, str(script), str(tmp_path / out)]
+        command += [] if resume is None else [str(tmp_path / resume)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=540)
+        assert result.returncode == 0, result.stderr[-4000:]
+        return json.loads((tmp_path / out / "report.json").read_text())
+
+    fsdp, ddp = launch("fsdp.yaml", "fsdp"), launch("multi_gpu.yaml", "ddp")
+    assert fsdp["fsdp"] and not ddp["fsdp"] and fsdp["world"] == ddp["world"] == 2
+    assert list(fsdp["nelbo"].values()) == pytest.approx(list(ddp["nelbo"].values()), rel=1e-4)
+    final = dict(AutoModelForMaskedLM.from_pretrained(tmp_path / "fsdp" / "final").named_parameters())
+    for name, weight in AutoModelForMaskedLM.from_pretrained(tmp_path / "ddp" / "final").named_parameters():
+        torch.testing.assert_close(final[name], weight, rtol=1e-4, atol=1e-5, msg=name)
+    # Resume from the FSDP checkpoint: the same steps 3 and 4, the same weights.
+    resumed = launch("fsdp.yaml", "resumed", resume="fsdp/checkpoint-2")
+    assert [resumed["nelbo"][s] for s in ("3", "4")] == pytest.approx([fsdp["nelbo"][s] for s in ("3", "4")])
+    resumed_model = AutoModelForMaskedLM.from_pretrained(tmp_path / "resumed" / "final")
+    for name, weight in resumed_model.named_parameters():
+        torch.testing.assert_close(weight, final[name], rtol=1e-5, atol=1e-6, msg=name)
+    # Sharded checkpoints (one file per process) merge into a plain folder that `from_pretrained` loads.
+    launch("fsdp.yaml", "sharded", flags=("--fsdp_state_dict_type", "SHARDED_STATE_DICT"))
+    merged = tmp_path / "merged"
+    shards = tmp_path / "sharded" / "checkpoint-2" / "pytorch_model_fsdp_0"
+    command = [accelerate, "merge-weights", str(shards), str(merged)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    tiny_model().config.save_pretrained(merged)
+    reference = load_file(str(tmp_path / "fsdp" / "checkpoint-2" / "model.safetensors"))
+    for name, weight in AutoModelForMaskedLM.from_pretrained(merged).state_dict().items():
+        torch.testing.assert_close(weight, reference[name], rtol=1e-5, atol=1e-6, msg=name)
