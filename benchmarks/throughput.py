@@ -19,10 +19,11 @@ AdamW steps on random token rows of `--length` tokens:
   written out here (t ~ U(eps, 1), mask with probability t, cross-entropy of the masked tokens weighted 1/t).
 
 Reported per configuration: training tokens/s, ratios to `mdlm` / `bert` / `modernbert` of the same round
-(the machine is shared: ratios measured side by side are what to read), model FLOPs per step (counted with
-`torch.utils.flop_counter` on one step), model FLOPs utilisation against a measured float32 matmul peak, and
-the activation memory one step saves for backward (bytes of tensors saved by autograd; `benchmarks/memory.py`
-measures allocator bytes, with and without gradient checkpointing). Precisions (`--precisions`): float32, and bf16
+(the machine is shared: ratios measured side by side are what to read; bf16 rows also give the ratio to float32
+of the same rounds), model FLOPs per step (counted with `torch.utils.flop_counter` on one step), model FLOPs
+utilisation against a measured float32 matmul peak, and the activation memory one step saves for backward
+(bytes of tensors saved by autograd; `benchmarks/memory.py` measures allocator bytes, with and without gradient
+checkpointing). Precisions (`--precisions`): float32, and bf16
 autocast where the CPU has bf16 matrix units (`hf_lomdm.runtime.has_fast_bf16`).
 Writes `benchmarks/results/throughput.{json,md}`.
 """
@@ -206,28 +207,35 @@ def main(argv=None) -> None:
                 counted, loss_fn(kind), x, torch.Generator().manual_seed(0)
             )
             setups[kind] = (model, optimizer, flops, activations)
+        # Every (precision, kind) once per round: load that changes over time hits all settings alike.
+        times = {(precision, kind): [] for precision in precisions for kind in args.kinds}
+        for round_ in range(args.rounds + 1):  # round 0 warms up (allocator, kernels) and is not counted
+            for precision, kind in times:
+                model, optimizer, _, _ = setups[kind]
+                generator = torch.Generator().manual_seed(round_)
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "float32"):
+                        loss = loss_fn(kind)(model, x, generator)
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if round_:
+                    times[precision, kind].append((time.perf_counter() - start) / args.steps)
+        tokens = args.batch * args.length
         for precision in precisions:
-            times = {kind: [] for kind in args.kinds}
-            for round_ in range(args.rounds + 1):  # round 0 warms up (allocator, kernels) and is not counted
-                for kind, (model, optimizer, _, _) in setups.items():
-                    generator = torch.Generator().manual_seed(round_)
-                    start = time.perf_counter()
-                    for _ in range(args.steps):
-                        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "float32"):
-                            loss = loss_fn(kind)(model, x, generator)
-                        loss.backward()
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    if round_:
-                        times[kind].append((time.perf_counter() - start) / args.steps)
-            tokens = args.batch * args.length
             for kind, (model, _, flops, activations) in setups.items():
-                per_step = statistics.median(times[kind])
+                own = times[precision, kind]
+                per_step = statistics.median(own)
                 ratios = {
-                    f"vs_{other}": statistics.median(o / t for o, t in zip(times[other], times[kind]))
+                    f"vs_{other}": statistics.median(o / t for o, t in zip(times[precision, other], own))
                     for other in ("mdlm", "bert", "modernbert")
-                    if other in times and other != kind
+                    if other in args.kinds and other != kind
                 }
+                if precision != "float32" and "float32" in precisions:
+                    ratios["vs_float32"] = statistics.median(
+                        o / t for o, t in zip(times["float32", kind], own)
+                    )
                 rows.append(
                     {
                         "size": size,
@@ -259,12 +267,14 @@ def main(argv=None) -> None:
         f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s, {threads} thread(s), batch {args.batch} x {args.length} "
         f"tokens, medians of {args.rounds} interleaved rounds of {args.steps} steps",
         "",
-        "| size | model | precision | tokens/s | vs mdlm | vs bert | vs modernbert | GFLOP/step | MFU | "
+        "| size | model | precision | tokens/s | vs mdlm | vs bert | vs modernbert | vs float32 | GFLOP/step | MFU | "
         "activations (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ratio = [f"{r[k]:.2f}" if k in r else "" for k in ("vs_mdlm", "vs_bert", "vs_modernbert")]
+        ratio = [
+            f"{r[k]:.2f}" if k in r else "" for k in ("vs_mdlm", "vs_bert", "vs_modernbert", "vs_float32")
+        ]
         lines.append(
             f"| {r['size']} | {r['kind']} | {r['precision']} | {r['tokens_per_second']:.0f} | "
             + " | ".join(ratio)
