@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                      # main-job size and ~4x larger, ~10 min on one core
     python benchmarks/throughput.py --rounds 2 --steps 2 # quick look
+    python benchmarks/throughput.py --device cuda        # on a GPU (bf16 rows where it supports bf16)
 
 For each model size, interleaved rounds (every configuration once per round, medians over rounds) of `--steps`
 AdamW steps on random token rows of `--length` tokens:
@@ -110,8 +111,8 @@ def build(kind: str, hidden: int, layers: int, heads: int, ffn: int, length: int
 
 def mdlm_loss_for_mlm(model, x: torch.Tensor, generator: torch.Generator, eps: float = 1e-3) -> torch.Tensor:
     """MDLM's loss for a BERT-style masked LM: per-token cross-entropy of masked tokens weighted 1/t."""
-    t = eps + (1 - eps) * torch.rand(x.shape[0], 1, generator=generator)
-    masked = torch.rand(x.shape, generator=generator) < t
+    t = eps + (1 - eps) * torch.rand(x.shape[0], 1, generator=generator, device=x.device)
+    masked = torch.rand(x.shape, generator=generator, device=x.device) < t
     labels = torch.where(masked, x, torch.full_like(x, -100))
     logits = model(input_ids=x.masked_fill(masked, MASK_ID), labels=labels).logits
     if logits.dim() == 3:  # BERT: every position; ModernBERT with sparse_prediction: only the labelled ones
@@ -133,14 +134,24 @@ def loss_fn(kind: str):
     return mdlm_loss_for_mlm
 
 
-def matmul_peak(size: int = 512, seconds: float = 2.0) -> float:
-    """Measured float32 matmul FLOP/s on this process's threads (best of repeated square products)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock times measure it (nothing to wait for on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, size: int = 512, seconds: float = 2.0) -> float:
+    """Measured float32 matmul FLOP/s on `device` (this process's threads on a CPU; best of repeated products)."""
+    if device.type == "cuda":
+        size = 4096  # a GPU needs large products to reach its peak
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     best, start = 0.0, time.perf_counter()
     while time.perf_counter() - start < seconds:
+        synchronize(device)
         tick = time.perf_counter()
         for _ in range(10):
             a @ b
+        synchronize(device)
         best = max(best, 10 * 2 * size**3 / (time.perf_counter() - tick))
     return best
 
@@ -185,26 +196,32 @@ def main(argv=None) -> None:
         choices=["float32", "bf16"],
         help="default: float32, and bf16 autocast where the CPU has bf16 matrix units",
     )
+    parser.add_argument("--device", default="cpu", help="'cpu' or a CUDA device ('cuda', 'cuda:1')")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
     threads = configure_threads()
     if args.precisions is None:
-        args.precisions = ["float32"] + (["bf16"] if has_fast_bf16(torch.device("cpu")) else [])
+        args.precisions = ["float32"] + (["bf16"] if has_fast_bf16(device) else [])
     precisions = ["bf16 autocast" if p == "bf16" else p for p in args.precisions]
-    peak = matmul_peak()
-    x = torch.randint(4, VOCAB, (args.batch, args.length), generator=torch.Generator().manual_seed(0))
+    peak = matmul_peak(device)
+    x = torch.randint(4, VOCAB, (args.batch, args.length), generator=torch.Generator().manual_seed(0)).to(
+        device
+    )
     rows = []
     for size in args.sizes:
         dims = SIZES[size]
         setups = {}
         for kind in args.kinds:
-            model = build(kind, *dims, args.length).train()
+            model = build(kind, *dims, args.length).to(device).train()
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
             counted = (
-                build("mdlm", *dims, args.length).train() if kind.startswith("mdlm_compiled") else model
+                build("mdlm", *dims, args.length).to(device).train()
+                if kind.startswith("mdlm_compiled")
+                else model
             )  # same work
             flops, activations = step_flops_and_activations(
-                counted, loss_fn(kind), x, torch.Generator().manual_seed(0)
+                counted, loss_fn(kind), x, torch.Generator(device).manual_seed(0)
             )
             setups[kind] = (model, optimizer, flops, activations)
         # Every (precision, kind) once per round: load that changes over time hits all settings alike.
@@ -212,14 +229,16 @@ def main(argv=None) -> None:
         for round_ in range(args.rounds + 1):  # round 0 warms up (allocator, kernels) and is not counted
             for precision, kind in times:
                 model, optimizer, _, _ = setups[kind]
-                generator = torch.Generator().manual_seed(round_)
+                generator = torch.Generator(device).manual_seed(round_)
+                synchronize(device)
                 start = time.perf_counter()
                 for _ in range(args.steps):
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "float32"):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision != "float32"):
                         loss = loss_fn(kind)(model, x, generator)
                     loss.backward()
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
+                synchronize(device)
                 if round_:
                     times[precision, kind].append((time.perf_counter() - start) / args.steps)
         tokens = args.batch * args.length
@@ -255,6 +274,7 @@ def main(argv=None) -> None:
     report = {
         "settings": vars(args),
         "threads": threads,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "matmul_peak_gflops": peak / 1e9,
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
