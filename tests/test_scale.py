@@ -17,6 +17,7 @@ from transformers import AutoModelForMaskedLM
 from transformers.testing_utils import require_torch_multi_accelerator
 
 from hf_lomdm.data import DataArguments, DataCollatorForMaskedDiffusion, group_texts, load_text_datasets
+from hf_lomdm.generation_config_lomdm import ORDERS
 from hf_lomdm.objective import lomdm_loss
 from hf_lomdm.train import parse_args
 from hf_lomdm.train import train as train_recipe
@@ -320,6 +321,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, {tests!r})
 from helpers import tiny_model
 from hf_lomdm.modeling_lomdm import LoMDMLayer
+from hf_lomdm.generation_config_lomdm import ORDERS
 from hf_lomdm.objective import lomdm_loss
 
 torch.set_num_threads(1)
@@ -493,3 +495,20 @@ def test_fsdp_yaml_trains_like_ddp_resumes_and_converts_a_sharded_checkpoint(tmp
     reference = load_file(str(tmp_path / "fsdp" / "checkpoint-2" / "model.safetensors"))
     for name, weight in AutoModelForMaskedLM.from_pretrained(merged).state_dict().items():
         torch.testing.assert_close(weight, reference[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_gpu_smoke_script_runs_every_stage_as_a_cpu_dry_run(tmp_path):
+    output = tmp_path / "gpu_smoke.json"
+    command = [sys.executable, os.path.join(REPO, "benchmarks", "gpu_smoke.py"), "--device", "cpu", "--quick"]
+    result = subprocess.run(
+        [*command, "--output", str(output)], capture_output=True, text=True, timeout=540, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(output.read_text())
+    assert record["train"]["steps"] == 3 and math.isfinite(record["train"]["eval_nelbo_after"])
+    assert record["train"]["attention"] == "sdpa"
+    orders = record["generate"]["orders"]
+    assert set(orders) == set(ORDERS) and all(o["finished_fraction"] == 1.0 for o in orders.values())
+    assert "| main | lomdm | float32 |" in record["throughput"]["table"]
+    assert "skipped" in record["fsdp"]  # one CPU, no GPUs
