@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import Cache, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -465,6 +466,20 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         from .conversion_lomdm import from_causal_lm
 
         return from_causal_lm(cls, model_or_path, schedule, shift, **config_overrides)
+
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func=checkpoint, every_n_layers: int = 1
+    ) -> None:
+        """transformers' switch, except that reentrant checkpointing leaves the scheduler blocks alone: a reentrant
+        checkpoint whose inputs need no gradient returns none to its parameters, and the schedulers read
+        stop-gradient features (their gradient would silently be zero). Non-reentrant checkpointing (transformers'
+        default) checkpoints them like the backbone layers."""
+        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
+        keywords = getattr(gradient_checkpointing_func, "keywords", {})
+        if enable and keywords.get("use_reentrant") is not False:  # torch's default is reentrant
+            for scheduler in (self.forward_scheduler, self.reverse_scheduler):
+                if scheduler is not None:
+                    scheduler.layer.gradient_checkpointing = False
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
