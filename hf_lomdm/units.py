@@ -1,6 +1,6 @@
 """Units of likelihood results: a perplexity from nats per token.
 
-Training (`hf_lomdm.trainer.nelbo_metrics`) and evaluation (`hf_lomdm.evaluation`) both report a per-token
+Training (`hf_lomdm.trainer_logs.nelbo_metrics`) and evaluation (`hf_lomdm.evaluation`) both report a per-token
 NELBO or NLL in nats together with its perplexity; this is the one conversion they share.
 """
 

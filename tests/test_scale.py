@@ -320,7 +320,7 @@ from torch.distributed.fsdp import fully_shard
 from safetensors.torch import save_file
 sys.path.insert(0, {tests!r})
 from helpers import tiny_model
-from hf_lomdm.modeling_lomdm import LoMDMLayer
+from hf_lomdm.layers_lomdm import LoMDMLayer
 from hf_lomdm.generation_config_lomdm import ORDERS
 from hf_lomdm.objective import lomdm_loss
 
