@@ -138,9 +138,46 @@ def exponent_diagnostics(model, task, solutions, givens) -> dict[str, float]:
     }
 
 
+def confidence_times_exponent(
+    model, task, solutions, givens, steps: int, temperature: float, generator: torch.Generator
+) -> torch.Tensor:
+    """A prototype reveal rule (not in the package): fill each step's quota (as `confidence`) with the blanks of
+    highest p(sampled token) · ê, so the denoiser's state and the learned schedule both rank. Tokens are drawn
+    over the task's ids only (ids >= FIRST_ID). Returns the filled rows `(N, length)`."""
+    canvas = task.canvas(solutions, givens)
+    noise_mask = canvas == MASK_ID  # the set M, as `generate` passes it
+    total = noise_mask.sum(-1)  # (N,)
+    with torch.no_grad():
+        for k in range(steps):
+            masked = canvas == MASK_ID
+            out = model(canvas, noise_mask=noise_mask, output_exponents=True)
+            probs = out.logits[..., FIRST_ID : task.vocab_size].double().softmax(-1)  # (N, L, V')
+            probs = torch.where(masked[..., None], probs, 1.0 / probs.shape[-1])  # known cells: never read
+            if temperature == 0:
+                tokens = probs.argmax(-1)
+            else:
+                flat = (probs.reshape(-1, probs.shape[-1]) ** (1 / temperature)).clamp(min=1e-300)
+                tokens = torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:2])
+            confidence = probs.gather(-1, tokens[..., None]).squeeze(-1)
+            score = (confidence.log() + out.reverse_exponents.double().log()).masked_fill(~masked, -math.inf)
+            quota = (k + 1) * total // steps - k * total // steps  # (N,)
+            ranks = score.argsort(-1, descending=True).argsort(-1)
+            chosen = masked & (ranks < quota[:, None])
+            canvas = torch.where(chosen, tokens + FIRST_ID, canvas)
+    return canvas[:, 1:]
+
+
 def solve_rates(model, task, solutions, givens, args, seed: int) -> dict:
     rates = {}
     for steps in step_counts(task):
+        start = time.perf_counter()
+        rows = confidence_times_exponent(
+            model, task, solutions, givens, steps, args.temperature, torch.Generator().manual_seed(seed)
+        )
+        rates[f"conf_x_e@{steps}"] = {
+            **binomial(task.is_solved(rows, solutions, givens)),
+            "s_per_pass": (time.perf_counter() - start) / steps,
+        }
         for label, settings in SAMPLERS.items():
             start = time.perf_counter()
             out = model.generate(

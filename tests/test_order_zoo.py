@@ -1,14 +1,21 @@
-"""The order zoo's puzzles: exact validity checks that fail on planted wrong solutions, a held-out split."""
+"""The order zoo's puzzles: exact validity checks that fail on planted wrong solutions, a held-out split, and an
+order that decides how many held-out 4 × 4 Sudoku puzzles a small model solves."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from datasets import Dataset
 
 from benchmarks.order_zoo import ZOO, Addition, StarGraph, sudoku4, zoo_task
 from benchmarks.order_zoo.infilling import TEST_SIZE
 from benchmarks.order_zoo.sudoku import is_valid_grid
 from benchmarks.order_zoo.synthetic import BOS_ID, FIRST_ID, MASK_ID
+from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
+from hf_lomdm.data import DataCollatorForMaskedDiffusion
+from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
 
 
 @pytest.fixture(scope="module", params=list(ZOO))
@@ -129,3 +136,63 @@ def test_a_star_graph_path_must_follow_the_edges_to_the_goal():
 def test_unknown_zoo_task_is_rejected():
     with pytest.raises(ValueError, match="unknown zoo task 'sudoku9'"):
         zoo_task("sudoku9")
+
+
+@pytest.fixture(scope="module")
+def sudoku_model(tmp_path_factory):
+    """`per_position`, 2 × 32, 500 steps of 64 training puzzles on 4 × 4 Sudoku (~17 s on a shared core)."""
+    task = sudoku4()
+    torch.manual_seed(0)
+    config = LoMDMConfig(
+        vocab_size=task.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=task.length + 1,
+        mask_token_id=MASK_ID,
+        bos_token_id=BOS_ID,
+        schedule="per_position",
+    )
+    model = LoMDMForMaskedDiffusion(config)
+    steps = 500
+    args = LoMDMTrainingArguments(
+        output_dir=str(tmp_path_factory.mktemp("sudoku")),
+        max_steps=steps,
+        per_device_train_batch_size=64,
+        learning_rate=3e-3,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=steps,
+        seed=0,
+    )
+    puzzles = task.train_puzzles(64 * steps, torch.Generator().manual_seed(1))
+    data = Dataset.from_dict(task.training_rows(*puzzles))
+    LoMDMTrainer(
+        model=model, args=args, train_dataset=data, data_collator=DataCollatorForMaskedDiffusion(1)
+    ).train()
+    return task, model.eval()
+
+
+def test_on_held_out_sudoku4_puzzles_the_order_decides_how_many_are_solved(sudoku_model):
+    # The property the zoo is for: with the same model and the same quotas (one cell per step), an order read from
+    # the denoiser's state (confidence) solves more held-out puzzles than a uniformly random order. Measured over
+    # training seeds 0 / 1 (1,024 puzzles): 0.035 / 0.044 vs 0.003 / 0.004. The learned ranking of this tiny
+    # model does NOT beat the random order reliably (ranked τ = 0: 0.010 / 0.008, about 2 s.e.; `lomdm` at the same
+    # size: 0.004 / 0.005), so that is not asserted; `benchmarks/order_zoo_table.py` measures it at 2 × 64.
+    task, model = sudoku_model
+    solutions, givens = task.test_puzzles()
+
+    def solved(**settings) -> float:
+        rows = task.generate(model, solutions, givens, generator=torch.Generator().manual_seed(5), **settings)
+        return float(task.is_solved(rows, solutions, givens).double().mean())
+
+    steps = task.num_blanks
+    confidence = solved(steps=steps, order="confidence")
+    random_order = solved(steps=steps, order="learned_ranked", order_temperature=math.inf)
+    standard_error = math.sqrt(
+        (confidence * (1 - confidence) + random_order * (1 - random_order)) / solutions.shape[0]
+    )
+    assert confidence - random_order > 3 * standard_error, (confidence, random_order, standard_error)
