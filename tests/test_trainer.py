@@ -495,7 +495,7 @@ def test_high_scheduler_learning_rate_does_not_saturate_the_lomdm_scheduler(tmp_
     # The collapse setting: the schedulers at 50x the backbone's learning rate on a tiny task. With NormSig of raw
     # scores, nothing held their common mode: within 20-60 steps every sigmoid saturated (fraction 1.0) and the
     # exponents froze (std 0.0). Centred scores keep the sigmoids in their steep range and the spread alive.
-    from hf_lomdm.order_tasks import order_task
+    from benchmarks.order_zoo.synthetic import order_task
 
     task = order_task("max", size=4, symbols=4)
     torch.manual_seed(0)
