@@ -35,6 +35,7 @@ from .sampler_lomdm import LoMDMSampler
 
 logger = logging.get_logger(__name__)
 
+
 @dataclass
 class LoMDMGenerateOutput(ModelOutput):
     """

@@ -562,7 +562,9 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
                 "trains on), or per sequence by `hf_lomdm.objective.stratified_nelbo`."
             )
         if output_attentions:
-            raise ValueError("`output_attentions=True` is not supported: LoMDM does not return attention weights.")
+            raise ValueError(
+                "`output_attentions=True` is not supported: LoMDM does not return attention weights."
+            )
         check_allowed_tokens(allowed_tokens, input_ids.shape, self.vocab_size, self.mask_token_id)
         if noise is not None:
             out = self._training_forward(
