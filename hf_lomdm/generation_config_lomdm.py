@@ -171,6 +171,9 @@ class LoMDMGenerationConfig(GenerationConfig):
         pad_token_id (`int`, *optional*): Fills the generated positions after the first EOS (default: EOS).
         bos_token_id (`int`, *optional*): Prompt used when `generate` is called without inputs.
         eos_token_id (`int` or `list[int]`, *optional*): End of sequence; a row whose block contains it stops.
+
+    Dream's and LLaDA's argument names (`alg`, `alg_temp`, `gen_length`, `remasking`, `mask_id`, `cfg_scale`) are
+    accepted wherever a setting is and stored under the LoMDM name they mean (`SETTING_ALIASES`).
     """
 
     def __init__(self, **kwargs: Any):

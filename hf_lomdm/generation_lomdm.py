@@ -533,4 +533,5 @@ class _TokenStream:
         self.streamer.end()
 
 
+# DREAM_ALGORITHMS lives with the other aliases in the generation config; exported here too, its old address.
 __all__ = ["DREAM_ALGORITHMS", "LoMDMGenerateOutput", "LoMDMGenerationMixin"]
