@@ -48,7 +48,13 @@ LLADA_REMASKING = {
 }
 
 
-def _choice(name: str, choices: dict[str, Any], build: Callable[[Any], dict[str, Any]]):
+# How one foreign argument becomes LoMDM settings: its value -> {setting: value}.
+Translation = Callable[[Any], dict[str, Any]]
+
+
+def _choice(name: str, choices: dict[str, Any], build: Callable[[Any], dict[str, Any]]) -> Translation:
+    """An argument whose values name LoMDM settings: `build(choices[value])`; any other value raises."""
+
     def translate(value: Any) -> dict[str, Any]:
         if value not in choices:
             raise ValueError(f"`{name}` must be one of {sorted(choices)}, got {value!r}.")
@@ -57,12 +63,13 @@ def _choice(name: str, choices: dict[str, Any], build: Callable[[Any], dict[str,
     return translate
 
 
-def _renamed(setting: str):
+def _renamed(setting: str) -> Translation:
+    """An argument that is the LoMDM `setting` under another name."""
     return lambda value: {setting: value}
 
 
-def _only_off(name: str, off: tuple[Any, ...], meaning: str):
-    """An argument LoMDM has no equivalent of: accepted at its "off" values only."""
+def _only_off(name: str, off: tuple[Any, ...], meaning: str) -> Translation:
+    """An argument LoMDM has no equivalent of: accepted at its "off" values only (it then sets nothing)."""
 
     def translate(value: Any) -> dict[str, Any]:
         if value not in off:
@@ -78,15 +85,15 @@ def _only_off(name: str, off: tuple[Any, ...], meaning: str):
 # Foreign argument name -> the LoMDM settings it means (a function of its value). The README's "Generation"
 # section tables them. Names that mean the same in both (`steps`, `block_length`, `temperature`, `top_p`, `top_k`,
 # `eps`, `max_new_tokens`, ...) are LoMDM settings already and need no entry.
-SETTING_ALIASES: dict[str, Callable[[Any], dict[str, Any]]] = {
+SETTING_ALIASES: dict[str, Translation] = {
     "alg": _choice("alg", DREAM_ALGORITHMS, lambda order: {"order": order}),  # Dream
     "alg_temp": _only_off(  # Dream: positions drawn from softmax(score / alg_temp)
-        "alg_temp", (None, 0, 0.0), "the ranked orders reveal the highest-scoring positions"
+        "alg_temp", (None, 0), "the ranked orders reveal the highest-scoring positions"
     ),
     "gen_length": _renamed("max_new_tokens"),  # LLaDA
     "mask_id": _renamed("mask_token_id"),  # LLaDA
     "remasking": _choice("remasking", LLADA_REMASKING, dict),  # LLaDA
-    "cfg_scale": _only_off("cfg_scale", (0, 0.0), "LoMDM has no classifier-free guidance"),  # LLaDA
+    "cfg_scale": _only_off("cfg_scale", (0,), "LoMDM has no classifier-free guidance"),  # LLaDA
 }
 
 
@@ -97,11 +104,12 @@ def resolve_setting_aliases(kwargs: dict[str, Any]) -> dict[str, Any]:
     both given (e.g. `gen_length` and `max_new_tokens`).
     """
     resolved = {name: value for name, value in kwargs.items() if name not in SETTING_ALIASES}
-    for alias in SETTING_ALIASES.keys() & kwargs.keys():
+    given_as = {name: name for name in resolved}  # setting -> the argument that set it
+    for alias in (name for name in kwargs if name in SETTING_ALIASES):
         for name, value in SETTING_ALIASES[alias](kwargs[alias]).items():
             if name in resolved:
-                raise ValueError(f"pass either `{alias}` or `{name}`, not both.")
-            resolved[name] = value
+                raise ValueError(f"pass either `{alias}` or `{given_as[name]}`, not both.")
+            resolved[name], given_as[name] = value, alias
     return resolved
 
 
@@ -310,5 +318,6 @@ __all__ = [
     "SETTING_ALIASES",
     "SPECIAL_TOKENS",
     "LoMDMGenerationConfig",
+    "Translation",
     "resolve_setting_aliases",
 ]

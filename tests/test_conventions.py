@@ -232,6 +232,7 @@ def test_aliases_are_stored_under_the_lomdm_names(tmp_path):
         ({"remasking": "bogus"}, "remasking"),
         ({"gen_length": 4, "max_new_tokens": 4}, "either `gen_length` or `max_new_tokens`"),
         ({"alg": "maskgit_plus", "order": "margin"}, "either `alg` or `order`"),
+        ({"alg": "maskgit_plus", "remasking": "random"}, "either `remasking` or `alg`"),
         ({"editing_threshold": 0.5}, "editing_threshold"),
         ({"generation_tokens_hook_func": print}, "generation_tokens_hook_func"),
         ({"mask_id": 5}, "mask_token_id"),
