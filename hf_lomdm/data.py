@@ -6,7 +6,9 @@ Pipeline (each step is a plain function, so scripts can stop anywhere):
        by play. With `streaming`, `train` is an `IterableDataset` read while training (corpora larger than
        the disk cache or the RAM) and every later step runs on it lazily.
     2. `train_bpe_tokenizer(texts)` or `train_char_tokenizer(texts)` -> a `PreTrainedTokenizerFast` with
-       mask / pad / bos / eos tokens (plus `<|unk|>` for characters never seen in training).
+       mask / pad / bos / eos tokens (plus `<|unk|>` for characters never seen in training) whose
+       `tokenizer(text)` starts with BOS; the steps below encode with `add_special_tokens=False` and add the
+       special tokens themselves.
     3. `group_texts(dataset, tokenizer, block_size, packing)` -> rows of token ids:
        `wrap` (MDLM): every document becomes `<bos> ... <eos>`, all documents are concatenated and cut into
        full rows of `block_size` tokens (the remainder is dropped);
@@ -30,7 +32,7 @@ from typing import Any, Literal
 
 import torch
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 # Special tokens (tokenizer attribute -> text) of the tokenizers trained here; `lomdm-train` adds the missing
@@ -255,12 +257,24 @@ def _streamed_text_datasets(args: DataArguments) -> DatasetDict:
     return DatasetDict(train=train, validation=validation)
 
 
+def _add_bos_post_processor(tokenizer: Tokenizer) -> None:
+    """`tokenizer(text)` starts with BOS (`add_special_tokens=False` leaves it out), a pair is laid out as the
+    fine-tuning rows of `prompt_response_rows`: `<bos> prompt <eos> response <eos>`."""
+    bos, eos = DEFAULT_SPECIAL_TOKENS["bos_token"], DEFAULT_SPECIAL_TOKENS["eos_token"]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A",
+        pair=f"{bos} $A {eos} $B {eos}",
+        special_tokens=[(token, tokenizer.token_to_id(token)) for token in (bos, eos)],
+    )
+
+
 def train_bpe_tokenizer(
     texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2, model_max_length: int | None = None
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer; ids 0-3 are mask, pad, bos, eos (in that order).
 
-    Byte-level means every string round-trips through encode/decode; there is no unknown token.
+    Byte-level means every string round-trips through encode/decode; there is no unknown token. `tokenizer(text)`
+    starts with BOS (its post-processor adds it, as LoMDM prompts need it); `add_special_tokens=False` does not.
     """
     if vocab_size <= len(DEFAULT_SPECIAL_TOKENS) + 256:
         raise ValueError(
@@ -278,6 +292,7 @@ def train_bpe_tokenizer(
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    _add_bos_post_processor(tokenizer)
     kwargs = {"model_max_length": model_max_length} if model_max_length is not None else {}
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **DEFAULT_SPECIAL_TOKENS, **kwargs)
 
@@ -290,7 +305,8 @@ def train_char_tokenizer(
     Ids 0-3 are mask, pad, bos, eos (as in `train_bpe_tokenizer`), 4 is `<|unk|>` (any character not in the
     vocabulary maps to it; decoding gives the token's text), then the characters in code-point order. Built with
     `tokenizers` (a word-level model over single characters), so the saved folder loads with
-    `AutoTokenizer.from_pretrained` alone: no custom code.
+    `AutoTokenizer.from_pretrained` alone: no custom code. `tokenizer(text)` starts with BOS, as for
+    `train_bpe_tokenizer`.
     """
     counts: Counter[str] = Counter()
     for text in texts:
@@ -302,6 +318,7 @@ def train_char_tokenizer(
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character
     tokenizer.decoder = decoders.Fuse()  # characters are joined with nothing in between
     tokenizer.add_special_tokens(specials)
+    _add_bos_post_processor(tokenizer)
     kwargs = {"model_max_length": model_max_length} if model_max_length is not None else {}
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,

@@ -351,8 +351,11 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         allowed_tokens: torch.Tensor | None = None,
         noise: NoiseSpec | None = None,
         past_key_values: Cache | None = None,
-        **kwargs,
-    ) -> LoMDMOutput:
+        labels: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+        output_attentions: bool | None = None,
+    ) -> LoMDMOutput | tuple:
         r"""
         Args:
             input_ids (`torch.LongTensor` of shape `(B, L)`): the noisy sequence z_t (mask token = masked).
@@ -380,32 +383,54 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
                 FSDP, PEFT and accelerate's autocast wrap.
             past_key_values (`Cache`, *optional*): updated by every layer's attention with the keys / values of
                 this pass (generation's block cache, `cache_lomdm.LoMDMBlockCache`, fills itself this way).
+            labels: not accepted: raises a `ValueError` that points to the loss. The NELBO is a Monte-Carlo
+                estimate over noise draws whose formula lives in `hf_lomdm.objective`, which this file (shipped
+                inside checkpoints) does not import; `hf_lomdm.objective.lomdm_loss(model, input_ids, labels=...)`
+                or `hf_lomdm.LoMDMTrainer` compute it.
+            token_type_ids (`torch.LongTensor`, *optional*): what tokenizers return by default; LoMDM has no
+                segment embeddings, so it is ignored.
+            return_dict (`bool`, *optional*): `False` returns `LoMDMOutput.to_tuple()` (transformers' convention).
+            output_attentions (`bool`, *optional*): only `False` / `None`; LoMDM does not return attention weights.
+
+        Any other keyword is a `TypeError`, as for any Python function: nothing is silently ignored.
         """
+        if labels is not None:
+            raise ValueError(
+                "`forward` does not compute a loss from `labels`: the NELBO is estimated by "
+                "`hf_lomdm.objective.lomdm_loss(model, input_ids, labels=labels)` (what `hf_lomdm.LoMDMTrainer` "
+                "trains on), or per sequence by `hf_lomdm.objective.stratified_nelbo`."
+            )
+        if output_attentions:
+            raise ValueError(
+                "`output_attentions=True` is not supported: LoMDM does not return attention weights."
+            )
         check_allowed_tokens(allowed_tokens, input_ids.shape, self.vocab_size, self.mask_token_id)
         if noise is not None:
-            return self._training_forward(
+            out = self._training_forward(
                 input_ids, attention_mask, noise_mask, position_ids, noise, allowed_tokens
             )
-        self._check_inputs(input_ids, attention_mask, noise_mask, timesteps)
-        if logits_mask is not None and (
-            logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool
-        ):
-            raise ValueError(
-                f"`logits_mask` must be a bool tensor of shape {tuple(input_ids.shape)}, got "
-                f"{logits_mask.dtype} of shape {tuple(logits_mask.shape)}."
+        else:
+            self._check_inputs(input_ids, attention_mask, noise_mask, timesteps)
+            if logits_mask is not None and (
+                logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool
+            ):
+                raise ValueError(
+                    f"`logits_mask` must be a bool tensor of shape {tuple(input_ids.shape)}, got "
+                    f"{logits_mask.dtype} of shape {tuple(logits_mask.shape)}."
+                )
+            out = self._denoiser_pass(
+                input_ids,
+                attention_mask,
+                noise_mask,
+                position_ids,
+                timesteps,
+                output_exponents,
+                output_hidden_states,
+                logits_mask,
+                allowed_tokens,
+                past_key_values,
             )
-        return self._denoiser_pass(
-            input_ids,
-            attention_mask,
-            noise_mask,
-            position_ids,
-            timesteps,
-            output_exponents,
-            output_hidden_states,
-            logits_mask,
-            allowed_tokens,
-            past_key_values,
-        )
+        return out.to_tuple() if return_dict is False else out
 
     def _denoiser_pass(
         self,
