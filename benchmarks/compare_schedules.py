@@ -139,6 +139,9 @@ RUNS = {
         "schedule": "per_position", "c1": 0.7, "c2": 0.65, "num_noise_samples": 2, "estimator": "rloo"
     },
     "lomdm": {"schedule": "lomdm", "c1": 0.7, "c2": 0.65, "num_noise_samples": 2, "estimator": "rloo"},
+    # The token control variate with one noisy pass (K = 1): the cheaper step.
+    "lomdm-tcv1": {"schedule": "lomdm", "c1": 0.7, "c2": 0.65, "num_noise_samples": 1, "estimator": "tcv"},
+    "lomdm-tcv2": {"schedule": "lomdm", "c1": 0.7, "c2": 0.65, "num_noise_samples": 2, "estimator": "tcv"},
     # Diagnostic variant (not in the default list): the schedulers at 10x the backbone's learning rate.
     "lomdm-slr10": {
         "schedule": "lomdm", "c1": 0.7, "c2": 0.65, "num_noise_samples": 2, "estimator": "rloo",

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/order_tasks.py                  # 3 tasks x 4 schedules x 3 seeds, CPU
     python benchmarks/order_tasks.py --tasks max --seeds 0 --steps 60   # a quick look
 
-For each task of `hf_lomdm.order_tasks` (causes must come before effects; every row starts with a `<bos>` anchor
+For each task of `order_zoo.synthetic` (causes must come before effects; every row starts with a `<bos>` anchor
 that is never noised) and each schedule (`linear`,
 `polynomial`, `per_position`, `lomdm`), a small LoMDM is trained with `LoMDMTrainer` at the package's default
 training arguments (fresh rows every step). Per run: the validation NELBO per row (importance-sampled bound), the
@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from order_zoo.synthetic import MASK_ID, TASKS, exponent_contrast, order_task
 from transformers import TrainerCallback, set_seed
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
 from hf_lomdm.data import DataCollatorForMaskedDiffusion
 from hf_lomdm.evaluation import nelbo_perplexity
-from hf_lomdm.order_tasks import MASK_ID, TASKS, exponent_contrast, order_task
 from hf_lomdm.runtime import configure_threads
 from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
 

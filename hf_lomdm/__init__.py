@@ -2,7 +2,7 @@
 
 import importlib
 
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from .configuration_lomdm import LoMDMConfig
 from .generation_config_lomdm import LoMDMGenerationConfig
@@ -16,6 +16,9 @@ __version__ = "0.1.0"  # the one place the version is written: pyproject.toml re
 AutoConfig.register("lomdm", LoMDMConfig, exist_ok=True)
 AutoModel.register(LoMDMConfig, LoMDMModel, exist_ok=True)
 AutoModelForMaskedLM.register(LoMDMConfig, LoMDMForMaskedDiffusion, exist_ok=True)
+# What `pipeline("text-generation")` loads; the model is not causal, but its `generate` is what the pipeline calls
+# (as diffusers / Hub diffusion LMs such as LLaDA2 register theirs).
+AutoModelForCausalLM.register(LoMDMConfig, LoMDMForMaskedDiffusion, exist_ok=True)
 # Saved folders then carry `auto_map` and the model files, so they also load with trust_remote_code=True.
 LoMDMConfig.register_for_auto_class()
 LoMDMModel.register_for_auto_class("AutoModel")

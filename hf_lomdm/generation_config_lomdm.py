@@ -7,10 +7,16 @@ into a saved folder.
 The valid `order` values, and the settings only some orders take (`eps`, `threshold`, `order_temperature`), are
 declared by the reveal-rule registry (`reveal_lomdm.REVEAL_RULES`, `REVEAL_OPTIONS`); the config asks it and
 holds no list of its own, so the config and the sampler cannot disagree on them.
+
+The argument names of other diffusion LMs' samplers (Dream's `diffusion_generate`, LLaDA's `generate`) are
+translated here, in `SETTING_ALIASES`, into the LoMDM settings of the same meaning; a value with no LoMDM
+equivalent raises. `generate`, `diffusion_generate` and the config itself accept them.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 from transformers import GenerationConfig
@@ -25,6 +31,86 @@ SPECIAL_TOKENS = ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+# Dream's `alg` names (Dream-v0 `diffusion_generate`) and the order that implements each.
+DREAM_ALGORITHMS = {
+    "origin": "random",
+    "maskgit_plus": "confidence",
+    "topk_margin": "margin",
+    "entropy": "entropy",
+}
+# LLaDA's `remasking` names: `low_confidence` keeps the most probable sampled tokens, `random` reveals the step's
+# quota at uniformly random positions (`learned_ranked` with `order_temperature=inf` ignores ê: the same rule).
+LLADA_REMASKING = {
+    "low_confidence": {"order": "confidence"},
+    "random": {"order": "learned_ranked", "order_temperature": math.inf},
+}
+
+
+# How one foreign argument becomes LoMDM settings: its value -> {setting: value}.
+Translation = Callable[[Any], dict[str, Any]]
+
+
+def _choice(name: str, choices: dict[str, Any], build: Callable[[Any], dict[str, Any]]) -> Translation:
+    """An argument whose values name LoMDM settings: `build(choices[value])`; any other value raises."""
+
+    def translate(value: Any) -> dict[str, Any]:
+        if value not in choices:
+            raise ValueError(f"`{name}` must be one of {sorted(choices)}, got {value!r}.")
+        return build(choices[value])
+
+    return translate
+
+
+def _renamed(setting: str) -> Translation:
+    """An argument that is the LoMDM `setting` under another name."""
+    return lambda value: {setting: value}
+
+
+def _only_off(name: str, off: tuple[Any, ...], meaning: str) -> Translation:
+    """An argument LoMDM has no equivalent of: accepted at its "off" values only (it then sets nothing)."""
+
+    def translate(value: Any) -> dict[str, Any]:
+        if value not in off:
+            raise ValueError(
+                f"`{name}={value!r}` has no LoMDM equivalent ({meaning}); only {' or '.join(map(repr, off))} "
+                "is accepted."
+            )
+        return {}
+
+    return translate
+
+
+# Foreign argument name -> the LoMDM settings it means (a function of its value). The README's "Generation"
+# section tables them. Names that mean the same in both (`steps`, `block_length`, `temperature`, `top_p`, `top_k`,
+# `eps`, `max_new_tokens`, ...) are LoMDM settings already and need no entry.
+SETTING_ALIASES: dict[str, Translation] = {
+    "alg": _choice("alg", DREAM_ALGORITHMS, lambda order: {"order": order}),  # Dream
+    "alg_temp": _only_off(  # Dream: positions drawn from softmax(score / alg_temp)
+        "alg_temp", (None, 0), "the ranked orders reveal the highest-scoring positions"
+    ),
+    "gen_length": _renamed("max_new_tokens"),  # LLaDA
+    "mask_id": _renamed("mask_token_id"),  # LLaDA
+    "remasking": _choice("remasking", LLADA_REMASKING, dict),  # LLaDA
+    "cfg_scale": _only_off("cfg_scale", (0,), "LoMDM has no classifier-free guidance"),  # LLaDA
+}
+
+
+def resolve_setting_aliases(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` with each name of `SETTING_ALIASES` replaced by the LoMDM settings it means.
+
+    Raises a `ValueError` for a value with no LoMDM equivalent, and when an alias and a setting it stands for are
+    both given (e.g. `gen_length` and `max_new_tokens`).
+    """
+    resolved = {name: value for name, value in kwargs.items() if name not in SETTING_ALIASES}
+    given_as = {name: name for name in resolved}  # setting -> the argument that set it
+    for alias in (name for name in kwargs if name in SETTING_ALIASES):
+        for name, value in SETTING_ALIASES[alias](kwargs[alias]).items():
+            if name in resolved:
+                raise ValueError(f"pass either `{alias}` or `{given_as[name]}`, not both.")
+            resolved[name], given_as[name] = value, alias
+    return resolved
 
 
 class LoMDMGenerationConfig(GenerationConfig):
@@ -72,6 +158,9 @@ class LoMDMGenerationConfig(GenerationConfig):
 
         > Token distribution (applied to log p_θ before sampling, through transformers' warpers)
 
+        do_sample (`bool`, *optional*): transformers' switch: `False` picks the most likely token at every reveal
+            (greedy, as `temperature=0`, whatever `temperature` says), `True` samples at `temperature` (which must
+            then be > 0). `None` (the default): `temperature` decides.
         temperature (`float`, defaults to 1.0): Softmax temperature; 0 picks the most likely token (greedy).
         top_k (`int`, *optional*): Keep the `top_k` most likely tokens.
         top_p (`float`, *optional*): Nucleus sampling mass.
@@ -90,12 +179,16 @@ class LoMDMGenerationConfig(GenerationConfig):
         pad_token_id (`int`, *optional*): Fills the generated positions after the first EOS (default: EOS).
         bos_token_id (`int`, *optional*): Prompt used when `generate` is called without inputs.
         eos_token_id (`int` or `list[int]`, *optional*): End of sequence; a row whose block contains it stops.
+
+    Dream's and LLaDA's argument names (`alg`, `alg_temp`, `gen_length`, `remasking`, `mask_id`, `cfg_scale`) are
+    accepted wherever a setting is and stored under the LoMDM name they mean (`SETTING_ALIASES`).
     """
 
     def __init__(self, **kwargs: Any):
         # GenerationConfig.__init__ is not called on purpose (as in diffusion_gemma): its autoregressive
         # fields (beams, penalties, ...) mean nothing here, and an unknown field must raise instead of being
         # stored.
+        kwargs = resolve_setting_aliases(kwargs)
         self.max_new_tokens: int | None = kwargs.pop("max_new_tokens", None)
         self.max_length: int | None = kwargs.pop("max_length", None)
 
@@ -108,6 +201,7 @@ class LoMDMGenerationConfig(GenerationConfig):
         self.use_cache: bool = kwargs.pop("use_cache", True)
         self.cache_implementation: str | None = kwargs.pop("cache_implementation", None)
 
+        self.do_sample: bool | None = kwargs.pop("do_sample", None)
         self.temperature: float = kwargs.pop("temperature", 1.0)
         self.top_k: int | None = kwargs.pop("top_k", None)
         self.top_p: float | None = kwargs.pop("top_p", None)
@@ -129,16 +223,24 @@ class LoMDMGenerationConfig(GenerationConfig):
 
         if kwargs:
             raise ValueError(
-                f"unknown LoMDM generation settings {sorted(kwargs)}; valid ones are {self.field_names}."
+                f"unknown LoMDM generation settings {sorted(kwargs)}; valid ones are {self.field_names} "
+                f"(and the other samplers' names {sorted(SETTING_ALIASES)})."
             )
         self.validate()
+
+    @property
+    def greedy(self) -> bool:
+        """Whether every reveal takes the most likely token (`do_sample=False`, or `temperature=0`)."""
+        return self.do_sample is False or (self.do_sample is None and self.temperature == 0)
 
     @property
     def field_names(self) -> list[str]:
         return [name for name in vars(self) if not name.startswith("_") and name != "transformers_version"]
 
     def update(self, **kwargs: Any) -> dict[str, Any]:
-        """Set the fields named in `kwargs`, validate, and return the entries that are not fields."""
+        """Set the fields named in `kwargs` (or by an alias of `SETTING_ALIASES`), validate, and return the entries
+        that are neither."""
+        kwargs = resolve_setting_aliases(kwargs)
         known = set(self.field_names)
         for key, value in kwargs.items():
             if key in known:
@@ -182,6 +284,10 @@ class LoMDMGenerationConfig(GenerationConfig):
             or self.temperature < 0
         ):
             raise ValueError(f"`temperature` must be a number >= 0 (0 = greedy), got {self.temperature!r}.")
+        if self.do_sample is not None and not isinstance(self.do_sample, bool):
+            raise ValueError(f"`do_sample` must be a bool or None, got {self.do_sample!r}.")  # noqa: TRY004
+        if self.do_sample and self.temperature == 0:
+            raise ValueError("`do_sample=True` samples and `temperature=0` is greedy; set one of them.")
         if self.top_p is not None and (isinstance(self.top_p, bool) or not 0.0 < self.top_p <= 1.0):
             raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p!r}.")
         for name in ("use_cache", "return_dict_in_generate", "output_order", "output_history"):
@@ -205,4 +311,13 @@ class LoMDMGenerationConfig(GenerationConfig):
         return cls(**{name: config.get(name) for name in SPECIAL_TOKENS})
 
 
-__all__ = ["ORDERS", "SPECIAL_TOKENS", "LoMDMGenerationConfig"]
+__all__ = [
+    "DREAM_ALGORITHMS",
+    "LLADA_REMASKING",
+    "ORDERS",
+    "SETTING_ALIASES",
+    "SPECIAL_TOKENS",
+    "LoMDMGenerationConfig",
+    "Translation",
+    "resolve_setting_aliases",
+]

@@ -30,18 +30,10 @@ from transformers.utils import ModelOutput, logging
 
 from .cache_lomdm import LoMDMBlockCache, cache_window
 from .configuration_lomdm import check_token_id_tensor
-from .generation_config_lomdm import SPECIAL_TOKENS, LoMDMGenerationConfig
+from .generation_config_lomdm import DREAM_ALGORITHMS, SETTING_ALIASES, SPECIAL_TOKENS, LoMDMGenerationConfig
 from .sampler_lomdm import LoMDMSampler
 
 logger = logging.get_logger(__name__)
-
-# Dream's `alg` names (Dream-v0 `diffusion_generate`) and the order that implements each.
-DREAM_ALGORITHMS = {
-    "origin": "random",
-    "maskgit_plus": "confidence",
-    "topk_margin": "margin",
-    "entropy": "entropy",
-}
 
 
 @dataclass
@@ -108,10 +100,11 @@ class LoMDMGenerationMixin:
             kwargs: `attention_mask` `(B, L_in)`, `generator` (a `torch.Generator` or one per output row),
                 `allowed_tokens` (bool `(L, V)` or `(B, L, V)` over the output canvas, L = prompt + new tokens:
                 the tokens each position may take; the softmax spans only them, so constrained infilling
-                never draws another token) and any [`LoMDMGenerationConfig`] field; anything else raises a
-                `ValueError`. Random draws
-                count from each row's first real token, so left padding changes no row; with one generator
-                per row, row b equals its prompt run alone with generator b (see [`LoMDMSampler`]).
+                never draws another token), any [`LoMDMGenerationConfig`] field (transformers' `do_sample`
+                included) and Dream's / LLaDA's argument names (`generation_config_lomdm.SETTING_ALIASES`);
+                anything else raises a `ValueError`. Random draws count from each row's first real token, so
+                left padding changes no row; with one generator per row, row b equals its prompt run alone with
+                generator b (see [`LoMDMSampler`]).
 
         Returns:
             `torch.LongTensor` `(B, L)` or, with `return_dict_in_generate=True`, a [`LoMDMGenerateOutput`].
@@ -184,17 +177,11 @@ class LoMDMGenerationMixin:
         generation_config: GenerationConfig | None = None,
         **kwargs: Any,
     ) -> LoMDMGenerateOutput | torch.LongTensor:
-        """`generate` under Dream's argument names: `alg` in `DREAM_ALGORITHMS` ('origin', 'maskgit_plus',
-        'topk_margin', 'entropy') selects the order; `steps`, `max_new_tokens`, `max_length`, `temperature`,
-        `top_p`, `top_k`, `eps`, `output_history`, `return_dict_in_generate` and the token ids keep their
-        meaning."""
-        if "alg" in kwargs:
-            alg = kwargs.pop("alg")
-            if alg not in DREAM_ALGORITHMS:
-                raise ValueError(f"`alg` must be one of {sorted(DREAM_ALGORITHMS)}, got {alg!r}.")
-            if "order" in kwargs:
-                raise ValueError("pass either `alg` or `order`, not both.")
-            kwargs["order"] = DREAM_ALGORITHMS[alg]
+        """`generate` under Dream's name. Dream's arguments are accepted (by `generate` too): `alg` in
+        `DREAM_ALGORITHMS` ('origin', 'maskgit_plus', 'topk_margin', 'entropy') selects the order, `alg_temp` may
+        only be None / 0 (see `generation_config_lomdm.SETTING_ALIASES`); `steps`, `max_new_tokens`, `max_length`,
+        `temperature`, `top_p`, `top_k`, `eps`, `output_history`, `return_dict_in_generate` and the token ids keep
+        their meaning."""
         return self.generate(inputs, generation_config, **kwargs)
 
     def adjust_generation_fn(
@@ -263,7 +250,8 @@ class LoMDMGenerationMixin:
         if unknown:
             raise ValueError(
                 f"`generate` got unknown arguments {sorted(unknown)}; it takes `input_ids`, "
-                f"`attention_mask`, `generator`, `allowed_tokens` and the generation settings {config.field_names}."
+                f"`attention_mask`, `generator`, `allowed_tokens`, the generation settings {config.field_names} "
+                f"and the other samplers' names {sorted(SETTING_ALIASES)}."
             )
         for name in SPECIAL_TOKENS:
             if getattr(config, name) is None:
@@ -364,7 +352,7 @@ class LoMDMGenerationMixin:
     ) -> LogitsProcessorList:
         """User processors first, then temperature, top-k and top-p (transformers' order)."""
         processors = LogitsProcessorList(logits_processor or [])
-        if config.temperature not in (0, 1):  # 0 is greedy: `LoMDMSampler` takes the argmax
+        if not config.greedy and config.temperature != 1:  # greedy: `LoMDMSampler` takes the argmax
             processors.append(TemperatureLogitsWarper(float(config.temperature)))
         if config.top_k is not None:
             processors.append(TopKLogitsWarper(config.top_k))
@@ -545,4 +533,5 @@ class _TokenStream:
         self.streamer.end()
 
 
+# DREAM_ALGORITHMS lives with the other aliases in the generation config; exported here too, its old address.
 __all__ = ["DREAM_ALGORITHMS", "LoMDMGenerateOutput", "LoMDMGenerationMixin"]

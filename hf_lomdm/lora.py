@@ -6,13 +6,17 @@
 
 Decisions (the model card repeats them):
 - **Targets**: the backbone's llama-named projections `q_proj k_proj v_proj o_proj gate_proj up_proj down_proj`
-  (PEFT has no default for `model_type="lomdm"`, so they are always explicit). No `task_type`: a plain
+  (PEFT has no default for `model_type="lomdm"`, so they are always explicit).
+- **No `task_type`**: none of PEFT's fits a masked diffusion model. `CAUSAL_LM`'s wrapper drives transformers'
+  autoregressive generation (it needs `prepare_inputs_for_generation`), `SEQ_2_SEQ_LM` is encoder-decoder, and the
+  classification / feature-extraction wrappers pass `inputs_embeds`, which LoMDM does not take. A plain
   `PeftModel` delegates `forward` / `generate` / `forward_exponents` to the model unchanged.
 - **Schedulers go in `modules_to_save`** (trained in full and saved with the adapter): g_φ / g_ψ read the backbone's
   features f(x), which LoRA changes, so a frozen scheduler would score features it was never trained on; they are
   one layer each, small next to the backbone. `per_position`'s θ (one score per position) is saved the same way.
   PEFT never puts LoRA inside a `modules_to_save` module, so the schedulers' own q/k/v/o projections are not
-  adapted twice. `train_schedulers=False` freezes them instead (their layers are then excluded from LoRA too).
+  adapted twice. `train_schedulers=False` freezes them instead (their layers are then excluded from LoRA too, and
+  the adapter saves LoRA weights only): the learned order stays the base model's.
 """
 
 from __future__ import annotations

@@ -34,192 +34,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import Cache, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_lomdm import LoMDMConfig, check_allowed_tokens, check_model_inputs
 from .generation_config_lomdm import LoMDMGenerationConfig
 from .generation_lomdm import LoMDMGenerationMixin
+from .layers_lomdm import LoMDMLayer, LoMDMRMSNorm, LoMDMRotaryEmbedding, LoMDMTimeEmbedding
 from .schedule_lomdm import SCHEDULES, NoiseDraw, NoiseSpec, add_noise
-
-
-class LoMDMRMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.float()  # the variance is computed in float32 (bf16 loses the mean)
-        hidden_states = hidden_states * torch.rsqrt(
-            hidden_states.pow(2).mean(-1, keepdim=True) + self.variance_epsilon
-        )
-        return self.weight * hidden_states.to(input_dtype)
-
-
-class LoMDMRotaryEmbedding(nn.Module):
-    """RoPE computed from `position_ids` on the fly (no cached buffer that could go stale across devices)."""
-
-    def __init__(self, config: LoMDMConfig):
-        super().__init__()
-        self.head_dim = config.head_dim
-        self.rope_theta = config.rope_theta
-
-    @torch.no_grad()
-    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        exponent = (
-            torch.arange(0, self.head_dim, 2, device=position_ids.device, dtype=torch.float32) / self.head_dim
-        )
-        inv_freq = 1.0 / (self.rope_theta**exponent)  # (D/2,)
-        freqs = position_ids.float()[..., None] * inv_freq  # (B, L, D/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (B, L, D)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def repeat_kv(hidden_states: torch.Tensor, groups: int) -> torch.Tensor:
-    """(B, kv_heads, L, D) -> (B, kv_heads * groups, L, D): each key/value head serves `groups` query heads."""
-    if groups == 1:
-        return hidden_states
-    return hidden_states.repeat_interleave(groups, dim=1)
-
-
-def apply_rotary_pos_emb(q, k, cos, sin):
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, L, D): broadcast over heads
-    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention with a bool mask broadcastable to `(B, 1, L, L)` (True = attend): a `(B, 1, 1, L)` key mask
-    (bidirectional) or a full `(B, 1, L, L)` mask given by the caller."""
-    key = repeat_kv(key, module.num_key_value_groups)  # grouped-query attention: (B, heads, L, D)
-    value = repeat_kv(value, module.num_key_value_groups)
-    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, heads, L, L)
-    if attention_mask is not None:
-        attn_weights = attn_weights.masked_fill(~attention_mask, torch.finfo(attn_weights.dtype).min)
-    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
-    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()  # (B, L, heads, D)
-    return attn_output, attn_weights
-
-
-class LoMDMAttention(nn.Module):
-    """Bidirectional RoPE attention. With `past_key_values` (a transformers `Cache`), the keys / values of the
-    positions computed now go through `past_key_values.update(key, value, layer_idx)`, which returns the keys /
-    values to attend to (e.g. cached ones of other positions around them; see `cache_lomdm.LoMDMBlockCache`)."""
-
-    def __init__(self, config: LoMDMConfig, layer_idx: int | None = None):
-        super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.head_dim = config.head_dim
-        self.num_heads = config.num_attention_heads
-        self.num_key_value_heads = config.num_key_value_heads
-        self.num_key_value_groups = self.num_heads // self.num_key_value_heads  # read by transformers' SDPA
-        self.scaling = self.head_dim**-0.5
-        self.attention_dropout = config.dropout
-        self.is_causal = False
-        hidden, bias = config.hidden_size, config.attention_bias
-        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(hidden, self.num_key_value_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(hidden, self.num_key_value_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=bias)
-
-    def forward(self, hidden_states, attention_mask, position_embeddings, past_key_values=None):
-        batch, length, _ = hidden_states.shape
-        query = (
-            self.q_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
-        )  # (B, heads, L, D)
-        key = (
-            self.k_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
-        )  # (B, kv_heads, L, D)
-        value = self.v_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
-        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, kv_heads, L_keys, D)
-
-        attention_interface = eager_attention_forward
-        if self.config._attn_implementation not in (None, "eager"):
-            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
-        attn_output, _ = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            is_causal=False,
-        )
-        return self.o_proj(attn_output.reshape(batch, length, -1))
-
-
-class LoMDMMLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class LoMDMLayer(GradientCheckpointingLayer):
-    """Pre-norm bidirectional transformer layer (RMSNorm, RoPE attention, SwiGLU)."""
-
-    def __init__(self, config: LoMDMConfig, intermediate_size: int, layer_idx: int | None = None):
-        super().__init__()
-        self.self_attn = LoMDMAttention(config, layer_idx)
-        self.mlp = LoMDMMLP(config.hidden_size, intermediate_size)
-        self.input_layernorm = LoMDMRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = LoMDMRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None):
-        attn = self.self_attn(
-            self.input_layernorm(hidden_states), attention_mask, position_embeddings, past_key_values
-        )
-        hidden_states = hidden_states + self.dropout(attn)
-        mlp = self.mlp(self.post_attention_layernorm(hidden_states))
-        return hidden_states + self.dropout(mlp)
-
-
-class LoMDMTimeEmbedding(nn.Module):
-    """Sinusoidal embedding of t in [0, 1] followed by an MLP; used only when `time_conditioning=True`."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.linear_1 = nn.Linear(hidden_size, hidden_size)
-        self.linear_2 = nn.Linear(hidden_size, hidden_size)
-
-    def forward(self, timesteps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        half = self.hidden_size // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=timesteps.device) / half)
-        args = 1000.0 * timesteps.float()[:, None] * freqs  # (B, H/2); t scaled to the usual [0, 1000] range
-        emb = torch.cat([args.cos(), args.sin()], dim=-1)
-        if emb.shape[-1] < self.hidden_size:  # odd hidden size
-            emb = F.pad(emb, (0, 1))
-        return self.linear_2(F.silu(self.linear_1(emb.to(dtype))))  # (B, H)
 
 
 class LoMDMScoreProjection(nn.Linear):
@@ -466,6 +291,20 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
 
         return from_causal_lm(cls, model_or_path, schedule, shift, **config_overrides)
 
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func=checkpoint, every_n_layers: int = 1
+    ) -> None:
+        """transformers' switch, except that reentrant checkpointing leaves the scheduler blocks alone: a reentrant
+        checkpoint whose inputs need no gradient returns none to its parameters, and the schedulers read
+        stop-gradient features (their gradient would silently be zero). Non-reentrant checkpointing (transformers'
+        default) checkpoints them like the backbone layers."""
+        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
+        keywords = getattr(gradient_checkpointing_func, "keywords", {})
+        if enable and keywords.get("use_reentrant") is not False:  # torch's default is reentrant
+            for scheduler in (self.forward_scheduler, self.reverse_scheduler):
+                if scheduler is not None:
+                    scheduler.layer.gradient_checkpointing = False
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 
@@ -512,8 +351,11 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
         allowed_tokens: torch.Tensor | None = None,
         noise: NoiseSpec | None = None,
         past_key_values: Cache | None = None,
-        **kwargs,
-    ) -> LoMDMOutput:
+        labels: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+        output_attentions: bool | None = None,
+    ) -> LoMDMOutput | tuple:
         r"""
         Args:
             input_ids (`torch.LongTensor` of shape `(B, L)`): the noisy sequence z_t (mask token = masked).
@@ -541,32 +383,54 @@ class LoMDMForMaskedDiffusion(LoMDMPreTrainedModel, LoMDMGenerationMixin):
                 FSDP, PEFT and accelerate's autocast wrap.
             past_key_values (`Cache`, *optional*): updated by every layer's attention with the keys / values of
                 this pass (generation's block cache, `cache_lomdm.LoMDMBlockCache`, fills itself this way).
+            labels: not accepted: raises a `ValueError` that points to the loss. The NELBO is a Monte-Carlo
+                estimate over noise draws whose formula lives in `hf_lomdm.objective`, which this file (shipped
+                inside checkpoints) does not import; `hf_lomdm.objective.lomdm_loss(model, input_ids, labels=...)`
+                or `hf_lomdm.LoMDMTrainer` compute it.
+            token_type_ids (`torch.LongTensor`, *optional*): what tokenizers return by default; LoMDM has no
+                segment embeddings, so it is ignored.
+            return_dict (`bool`, *optional*): `False` returns `LoMDMOutput.to_tuple()` (transformers' convention).
+            output_attentions (`bool`, *optional*): only `False` / `None`; LoMDM does not return attention weights.
+
+        Any other keyword is a `TypeError`, as for any Python function: nothing is silently ignored.
         """
+        if labels is not None:
+            raise ValueError(
+                "`forward` does not compute a loss from `labels`: the NELBO is estimated by "
+                "`hf_lomdm.objective.lomdm_loss(model, input_ids, labels=labels)` (what `hf_lomdm.LoMDMTrainer` "
+                "trains on), or per sequence by `hf_lomdm.objective.stratified_nelbo`."
+            )
+        if output_attentions:
+            raise ValueError(
+                "`output_attentions=True` is not supported: LoMDM does not return attention weights."
+            )
         check_allowed_tokens(allowed_tokens, input_ids.shape, self.vocab_size, self.mask_token_id)
         if noise is not None:
-            return self._training_forward(
+            out = self._training_forward(
                 input_ids, attention_mask, noise_mask, position_ids, noise, allowed_tokens
             )
-        self._check_inputs(input_ids, attention_mask, noise_mask, timesteps)
-        if logits_mask is not None and (
-            logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool
-        ):
-            raise ValueError(
-                f"`logits_mask` must be a bool tensor of shape {tuple(input_ids.shape)}, got "
-                f"{logits_mask.dtype} of shape {tuple(logits_mask.shape)}."
+        else:
+            self._check_inputs(input_ids, attention_mask, noise_mask, timesteps)
+            if logits_mask is not None and (
+                logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool
+            ):
+                raise ValueError(
+                    f"`logits_mask` must be a bool tensor of shape {tuple(input_ids.shape)}, got "
+                    f"{logits_mask.dtype} of shape {tuple(logits_mask.shape)}."
+                )
+            out = self._denoiser_pass(
+                input_ids,
+                attention_mask,
+                noise_mask,
+                position_ids,
+                timesteps,
+                output_exponents,
+                output_hidden_states,
+                logits_mask,
+                allowed_tokens,
+                past_key_values,
             )
-        return self._denoiser_pass(
-            input_ids,
-            attention_mask,
-            noise_mask,
-            position_ids,
-            timesteps,
-            output_exponents,
-            output_hidden_states,
-            logits_mask,
-            allowed_tokens,
-            past_key_values,
-        )
+        return out.to_tuple() if return_dict is False else out
 
     def _denoiser_pass(
         self,

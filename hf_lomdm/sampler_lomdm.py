@@ -100,7 +100,7 @@ class LoMDMSampler:
         )
         self.steps = generation_config.steps
         self.block_length = generation_config.block_length
-        self.greedy = generation_config.temperature == 0
+        self.greedy = generation_config.greedy
         self.mask_token_id = generation_config.mask_token_id
         self.logits_processor = logits_processor if logits_processor is not None else LogitsProcessorList()
         self.generator = generator

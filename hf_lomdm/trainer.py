@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import EvalPrediction, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
 
@@ -59,30 +59,12 @@ from .objective import (
     update_token_baseline,
 )
 from .parameter_groups import is_scheduler_parameter
-from .schedule_lomdm import SCHEDULES, saturated
-from .units import perplexity
+from .schedule_lomdm import SCHEDULES
+from .trainer_logs import batch_statistics, nelbo_metrics, summarize
 
 logger = logging.get_logger(__name__)
 
 TRAINING_ARGS_JSON_NAME = "training_args.json"
-
-# Additive statistics of training batches, summed over a logging window (see `_batch_statistics`).
-_STATS = (
-    "nelbo",
-    "loss_velocity",
-    "tokens",
-    "exponent_sum",
-    "exponent_square_sum",
-    "exponent_count",
-    "masked_count",
-    "masked_exponent_sum",
-    "masked_confidence_sum",
-    "masked_exponent_confidence_sum",
-    "masked_exponent_square_sum",
-    "masked_confidence_square_sum",
-    "saturated_count",
-    "scored_count",
-)
 
 
 @dataclass
@@ -90,10 +72,14 @@ class LoMDMTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the LoMDM objective, scheduler learning rate, EMA and evaluation settings."""
 
     num_noise_samples: int = field(
-        default=2, metadata={"help": "K noisy samples per sequence and step (RLOO needs K >= 2)."}
+        default=2,
+        metadata={
+            "help": "K noisy samples per sequence and step ('rloo' needs K >= 2). K = 1 with 'tcv' halves the "
+            "noisy passes, but its denoiser gradient is noisier: a worse bound at equal steps (README)."
+        },
     )
     estimator: Estimator = field(
-        default="rloo",
+        default="tcv",
         metadata={
             "help": "Gradient estimator of the learned exponents: 'rloo' (leave-one-out baseline, K >= 2), "
             "'ptcv' (per-token baseline), 'tcv' (token control variate, any K) or 'plain' (MDLM, no "
@@ -204,90 +190,6 @@ def default_scheduler_learning_rate(schedule: str | None, learning_rate: float) 
     (`schedule_lomdm.SCHEDULES`, where the multipliers' measurements are written; 1 for an unknown schedule)."""
     kind = SCHEDULES.get(schedule)
     return learning_rate * (1.0 if kind is None else kind.scheduler_lr_multiplier)
-
-
-def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
-    """Per-token NELBO over an evaluation set from `LoMDMTrainer.prediction_step` outputs.
-
-    `predictions`: `(N, 3)` per-sequence [NELBO, L_main, L_velocity]; `label_ids`: `(N,)` |M| per sequence.
-    `nelbo = sum NELBO / sum |M|` (tokens weigh equally, not sequences) with its standard error over
-    sequences `nelbo_stderr` (Monte-Carlo and data sampling together); `ppl_bound = exp(nelbo)` bounds the
-    perplexity from above; `velocity` is the L_velocity part (L_main = `nelbo` - `velocity`, not repeated).
-    `loss` repeats `nelbo` because Trainer needs `eval_loss` for its default `metric_for_best_model="loss"`
-    (`load_best_model_at_end`, `EarlyStoppingCallback`); `prediction_step` returns no loss of its own.
-    """
-    per_sequence = np.asarray(eval_pred.predictions, dtype=np.float64).reshape(-1, 3)
-    counts = np.asarray(eval_pred.label_ids, dtype=np.float64).reshape(-1)
-    tokens = float(counts.sum())
-    nelbo, _, velocity = (per_sequence.sum(0) / max(tokens, 1.0)).tolist()
-    # Standard error of the ratio estimator sum NELBO / sum |M| over sequences (delta method).
-    residuals = per_sequence[:, 0] - nelbo * counts
-    n = len(counts)
-    stderr = math.sqrt(n / max(n - 1, 1) * float((residuals**2).sum())) / max(tokens, 1.0)
-    return {
-        "loss": nelbo,
-        "nelbo": nelbo,
-        "nelbo_stderr": stderr,
-        "velocity": velocity,
-        "ppl_bound": perplexity(nelbo),
-        "tokens": tokens,
-    }
-
-
-def _batch_statistics(res: LoMDMLossOutput) -> torch.Tensor:
-    """Additive float64 sums of one batch, keyed by name and stacked in the order of `_STATS`.
-
-    NELBO and its L_velocity part, |M|; Σe, Σe² and the count over M; the moments (n, Σx, Σy, Σxy, Σx², Σy²) of x = e_i,
-    y = p_θ(x_i | z_t) over the masked positions of the first noise sample, for Pearson's r; and the saturated
-    scheduler sigmoids with the number of scores (zero for fixed schedules).
-    """
-    e = res.forward_exponents.double()
-    in_m = res.noise_mask
-    masked = ~torch.isnan(res.confidence)
-    x, y = e[masked], res.confidence[masked].double()
-    zero = torch.zeros((), device=e.device)
-    scheduler = {"saturated_count": zero, "scored_count": zero}  # fixed schedule: no scheduler sigmoids
-    if res.forward_scores is not None:
-        scheduler = {"saturated_count": saturated(res.forward_scores, in_m).sum(), "scored_count": in_m.sum()}
-    sums = {
-        "nelbo": res.nelbo.sum(),
-        "loss_velocity": res.loss_velocity.sum(),
-        "tokens": res.num_tokens.sum(),
-        "exponent_sum": e[in_m].sum(),
-        "exponent_square_sum": e[in_m].square().sum(),
-        "exponent_count": in_m.sum(),
-        "masked_count": masked.sum(),
-        "masked_exponent_sum": x.sum(),
-        "masked_confidence_sum": y.sum(),
-        "masked_exponent_confidence_sum": (x * y).sum(),
-        "masked_exponent_square_sum": x.square().sum(),
-        "masked_confidence_square_sum": y.square().sum(),
-        **scheduler,
-    }
-    return torch.stack([sums[name].double() for name in _STATS])
-
-
-def _summarize(stats: torch.Tensor) -> dict[str, float]:
-    """The logged statistics of a window's summed `_batch_statistics`."""
-    s = dict(zip(_STATS, stats.tolist()))
-    tokens = max(s["tokens"], 1.0)
-    num_exponents, num_masked = max(s["exponent_count"], 1.0), max(s["masked_count"], 1.0)
-    mean_e = s["exponent_sum"] / num_exponents
-    logs = {
-        "nelbo": s["nelbo"] / tokens,
-        "velocity": s["loss_velocity"] / tokens,
-        "exponent_mean": mean_e,
-        "exponent_std": math.sqrt(max(s["exponent_square_sum"] / num_exponents - mean_e**2, 0.0)),
-    }
-    if s["scored_count"] > 0:
-        logs["scheduler_saturated_fraction"] = s["saturated_count"] / s["scored_count"]
-    mean_x, mean_y = s["masked_exponent_sum"] / num_masked, s["masked_confidence_sum"] / num_masked
-    cov = s["masked_exponent_confidence_sum"] / num_masked - mean_x * mean_y
-    var_x = s["masked_exponent_square_sum"] / num_masked - mean_x**2
-    var_y = s["masked_confidence_square_sum"] / num_masked - mean_y**2
-    if var_x > 1e-12 and var_y > 1e-12:  # undefined for fixed schedules (every e equal)
-        logs["exponent_confidence_corr"] = cov / math.sqrt(var_x * var_y)
-    return logs
 
 
 class LoMDMTrainer(Trainer):
@@ -403,7 +305,7 @@ class LoMDMTrainer(Trainer):
             self._token_baseline = update_token_baseline(
                 self._token_baseline, res, self.args.token_baseline_decay
             )
-        stats = _batch_statistics(res)
+        stats = batch_statistics(res)
         self._train_stats = stats if self._train_stats is None else self._train_stats + stats
         loss = res.loss
         if num_items_in_batch is not None:
@@ -601,7 +503,7 @@ class LoMDMTrainer(Trainer):
             stats = self._train_stats
             if self.accelerator.num_processes > 1:
                 stats = self.accelerator.reduce(stats, reduction="sum")
-            logs.update(_summarize(stats))
+            logs.update(summarize(stats))
             self._train_stats = None
             if self._scheduler_lr_used is not None and "learning_rate" in logs:
                 logs["scheduler_learning_rate"] = self._scheduler_lr_used  # the rate the last step used

@@ -1,6 +1,6 @@
 """Units of likelihood results: a perplexity from nats per token, and bits per character.
 
-Training (`hf_lomdm.trainer.nelbo_metrics`) and evaluation (`hf_lomdm.evaluation`) both report a per-token
+Training (`hf_lomdm.trainer_logs.nelbo_metrics`) and evaluation (`hf_lomdm.evaluation`) both report a per-token
 NELBO or NLL in nats together with its perplexity; these are the conversions they share. With a
 character-level tokenizer (`is_character_level`) a token is a character, so nats/token / ln 2 is bits/character.
 """

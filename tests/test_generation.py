@@ -418,7 +418,7 @@ def test_unconditional_generation_starts_from_bos(make_model):
     "kwargs",
     [
         {"num_beams": 2},
-        {"do_sample": True},
+        {"do_sample": True, "temperature": 0},
         {"order": "bogus"},
         {"steps": 0},
         {"threshold": 0.5},

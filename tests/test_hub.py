@@ -101,6 +101,7 @@ def test_push_to_hub_then_from_pretrained_with_and_without_the_package(tmp_path)
             "reveal_lomdm.py",
             "cache_lomdm.py",
             "schedule_lomdm.py",
+            "layers_lomdm.py",
         } <= stored
         assert {"adapter_config.json", "adapter_model.safetensors"} <= set(hub.repos[f"{repo}-lora"].files)
         for block in (False, True):  # fresh caches: every file must come from the server

@@ -8,9 +8,9 @@ import pytest
 import torch
 from datasets import Dataset
 
+from benchmarks.order_zoo.synthetic import BOS_ID, MASK_ID, TASKS, exponent_contrast, order_task
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
 from hf_lomdm.data import DataCollatorForMaskedDiffusion
-from hf_lomdm.order_tasks import BOS_ID, MASK_ID, TASKS, exponent_contrast, order_task
 from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
 
 

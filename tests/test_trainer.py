@@ -130,6 +130,7 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, monkeypatch):
             model=model,
             train_rows=rows,
             max_steps=1,
+            estimator="rloo",  # what `rowwise_loss` computes (no token table to update between micro-batches)
             per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=accumulation,
             optim="sgd",
@@ -353,7 +354,17 @@ def test_recipes_parse_and_document_their_launch(tmp_path):
         # use_cpu: the GPU recipes ask for bf16, which TrainingArguments only accepts here on the CPU.
         argv = [recipe, "--output_dir", str(tmp_path), "--use_cpu", "true"]
         with open(recipe, encoding="utf-8") as f:
-            base = yaml.safe_load(f).get("model_name_or_path")
+            config = yaml.safe_load(f)
+        for name in (
+            "train_files",
+            "validation_files",
+        ):  # placeholders for the user's data: checked at parse time
+            if config.get(name) and not os.path.isfile(config[name][0]):
+                with pytest.raises(ValueError, match=f"`{name}` '{config[name][0]}': no such file"):
+                    parse_args(argv)
+                (tmp_path / "rows.jsonl").write_text('{"text": "a b c"}\n')
+                argv += [f"--{name}", str(tmp_path / "rows.jsonl")]
+        base = config.get("model_name_or_path")
         if (
             base is not None
         ):  # a converted checkpoint (lomdm-convert): checked at parse time, so it must exist
@@ -501,7 +512,7 @@ def test_high_scheduler_learning_rate_does_not_saturate_the_lomdm_scheduler(tmp_
     # The collapse setting: the schedulers at 50x the backbone's learning rate on a tiny task. With NormSig of raw
     # scores, nothing held their common mode: within 20-60 steps every sigmoid saturated (fraction 1.0) and the
     # exponents froze (std 0.0). Centred scores keep the sigmoids in their steep range and the spread alive.
-    from hf_lomdm.order_tasks import order_task
+    from benchmarks.order_zoo.synthetic import order_task
 
     task = order_task("max", size=4, symbols=4)
     torch.manual_seed(0)
@@ -517,6 +528,7 @@ def test_high_scheduler_learning_rate_does_not_saturate_the_lomdm_scheduler(tmp_
         learning_rate=2e-3,
         scheduler_learning_rate=0.1,
         logging_steps=10,
+        estimator="rloo",  # the estimator the collapse was seen with (its noisy steps drove the scores apart)
     )
     data = Dataset.from_dict(task.training_rows(32 * 60, torch.Generator().manual_seed(1)))
     trainer = LoMDMTrainer(

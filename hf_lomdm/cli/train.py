@@ -252,7 +252,9 @@ def _check_arguments(
         from_pretrained(AutoConfig, model_args.model_name_or_path, "`model_name_or_path`")
     for name in ("train_files", "validation_files"):
         for path in getattr(data_args, name) or []:
-            if not os.path.isfile(path):
+            if not (
+                os.path.isfile(path) or "://" in path or any(c in path for c in "*?[")
+            ):  # globs, URLs pass
                 raise UsageError(f"`{name}` {path!r}: no such file.")
     if model_args.model_name_or_path is None:
         LoMDMConfig(max_position_embeddings=data_args.block_size, **_architecture(model_args))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 MASK_ID, PAD_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-_FIRST_ID = 4
+FIRST_ID = 4
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class OrderTask:
 
     @property
     def vocab_size(self) -> int:
-        return _FIRST_ID + (int(self.groups.max()) + 1) * self.symbols
+        return FIRST_ID + (int(self.groups.max()) + 1) * self.symbols
 
     @property
     def cause_mask(self) -> torch.Tensor:
@@ -76,7 +76,7 @@ class OrderTask:
         """`(num_rows, length)` valid rows of token ids."""
         causes = torch.randint(0, self.symbols, (num_rows, int(self.cause_mask.sum())), generator=generator)
         values = torch.cat([causes, self._effects(causes)], dim=-1)
-        return values + _FIRST_ID + self.groups * self.symbols
+        return values + FIRST_ID + self.groups * self.symbols
 
     def training_rows(
         self, num_rows: int, generator: torch.Generator | None = None
@@ -114,7 +114,7 @@ class OrderTask:
 
     def is_valid(self, rows: torch.Tensor) -> torch.Tensor:
         """`(N,)` bool: every token is in its group's id range and the effects follow from the causes."""
-        values = rows.cpu() - _FIRST_ID - self.groups * self.symbols
+        values = rows.cpu() - FIRST_ID - self.groups * self.symbols
         in_range = ((values >= 0) & (values < self.symbols)).all(-1)
         causes = values[:, self.cause_mask].clamp(0, self.symbols - 1)
         return in_range & (self._effects(causes) == values[:, ~self.cause_mask]).all(-1)
@@ -141,4 +141,4 @@ def exponent_contrast(exponents: torch.Tensor, cause_mask: torch.Tensor) -> floa
 
 TASKS = ("max", "sort", "add")
 
-__all__ = ["BOS_ID", "MASK_ID", "TASKS", "OrderTask", "exponent_contrast", "order_task"]
+__all__ = ["BOS_ID", "FIRST_ID", "MASK_ID", "TASKS", "OrderTask", "exponent_contrast", "order_task"]
