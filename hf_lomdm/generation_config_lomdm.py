@@ -1,4 +1,4 @@
-"""Sampling settings of LoMDM: `LoMDMGenerationConfig`, saved as `generation_config.json` (SPEC §2-3).
+"""Sampling settings of LoMDM: `LoMDMGenerationConfig`, saved as `generation_config.json`.
 
 Hub-facing: this file ships inside checkpoints (trust_remote_code), so it imports only torch, transformers and
 its `*_lomdm.py` siblings, through single-dot imports (`from .x import y`): transformers copies exactly those
@@ -292,7 +292,7 @@ class LoMDMGenerationConfig(GenerationConfig):
             raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p!r}.")
         for name in ("use_cache", "return_dict_in_generate", "output_order", "output_history"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")  # noqa: TRY004 (SPEC §3)
+                raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")  # noqa: TRY004
         for name in ("output_order", "output_history"):
             if getattr(self, name) and not self.return_dict_in_generate:
                 raise ValueError(

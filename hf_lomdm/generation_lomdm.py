@@ -1,4 +1,4 @@
-"""`model.generate` for LoMDM: the loop that runs the backbone and hands its output to the sampler (SPEC §2).
+"""`model.generate` for LoMDM: the loop that runs the backbone and hands its output to the sampler.
 
 Hub-facing: this file ships inside checkpoints (trust_remote_code), so it imports only torch, transformers and
 its `*_lomdm.py` siblings, through single-dot imports (`from .x import y`): transformers copies exactly those
@@ -68,7 +68,7 @@ class LoMDMGenerateOutput(ModelOutput):
 
 
 class LoMDMGenerationMixin:
-    """`generate` for [`LoMDMForMaskedDiffusion`] (SPEC §2). The class name contains `GenerationMixin`, which
+    """`generate` for [`LoMDMForMaskedDiffusion`]. The class name contains `GenerationMixin`, which
     is how transformers recognises a generative model and builds / loads its `generation_config`."""
 
     @torch.no_grad()

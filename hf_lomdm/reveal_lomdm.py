@@ -1,4 +1,4 @@
-"""Reveal rules of the LoMDM sampler: which masked positions one step reveals, for each `order` (SPEC §2).
+"""Reveal rules of the LoMDM sampler: which masked positions one step reveals, for each `order`.
 
 Hub-facing: this file ships inside checkpoints (trust_remote_code), so it imports only torch, transformers and
 its `*_lomdm.py` siblings, through single-dot imports (`from .x import y`): transformers copies exactly those
@@ -125,7 +125,7 @@ REVEAL_OPTIONS: dict[str, RevealOption] = {
 
 
 class RevealRule:
-    """How one sampler step picks the positions to reveal and their tokens (SPEC §2); one subclass per `order`.
+    """How one sampler step picks the positions to reveal and their tokens; one subclass per `order`.
 
     Built once per call by `build_reveal_rule`, so no other code branches on the order name.
     """
@@ -156,7 +156,7 @@ class RevealRule:
 
 
 class ScheduleReveal(RevealRule):
-    """Reveal by the reverse schedule with exponents ê (SPEC §2): on the τ-grid, a masked position is revealed
+    """Reveal by the reverse schedule with exponents ê: on the τ-grid, a masked position is revealed
     at step t_k -> t_{k+1} with probability `unmask_prob`; with `steps=None`, the exact first-hitting sampler.
 
     Args:
@@ -231,7 +231,7 @@ class RandomReveal(ScheduleReveal):
 
 
 class RankedReveal(RevealRule):
-    """Fill each row's reveal quota with its best-scored masked positions (MaskGIT / Dream style, SPEC §2).
+    """Fill each row's reveal quota with its best-scored masked positions (MaskGIT / Dream style).
 
     The quota spreads the block's tokens evenly over its steps (one token per step with `steps=None`). Every
     masked position is sampled, then scored by `score`; the chosen ones keep their sampled tokens.
@@ -332,8 +332,9 @@ class LearnedRankedReveal(RankedReveal):
     """`order="learned_ranked"`: fill each row's quota in the order the learned schedule ranks the positions.
 
     Under exponents ê a token's reveal time is t* = u^{1/ê}, so -log t* ~ Exponential(ê) and the order of the
-    reveals is a Plackett-Luce draw with weights ê: P(i next) = ê_i / Σ_j ê_j over the masked positions (SPEC §1,
-    property 3). Gumbel top-k samples exactly that: rank by log ê + g, g ~ Gumbel(0, 1). With `order_temperature`
+    reveals is a Plackett-Luce draw with weights ê: P(i next) = ê_i / Σ_j ê_j over the masked positions
+    (arXiv 2511.19152, Prop. 3.1). Gumbel top-k samples exactly that: rank by log ê + g, g ~ Gumbel(0, 1).
+    With `order_temperature`
     τ the rank is log ê + τ·g, i.e. Plackett-Luce weights ê^{1/τ}: τ = 1 keeps the learned order distribution (with
     a fixed number of reveals per step instead of the schedule's random one), τ = 0 takes its most likely order,
     highest ê first, ties broken uniformly at random, and τ = inf ignores ê: a uniformly random order with the

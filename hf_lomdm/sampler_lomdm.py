@@ -1,4 +1,4 @@
-"""The LoMDM sampler: the reverse process of SPEC §2 on a fixed canvas, as a state machine that owns its state.
+"""The LoMDM sampler: the reverse process on a fixed canvas, as a state machine that owns its state.
 
 Hub-facing: this file ships inside checkpoints (trust_remote_code), so it imports only torch, transformers and
 its `*_lomdm.py` siblings, through single-dot imports (`from .x import y`): transformers copies exactly those
@@ -8,7 +8,7 @@ Shapes: B = batch, L = canvas length (left-padded prompt + new tokens), V = voca
 sampled in one step.
 
 The canvas z holds the prompt, the mask tokens appended to it and any mask token already in the input
-(infilling). The positions to fill are the set M of SPEC §1 (`noise_mask`), fixed for the whole call. After a
+(infilling). The positions to fill are the set M of the objective (`noise_mask`), fixed for the whole call. After a
 backbone pass on z (log p_θ(· | z), SUBS log-probabilities, and the reverse exponents ê(z)), `LoMDMSampler.step`
 asks the reveal rule of `order` (`reveal_lomdm.REVEAL_RULES`, built once) which masked positions to reveal and
 writes them. The rules return what they reveal; only the sampler writes its state ([`LoMDMSamplerState`]).
@@ -74,7 +74,7 @@ class LoMDMSamplerState:
 
 
 class LoMDMSampler:
-    """The reverse process of SPEC §2 on a fixed canvas. It owns its state ([`LoMDMSamplerState`]) and never
+    """The reverse process on a fixed canvas. It owns its state ([`LoMDMSamplerState`]) and never
     calls the model: `initialize`, then per block `begin_block`, `step` (with the backbone output of the rows
     `rows_to_denoise` names) until `has_masked` is false, and `end_block`; then `finalize`.
 

@@ -1,4 +1,4 @@
-"""Training LoMDM with `transformers.Trainer` (SPEC §4).
+"""Training LoMDM with `transformers.Trainer`.
 
 `LoMDMTrainer` changes four things about `Trainer` and keeps everything else (accelerate, DDP, FSDP, mixed
 precision, checkpoints, resuming, callbacks):
@@ -102,7 +102,7 @@ class LoMDMTrainingArguments(TrainingArguments):
     )
     time_uniform_weight: float = field(
         default=TIME_UNIFORM_WEIGHT,
-        metadata={"help": "Weight of the uniform part of the importance mixture q(t) (SPEC §1)."},
+        metadata={"help": "Weight of the uniform part of the importance mixture q(t)."},
     )
     noise_eps: float = field(
         default=1e-3, metadata={"help": "ε of time_sampling='uniform_eps': t ~ U(ε, 1)."}

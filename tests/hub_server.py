@@ -1,5 +1,5 @@
 """A local HTTP server speaking the subset of the Hugging Face Hub API that `huggingface_hub` uses for
-create-repo, preupload/commit upload and file resolution (SPEC §5). Test code only.
+create-repo, preupload/commit upload and file resolution. Test code only.
 
 Files are stored in memory per repo (`LocalHub.repos[repo_id]`); every request is logged in
 `LocalHub.requests`, so a test can prove that a round trip really went through this server.

@@ -1,4 +1,4 @@
-"""Properties of `model.generate` and the LoMDM sampler (SPEC §2)."""
+"""Properties of `model.generate` and the LoMDM sampler."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 `nelbo_perplexity` reports the per-token NELBO (L_velocity included) estimated with `time_samples`
 importance-sampled, stratified times per sequence (an upper bound on the model's perplexity in expectation).
-Optionally it reports MDLM's ε-truncated estimate beside it, which is *not a bound* (SPEC §1), so the gap is
+Optionally it reports MDLM's ε-truncated estimate beside it, which is *not a bound*, so the gap is
 visible. `sequence_nelbo_samples` gives the per-sequence samples (the lm-eval adapter scores with them).
 
 Shapes: B = batch, L = length, K = time samples.
