@@ -332,15 +332,14 @@ class LearnedRankedReveal(RankedReveal):
     """`order="learned_ranked"`: fill each row's quota in the order the learned schedule ranks the positions.
 
     Under exponents ê a token's reveal time is t* = u^{1/ê}, so -log t* ~ Exponential(ê) and the order of the
-    reveals is a Plackett-Luce draw with weights ê: P(i next) = ê_i / Σ_j ê_j over the masked positions
-    (arXiv 2511.19152, Prop. 3.1). Gumbel top-k samples exactly that: rank by log ê + g, g ~ Gumbel(0, 1).
-    With `order_temperature`
-    τ the rank is log ê + τ·g, i.e. Plackett-Luce weights ê^{1/τ}: τ = 1 keeps the learned order distribution (with
-    a fixed number of reveals per step instead of the schedule's random one), τ = 0 takes its most likely order,
-    highest ê first, ties broken uniformly at random, and τ = inf ignores ê: a uniformly random order with the
-    same per-step quotas (the baseline to compare a learned ranking with). A sharper order matters because the
-    exponents learned in a few hundred steps are close (ê = 0.8 vs 0.6 puts the first one first with probability
-    0.57 only).
+    reveals is a Plackett-Luce draw with weights ê: P(i next) = ê_i / Σ_j ê_j over the masked positions (arXiv
+    2511.19152, Prop. 3.1). Gumbel top-k samples exactly that: rank by log ê + g, g ~ Gumbel(0, 1). With
+    `order_temperature` τ the rank is log ê + τ·g, i.e. Plackett-Luce weights ê^{1/τ}: τ = 1 keeps the learned order
+    distribution (with a fixed number of reveals per step instead of the schedule's random one), τ = 0 takes its
+    most likely order, highest ê first, ties broken uniformly at random, and τ = inf ignores ê: a uniformly random
+    order with the same per-step quotas (the baseline to compare a learned ranking with). A sharper order matters
+    because the exponents learned in a few hundred steps are close (ê = 0.8 vs 0.6 puts the first one first with
+    probability 0.57 only).
 
     Args:
         temperature (`float`, defaults to 0.0): τ in [0, inf].
