@@ -20,6 +20,7 @@ e with the denoiser's confidence at masked positions: the curriculum signal).
 
     python benchmarks/scheduler_gradients.py                 # ~15 min on one core: init and step 300
     python benchmarks/scheduler_gradients.py --steps 50 --batches 6 --output /tmp/g.json   # smoke run
+    python benchmarks/scheduler_gradients.py --checkpoint runs/shakespeare-char   # a trained model's spread only
 
 Prints a Markdown table and writes JSON (`benchmarks/results/scheduler_gradients.json`).
 """
@@ -216,9 +217,21 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", "--run_dir", default="/tmp/scheduler_gradients_run")
     parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="only report the schedule spread of this trained main-job checkpoint",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     tokenizer, train_rows, val_rows = char_rows(args.seed)
+    if args.checkpoint is not None:
+        trained = LoMDMForMaskedDiffusion.from_pretrained(args.checkpoint).eval()
+        spread = schedule_spread(trained, val_rows[:64])
+        print(f"{args.checkpoint}: " + ", ".join(f"{k} {v:+.5f}" for k, v in spread.items()))
+        if args.output != str(RESULTS):
+            Path(args.output).write_text(json.dumps({"checkpoint": args.checkpoint, **spread}) + "\n")
+        return
     torch.manual_seed(args.seed)
     model = LoMDMForMaskedDiffusion(
         LoMDMConfig(**tokenizer_config_kwargs(tokenizer), schedule="lomdm", **ARCH)
