@@ -69,7 +69,10 @@ def _scheduler_params(model, schedule):
     return [model.position_scores.weight]
 
 
-def _mc_gradients(model, params, x, t, *, estimator, chunks=24, chunk_size=400, num_samples=2, seed=0):
+def _mc_gradients(
+    model, params, x, t, *, estimator, chunks=24, chunk_size=400, num_samples=2, seed=0, token_baseline=None
+):
+    """Mean gradients over `chunks` chunks of `chunk_size` copies of x, at time t (sampled times if t is None)."""
     grads = []
     generator = torch.Generator().manual_seed(seed)
     for _ in range(chunks):
@@ -77,10 +80,11 @@ def _mc_gradients(model, params, x, t, *, estimator, chunks=24, chunk_size=400, 
         res = lomdm_loss(
             model,
             x.expand(chunk_size, -1),
-            t=torch.full((chunk_size,), t),
+            t=None if t is None else torch.full((chunk_size,), t),
             num_samples=num_samples,
             estimator=estimator,
             generator=generator,
+            token_baseline=token_baseline,
         )
         (res.loss * res.num_tokens.sum() / chunk_size).backward()  # = mean per-sequence surrogate
         grads.append(torch.cat([p.grad.flatten() for p in params]).double())
@@ -385,25 +389,6 @@ def _random_token_baseline(seed: int = 0) -> torch.Tensor:
     return 3.0 + torch.rand(99, generator=torch.Generator().manual_seed(seed))
 
 
-def _mc_gradients_cv(model, params, x, *, estimator, num_samples, t=None, chunks, chunk_size, seed=0):
-    grads = []
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(chunks):
-        model.zero_grad()
-        res = lomdm_loss(
-            model,
-            x.expand(chunk_size, -1),
-            t=None if t is None else torch.full((chunk_size,), t),
-            num_samples=num_samples,
-            estimator=estimator,
-            generator=generator,
-            token_baseline=_random_token_baseline(),
-        )
-        (res.loss * res.num_tokens.sum() / chunk_size).backward()
-        grads.append(torch.cat([p.grad.flatten() for p in params]).double())
-    return torch.stack(grads)
-
-
 def _directions(exact: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     directions = torch.cat(
@@ -421,8 +406,14 @@ def test_token_baseline_gradient_matches_enumerated_expectation_at_fixed_t(sched
     exact = _flat_grad(model, params, exact_integrand(model, x, t))
     score = exact - _flat_grad(model, params, exact_integrand_pathwise(model, x, t))
     directions = _directions(exact, score)
-    grads = _mc_gradients_cv(
-        model, params, x, estimator=estimator, num_samples=num_samples, t=t, chunks=24, chunk_size=400
+    grads = _mc_gradients(
+        model,
+        params,
+        x,
+        t,
+        estimator=estimator,
+        num_samples=num_samples,
+        token_baseline=_random_token_baseline(),
     )
     proj = grads @ directions.T  # (chunks, 5)
     se = proj.std(0) / math.sqrt(grads.shape[0])
@@ -455,8 +446,16 @@ def test_tcv_gradient_is_unbiased_over_sampled_times(num_samples):
     params = _scheduler_params(model, "per_position")
     x = torch.tensor([5, 17, 42])
     exact = _flat_grad(model, params, _closed_form_time_integral_tensor(model, x))[:3]  # θ of positions 0..2
-    grads = _mc_gradients_cv(
-        model, params, x, estimator="tcv", num_samples=num_samples, chunks=32, chunk_size=500
+    grads = _mc_gradients(
+        model,
+        params,
+        x,
+        None,
+        estimator="tcv",
+        num_samples=num_samples,
+        chunks=32,
+        chunk_size=500,
+        token_baseline=_random_token_baseline(),
     )[:, :3]
     se = grads.std(0) / math.sqrt(grads.shape[0])
     z = (grads.mean(0) - exact) / se
