@@ -233,14 +233,13 @@ class LoMDMTrainer(Trainer):
         self._train_stats: torch.Tensor | None = None
         self._noise_step, self._micro_step = -1, 0
         self._eval_generator: torch.Generator | None = None
-        self._scheduler_groups: list[
-            int
-        ] = []  # indices of the schedulers' optimizer groups, when they have their own
-        self._token_baseline: torch.Tensor | None = (
-            None  # (V,) ptcv / tcv control variate, see `_token_baseline_for`
-        )
+        # Indices of the schedulers' optimizer groups, when they have their own.
+        self._scheduler_groups: list[int] = []
+        # (V,) the ptcv / tcv control variate, see `_token_baseline_for`.
+        self._token_baseline: torch.Tensor | None = None
+        # Pre-clip scheduler gradient norms since the last log, and the schedulers' rate at the last step.
         self._scheduler_grad_norm: list[float] = []
-        self._scheduler_lr_used: float | None = None  # pre-clip scheduler gradient norms since the last log
+        self._scheduler_lr_used: float | None = None
 
     # ---- noise ----------------------------------------------------------------------------------------
 
