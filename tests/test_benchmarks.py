@@ -70,7 +70,7 @@ def test_compare_schedules_smoke_preset_writes_every_run_and_seed(tmp_path):
         assert len(run["val_bpc_mean"]) == len(run["val_bpc_sd"]) == 2
     assert _finite(runs["lomdm"]["context_ratio_mean"]) and runs["ar"]["context_ratio_mean"] is None
     summary = data["summary"]
-    for baseline in ("mdlm_k2", "mdlm_k1"):
+    for baseline in ("mdlm_k2", "mdlm_k1", "polynomial"):
         prefix = f"lomdm_vs_{baseline}_"
         assert summary[prefix + "seeds"] == [0, 1]
         assert _finite(summary[prefix + "final_bpc_diff"]) and _finite(summary[prefix + "final_bpc_diff_se"])
@@ -93,3 +93,30 @@ def test_compare_schedules_char_smoke_preset_reports_bits_per_character(tmp_path
         assert isinstance(record["sample"]["random"], str)
     assert _finite(data["summary"]["lomdm_vs_mdlm_k2_final_bpc_diff"])
     assert data["summary"]["lomdm_vs_mdlm_k2_final_bpc_diff_se"] is None  # one seed: no s.e.
+
+
+def test_order_headroom_patterns_reproduce_the_models_own_bound():
+    """The headroom script's designed exponents: the model's own scores give exactly its NELBO, and no scores give
+    the constant exponent c1 (the L_main of the same model with c2 = 0), under the same random numbers."""
+    import torch
+    from helpers import tiny_model
+
+    from benchmarks.order_headroom import nelbo_with_scores
+    from hf_lomdm.objective import stratified_nelbo
+
+    model = tiny_model()  # randomised schedulers: the exponents vary
+    rows = torch.randint(4, 99, (3, 16))
+    scores = model.forward_exponents(rows, return_scores=True)[1]
+    own = nelbo_with_scores(model, rows, scores, time_samples=4, seed=0)
+    with torch.no_grad():
+        reference = stratified_nelbo(model, rows, time_samples=4, generator=torch.Generator().manual_seed(0))
+    tokens = reference.num_tokens.double()
+    torch.testing.assert_close(own["total"], reference.nelbo.double().mean(0) / tokens)
+    assert float(own["e_sd"]) > 1e-3
+    constant = nelbo_with_scores(model, rows, None, time_samples=4, seed=0)
+    model.c2 = 0.0
+    with torch.no_grad():
+        fixed = stratified_nelbo(model, rows, time_samples=4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(constant["main"], fixed.loss_main.double().mean(0) / tokens)
+    assert float(constant["e_sd"]) == 0.0
+    assert not torch.allclose(constant["main"], own["main"])

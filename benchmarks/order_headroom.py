@@ -1,0 +1,159 @@
+"""How much the bound of a trained text model could gain from any generation order: hand-designed exponents.
+
+For a fixed denoiser, the NELBO's L_main is an expectation over reveal orders of -log Π p_θ(x_i | what was
+revealed before i); with an exact denoiser every order gives -log p(x) (the chain rule), so a schedule can only
+gain from the denoiser's order-dependent error. This script measures that headroom on a trained main-job
+checkpoint: it replaces the forward exponents by hand-designed patterns e = c1 + c2 NormSig(k s(x)) (the
+schedule module's own formula) and reports the held-out NELBO against the constant exponent c1 (the `polynomial`
+twin of the same denoiser), under the same random numbers for every pattern:
+
+- `whitespace`: s = 1 on spaces and newlines (k > 0 reveals them first);
+- `confidence`: s = log p_θ(x_i | a half-masked row), averaged over two masks (k > 0: easy tokens first, the
+  curriculum LoMDM reports);
+- `left_to_right`: s = -i / L (k > 0: reading order, AR-like);
+- `trained`: the checkpoint's own forward scheduler (k scales its scores).
+
+L_main is what a reverse scheduler that predicts e exactly would pay; `total` adds L_velocity with the
+checkpoint's own reverse scheduler (which never saw these patterns), an upper bound on the velocity cost.
+
+    python benchmarks/order_headroom.py runs/shakespeare-char            # ~10 min on one busy core
+    python benchmarks/order_headroom.py RUN --rows 32 --time-samples 4    # smoke run
+
+Prints a Markdown table and writes JSON (`benchmarks/results/order_headroom.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from hf_lomdm import LoMDMForMaskedDiffusion
+from hf_lomdm.objective import stratified_nelbo
+
+RESULTS = Path(__file__).parent / "results" / "order_headroom.json"
+PATTERNS = {
+    "whitespace": (2.0, 6.0, -6.0),
+    "confidence": (1.0, 3.0, -3.0),
+    "left_to_right": (3.0, -3.0),
+    "trained": (1.0, 16.0),
+}
+
+
+@torch.no_grad()
+def pattern_scores(model, tokenizer, rows: torch.Tensor, name: str) -> torch.Tensor:
+    """s(x) `(B, L)` of one named pattern (see the module docstring)."""
+    if name == "whitespace":
+        ids = [tokenizer.convert_tokens_to_ids(c) for c in (" ", "\n")]
+        return torch.isin(rows, torch.tensor(ids)).float()
+    if name == "left_to_right":
+        return -torch.arange(rows.shape[1], dtype=torch.float32).expand(rows.shape) / rows.shape[1]
+    if name == "confidence":
+        total = torch.zeros(rows.shape)
+        for seed in (0, 1):
+            half = torch.rand(rows.shape, generator=torch.Generator().manual_seed(seed)) < 0.5
+            log_p = model(rows.masked_fill(half, model.config.mask_token_id)).logits
+            total += log_p.gather(-1, rows[..., None]).squeeze(-1).clamp(min=-30.0)
+        return total / 2
+    if name == "trained":
+        return model.forward_exponents(rows, return_scores=True)[1]
+    raise ValueError(f"unknown pattern {name!r}")
+
+
+@torch.no_grad()
+def nelbo_with_scores(model, rows, scores, time_samples: int, seed: int) -> dict[str, torch.Tensor]:
+    """Per-row per-token NELBO parts when the forward exponents come from `scores` (None: the constant c1)."""
+    original = model.forward_exponents
+
+    def designed(input_ids, attention_mask=None, noise_mask=None, position_ids=None, return_scores=False):
+        tiled = None if scores is None else scores.repeat(input_ids.shape[0] // scores.shape[0], 1)
+        e = (
+            torch.full(input_ids.shape, model.c1)
+            if tiled is None
+            else model._exponents(tiled, torch.ones_like(input_ids, dtype=torch.bool))
+        )
+        return (e, tiled) if return_scores else e
+
+    model.forward_exponents = designed
+    try:
+        res = stratified_nelbo(
+            model, rows, time_samples=time_samples, generator=torch.Generator().manual_seed(seed)
+        )
+    finally:
+        model.forward_exponents = original
+    e = designed(rows)
+    tokens = res.num_tokens.double()
+    return {
+        "total": res.nelbo.double().mean(0) / tokens,
+        "main": res.loss_main.double().mean(0) / tokens,
+        "e_sd": e.std(-1).mean(),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "checkpoint", help="a trained main-job folder (training/configs/shakespeare-char.yaml)"
+    )
+    parser.add_argument("--rows", type=int, default=64, help="held-out rows")
+    parser.add_argument(
+        "--time-samples", "--time_samples", type=int, default=8, help="stratified times per row"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    from scheduler_gradients import char_rows  # the main job's rows (run as a script from benchmarks/)
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    model = LoMDMForMaskedDiffusion.from_pretrained(args.checkpoint).eval()
+    tokenizer, _, val_rows = char_rows(0)
+    if AutoTokenizer.from_pretrained(args.checkpoint).get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"{args.checkpoint} was not trained with the main job's character tokenizer")
+    rows = val_rows[: args.rows]
+    base = nelbo_with_scores(model, rows, None, args.time_samples, args.seed)
+    table = []
+    for name, contrasts in PATTERNS.items():
+        s = pattern_scores(model, tokenizer, rows, name)
+        for k in contrasts:
+            res = nelbo_with_scores(model, rows, k * s, args.time_samples, args.seed)
+            row = {"pattern": name, "k": k, "e_sd": float(res["e_sd"])}
+            for part in ("main", "total"):
+                diff = res[part] - base[part]
+                row[f"{part}_minus_constant"] = float(diff.mean())
+                row[f"{part}_minus_constant_se"] = float(diff.std() / math.sqrt(len(diff)))
+            table.append(row)
+            print(
+                f"{name:14s} k {k:+5.1f}: e sd {row['e_sd']:.3f}, L_main − constant "
+                f"{row['main_minus_constant']:+.4f} ± {row['main_minus_constant_se']:.4f}, total − constant "
+                f"{row['total_minus_constant']:+.4f} ± {row['total_minus_constant_se']:.4f} nats/char",
+                flush=True,
+            )
+    record = {
+        "checkpoint": args.checkpoint,
+        "args": vars(args),
+        "constant_nelbo": float(base["total"].mean()),
+        "patterns": table,
+        "seconds": time.perf_counter() - start,
+    }
+    print(f"\nconstant exponent c1: NELBO {record['constant_nelbo']:.4f} nats/char ({args.rows} rows)")
+    print("| pattern | k | e sd | L_main − constant | total − constant |  (nats/char, ± s.e. over rows)")
+    print("|---|---|---|---|---|")
+    for row in table:
+        print(
+            f"| {row['pattern']} | {row['k']:+g} | {row['e_sd']:.3f} | "
+            f"{row['main_minus_constant']:+.4f} ± {row['main_minus_constant_se']:.4f} | "
+            f"{row['total_minus_constant']:+.4f} ± {row['total_minus_constant_se']:.4f} |"
+        )
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.output} ({record['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
