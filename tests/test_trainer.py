@@ -454,6 +454,8 @@ def test_cli_trains_saves_a_loadable_checkpoint_and_generates(tmp_path):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.bin")) and not list(out.glob("*.pt"))  # a folder for the Hub holds no pickle
     assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 32
+    assert "held-out rows" in (out / "README.md").read_text()  # the card's exponent spread: validation rows
+    assert "eval_loss" not in json.loads((out / "eval_results.json").read_text())  # eval_nelbo, once
     model = AutoModelForMaskedLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert (

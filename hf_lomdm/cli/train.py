@@ -307,6 +307,7 @@ def _write_card(
             "stderr": report["eval_nelbo_stderr"],
         },
         context_use=context,
+        eval_rows=trainer.eval_dataset,
         repo_id=args.hub_model_id or args.output_dir,
         precision=report["precision"],
         training_seconds=report["train_runtime_s"],
