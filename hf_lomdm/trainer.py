@@ -75,7 +75,7 @@ class LoMDMTrainingArguments(TrainingArguments):
         default=2,
         metadata={
             "help": "K noisy samples per sequence and step ('rloo' needs K >= 2). K = 1 with 'tcv' halves the "
-            "noisy passes, but its denoiser gradient is noisier: a worse bound at equal steps (README)."
+            "noisy passes, but its denoiser gradient is noisier: a worse bound at equal steps (docs/objective.md)."
         },
     )
     estimator: Estimator = field(
