@@ -82,7 +82,7 @@ def _only_off(name: str, off: tuple[Any, ...], meaning: str) -> Translation:
     return translate
 
 
-# Foreign argument name -> the LoMDM settings it means (a function of its value). The README's "Generation"
+# Foreign argument name -> the LoMDM settings it means (a function of its value). The README's "Generate"
 # section tables them. Names that mean the same in both (`steps`, `block_length`, `temperature`, `top_p`, `top_k`,
 # `eps`, `max_new_tokens`, ...) are LoMDM settings already and need no entry.
 SETTING_ALIASES: dict[str, Translation] = {

@@ -4,9 +4,10 @@ and the reveal-order heat map they show."""
 from __future__ import annotations
 
 import importlib.resources
+import itertools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +17,19 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .data import SHAKESPEARE
-from .evaluation import unconditional_samples
+from .evaluation import eval_mode, unconditional_samples
+from .objective import targets_and_noise_mask
 from .parameter_groups import scheduler_modules
 from .schedule_lomdm import SCHEDULES
 
 __all__ = [
     "ORDER_PLOT_NAME",
     "PLOT_MISSING",
+    "EXPONENT_SPREAD_ROWS",
     "STATIC_ORDER_STD",
     "UNIGRAM_LEVEL_RATIO",
     "build_model_card",
+    "held_out_exponent_std",
     "plot_reveal_order",
     "reveal_order_figure",
     "write_model_card",
@@ -40,6 +44,8 @@ ORDER_COLORBAR_LABEL = "reveal pass (earlier = darker)"
 # Within-row standard deviation of the forward exponents e below which the learned order "did not move": every
 # position gets nearly the same e, so generation is MDLM's random order.
 STATIC_ORDER_STD = 0.01
+# Held-out rows on which `write_model_card` measures that spread.
+EXPONENT_SPREAD_ROWS = 8
 # How whitespace-only tokens are drawn in the reveal-order plot (a space and a newline must look different).
 _WHITESPACE_GLYPHS = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 PLOT_MISSING = (
@@ -77,13 +83,23 @@ def _dataset_description(name: str) -> str:
     return f"`{name}` (local data)."
 
 
-def _order_bullet(config, exponent_std: float | None) -> str | None:
-    """The Limitations bullet on the learned order: the within-row spread of the forward exponents."""
+def _order_bullet(config, exponent_std: float | None, exponent_rows: int | None) -> str | None:
+    """The Limitations bullet on the learned order: the within-row spread of the forward exponents, on
+    `exponent_rows` held-out rows or (None) on the positions of one generated sample."""
     if SCHEDULES[config.schedule].scores == "none":
         return f"**Order.** The `{config.schedule}` schedule is fixed: every position has the same exponent."
     if exponent_std is None:
         return None
-    spread = f"The forward exponents e of a generated sample have a within-row standard deviation of {exponent_std:.4f}"
+    if exponent_rows is None:
+        spread = (
+            "The forward exponents e of one generated sample have a within-row standard deviation of "
+            f"{exponent_std:.4f} (measured on the sample's positions: no held-out rows were given)"
+        )
+    else:
+        spread = (
+            f"The forward exponents e have a within-row standard deviation of {exponent_std:.4f} on "
+            f"{exponent_rows} held-out rows (mean over the rows)"
+        )
     if exponent_std < STATIC_ORDER_STD:
         return (
             f"**Order.** {spread}: the learned order did not move (below {STATIC_ORDER_STD}), so generation "
@@ -174,6 +190,7 @@ def build_model_card(
     precision: str | None = None,
     training_seconds: float | None = None,
     exponent_std: float | None = None,
+    exponent_rows: int | None = None,
     order_plot_missing: str | None = None,
 ) -> ModelCard:
     """A filled model card for a `LoMDMForMaskedDiffusion`.
@@ -195,6 +212,8 @@ def build_model_card(
         precision: the training precision (e.g. "bf16 autocast", "float32").
         training_seconds: wall-clock training time.
         exponent_std: within-row standard deviation of the forward exponents (see `STATIC_ORDER_STD`).
+        exponent_rows: the number of held-out rows `exponent_std` was measured on; None when it was measured
+            on the positions of one generated sample.
         order_plot_missing: why there is no reveal-order picture (shown instead of it).
     """
     config = model.config
@@ -245,7 +264,7 @@ def build_model_card(
         training_data=f"{_dataset_description(dataset_name)} {training_data}".strip(),
         training_run=_training_run(precision, training_seconds),
         limitations=_limitations(
-            eval_metrics, context, sample_description, _order_bullet(config, exponent_std)
+            eval_metrics, context, sample_description, _order_bullet(config, exponent_std, exponent_rows)
         ),
         samples=list(samples),
         order_plot=order_plot,
@@ -321,6 +340,28 @@ def plot_reveal_order(
 
 
 @torch.no_grad()
+def held_out_exponent_std(model, rows: Sequence[Mapping[str, Sequence[int]]]) -> float:
+    """Mean over `rows` of the within-row standard deviation of the forward exponents e over each row's set M
+    (the positions the objective noises: `attention_mask` and `labels != -100` where the row has them), in
+    eval mode, one row at a time."""
+    if not rows:
+        raise ValueError("`rows` is empty: the exponent spread needs at least one held-out row.")
+    stds = []
+    with eval_mode(model):
+        for row in rows:
+            input_ids, attention_mask, labels = (
+                None if row.get(key) is None else torch.as_tensor(row[key], device=model.device)[None]
+                for key in ("input_ids", "attention_mask", "labels")
+            )
+            _, noise_mask = targets_and_noise_mask(
+                input_ids, attention_mask, labels, model.config.mask_token_id
+            )
+            exponents = model.forward_exponents(input_ids, attention_mask, noise_mask=noise_mask)
+            stds.append(float(exponents[noise_mask].float().std(correction=0)))
+    return sum(stds) / len(stds)
+
+
+@torch.no_grad()
 def write_model_card(
     output_dir: str | Path,
     model,
@@ -330,6 +371,7 @@ def write_model_card(
     samples: Sequence[str] = (),
     seed: int = 0,
     context_use=None,
+    eval_rows: Iterable[Mapping[str, Sequence[int]]] | None = None,
     **card_kwargs,
 ) -> ModelCard:
     """Write `README.md` (and, with matplotlib, `reveal_order.png` from one learned-order sample) into `output_dir`.
@@ -339,6 +381,9 @@ def write_model_card(
         model, tokenizer: the checkpoint (the tokenizer decodes the plotted sample).
         eval_metrics, samples, context_use: as in `build_model_card`.
         seed: seed of the plotted sample.
+        eval_rows: held-out rows (e.g. the trainer's `eval_dataset`) with `input_ids` and optionally `labels`;
+            the spread of the learned exponents is measured on the first `EXPONENT_SPREAD_ROWS` of them
+            (`held_out_exponent_std`), or, without them, on the plotted sample's positions.
         card_kwargs: the other keyword arguments of `build_model_card`.
     """
     output_dir = Path(output_dir)
@@ -352,11 +397,15 @@ def write_model_card(
         order="learned",
         output_order=True,
     )
-    exponent_std = None
-    if SCHEDULES[model.config.schedule].scores != "none":  # spread of e over the sample's generated positions
-        generated = out.order[0] >= 0
-        exponents = model.forward_exponents(out.sequences)[0, generated]
-        exponent_std = float(exponents.float().std(correction=0))
+    exponent_std, exponent_rows = None, None
+    if SCHEDULES[model.config.schedule].scores != "none":
+        rows = [] if eval_rows is None else list(itertools.islice(eval_rows, EXPONENT_SPREAD_ROWS))
+        if rows:
+            exponent_std, exponent_rows = held_out_exponent_std(model, rows), len(rows)
+        else:  # no held-out rows: the spread of e over the sample's generated positions
+            generated = out.order[0] >= 0
+            exponents = model.forward_exponents(out.sequences)[0, generated]
+            exponent_std = float(exponents.float().std(correction=0))
     order_plot, order_plot_missing = None, None
     try:
         tokens = [tokenizer.decode([token]) for token in out.sequences[0].tolist()]
@@ -373,6 +422,7 @@ def write_model_card(
         order_plot=order_plot,
         order_plot_missing=order_plot_missing,
         exponent_std=exponent_std,
+        exponent_rows=exponent_rows,
         context_use=context_use,
         **card_kwargs,
     )

@@ -234,10 +234,10 @@ class ScheduleKind:
     uses_c1_c2: bool = True
 
 
-# Scheduler learning-rate multipliers (measured on the order tasks, `benchmarks/order_tasks.py`; README "Learned
-# orders"). `per_position` has one score per position: Adam moves each by about the learning rate per step, so at
-# the backbone's rate its exponents barely move in a few hundred steps (contrast 0.006 at 1x, 0.064 at 10x, 0.14 at
-# 25x, 300 steps). `lomdm`'s scores come out of a network in which every weight moves by that much: at 10-25x they
+# Scheduler learning-rate multipliers (measured on the order tasks, `benchmarks/order_tasks.py`; docs/results.md,
+# "Synthetic tasks"). `per_position` has one score per position: Adam moves each by about the learning rate per step,
+# so at the backbone's rate its exponents barely move in a few hundred steps (contrast 0.006 at 1x, 0.064 at 10x, 0.14
+# at 25x, 300 steps). `lomdm`'s scores come out of a network in which every weight moves by that much: at 10-25x they
 # thrash from step to step and learn no order (contrast 0.000), at 1x they learn it.
 SCHEDULES: dict[str, ScheduleKind] = {
     kind.name: kind

@@ -60,7 +60,7 @@ from .objective import (
 )
 from .parameter_groups import is_scheduler_parameter
 from .schedule_lomdm import SCHEDULES
-from .trainer_logs import batch_statistics, nelbo_metrics, summarize
+from .trainer_logs import batch_statistics, nelbo_metrics, summarize, without_repeats
 
 logger = logging.get_logger(__name__)
 
@@ -75,7 +75,7 @@ class LoMDMTrainingArguments(TrainingArguments):
         default=2,
         metadata={
             "help": "K noisy samples per sequence and step ('rloo' needs K >= 2). K = 1 with 'tcv' halves the "
-            "noisy passes, but its denoiser gradient is noisier: a worse bound at equal steps (README)."
+            "noisy passes, but its denoiser gradient is noisier: a worse bound at equal steps (docs/objective.md)."
         },
     )
     estimator: Estimator = field(
@@ -510,6 +510,15 @@ class LoMDMTrainer(Trainer):
                 logs["scheduler_grad_norm"] = float(np.median(self._scheduler_grad_norm))
                 self._scheduler_grad_norm = []
         super().log(logs, start_time)
+
+    def log_metrics(self, split: str, metrics: dict[str, float]) -> None:
+        """Trainer's end-of-run block, each quantity once: `eval_loss`, a copy of `eval_nelbo` kept in the
+        metrics for `metric_for_best_model`, is not printed (`trainer_logs.without_repeats`)."""
+        super().log_metrics(split, without_repeats(metrics))
+
+    def save_metrics(self, split: str, metrics: dict[str, float], combined: bool = True) -> None:
+        """Trainer's `{split}_results.json` (and `all_results.json`), each quantity once as in `log_metrics`."""
+        super().save_metrics(split, without_repeats(metrics), combined=combined)
 
 
 def _token_baseline_name(args: TrainingArguments) -> str:

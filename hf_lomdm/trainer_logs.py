@@ -4,6 +4,7 @@ over an evaluation set (`nelbo_metrics`, the Trainer's `compute_metrics`)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     perplexity from above; `velocity` is the L_velocity part (L_main = `nelbo` - `velocity`, not repeated).
     `loss` repeats `nelbo` because Trainer needs `eval_loss` for its default `metric_for_best_model="loss"`
     (`load_best_model_at_end`, `EarlyStoppingCallback`); `prediction_step` returns no loss of its own.
+    `without_repeats` drops the copy where the metrics are shown or saved.
     """
     per_sequence = np.asarray(eval_pred.predictions, dtype=np.float64).reshape(-1, 3)
     counts = np.asarray(eval_pred.label_ids, dtype=np.float64).reshape(-1)
@@ -58,6 +60,17 @@ def nelbo_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
         "ppl_bound": perplexity(nelbo),
         "tokens": tokens,
     }
+
+
+def without_repeats(metrics: dict[str, Any]) -> dict[str, Any]:
+    """`metrics` without the `<prefix>loss` that `nelbo_metrics` repeats from `<prefix>nelbo` (`eval_loss`
+    beside `eval_nelbo`): each quantity once in a printed or saved block. A copy; `metrics` is left as it is."""
+    repeats = {
+        key
+        for key in metrics
+        if key.endswith("loss") and metrics.get(key.removesuffix("loss") + "nelbo") == metrics[key]
+    }
+    return {key: value for key, value in metrics.items() if key not in repeats}
 
 
 def batch_statistics(res: LoMDMLossOutput) -> torch.Tensor:
@@ -116,4 +129,4 @@ def summarize(stats: torch.Tensor) -> dict[str, float]:
     return logs
 
 
-__all__ = ["batch_statistics", "nelbo_metrics", "summarize"]
+__all__ = ["batch_statistics", "nelbo_metrics", "summarize", "without_repeats"]

@@ -158,6 +158,14 @@ def test_lomdm_convert_cli_saves_model_tokenizer_and_generation_config(tmp_path)
     assert sequences.shape == (1, 6) and (sequences != VOCAB).all()
 
 
+@pytest.mark.parametrize("value", ["0", "-3", "1.5"])
+def test_lomdm_convert_refuses_a_non_positive_length_before_loading(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # the source does not exist: parsing fails first
+        convert_main([str(tmp_path / "missing"), str(tmp_path / "out"), "--max-position-embeddings", value])
+    assert exit_info.value.code == 2
+    assert f"must be an integer >= 1, got {value!r}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("make_source", "overrides", "message"),
     [

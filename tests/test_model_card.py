@@ -4,12 +4,15 @@ and a reveal-order plot whose colour bar says what the colours show."""
 from __future__ import annotations
 
 import pytest
+import torch
 from helpers import tiny_model, word_tokenizer
 from huggingface_hub import ModelCard
 
 from hf_lomdm.model_card import (
+    EXPONENT_SPREAD_ROWS,
     ORDER_PLOT_NAME,
     build_model_card,
+    held_out_exponent_std,
     plot_reveal_order,
     reveal_order_figure,
     write_model_card,
@@ -126,6 +129,33 @@ def test_card_of_a_moved_order_reports_the_spread():
     assert "the learned order did not move" in build_model_card(tiny_model(), exponent_std=0.0003).text
     fixed = build_model_card(tiny_model(schedule="linear"), exponent_std=None)
     assert "schedule is fixed" in fixed.text
+
+
+def test_card_measures_the_exponent_spread_on_held_out_rows(tmp_path):
+    model = tiny_model(schedule="lomdm", vocab_size=40)  # randomized schedulers: e varies within a row
+    rows = [
+        {"input_ids": [2, 5, 9, 7, 11, 6]},
+        {"input_ids": [2, 8, 8, 12, 5], "labels": [-100, -100, 8, 12, 5]},  # a clean prompt is not in M
+    ] * EXPONENT_SPREAD_ROWS  # more rows than the card reads
+    expected = []
+    for row in rows[:EXPONENT_SPREAD_ROWS]:
+        in_m = torch.tensor([label != -100 for label in row.get("labels", row["input_ids"])])
+        with torch.no_grad():  # NormSig centres over M, so e is computed with the row's M
+            e = model.forward_exponents(torch.tensor([row["input_ids"]]), noise_mask=in_m[None])[0]
+        expected.append(float(e[in_m].std(correction=0)))
+    spread = held_out_exponent_std(model, rows[:EXPONENT_SPREAD_ROWS])
+    assert spread == pytest.approx(sum(expected) / len(expected), rel=1e-6) and spread > 0
+    write_model_card(tmp_path, model, word_tokenizer(), eval_rows=rows)
+    text = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert f"standard deviation of {spread:.4f} on {EXPONENT_SPREAD_ROWS} held-out rows" in text
+
+
+def test_card_without_held_out_rows_says_where_the_spread_was_measured(tmp_path):
+    write_model_card(tmp_path, tiny_model(schedule="lomdm", vocab_size=40), word_tokenizer())
+    text = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "of one generated sample" in text and "no held-out rows were given" in text
+    with pytest.raises(ValueError, match="`rows` is empty"):
+        held_out_exponent_std(tiny_model(schedule="lomdm"), [])
 
 
 def test_card_says_why_the_reveal_order_picture_is_missing(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """The objective against exact enumeration, an independent MDLM loss and Prop. 3.1 of arXiv 2511.19152.
 
-The reference quantities are written out in this file from the definition (README "The schedules"), not from
+The reference quantities are written out in this file from the definition (docs/objective.md), not from
 objective.py:
     S(x, z) = t * L(x, z_t, t) = sum_{i masked} [ e_i (-log p_i) + e_i log(e_i / ê_i) - (e_i - ê_i) ],
     E_z[L] at fixed t = sum_z q(z | x, t) S(x, z) / t,   q(z | x, t) = prod_i (t^e_i if masked else 1 - t^e_i).

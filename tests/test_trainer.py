@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,6 +179,20 @@ def test_eval_reports_ppl_bound_equal_to_exp_of_per_token_nelbo(tmp_path):
     assert metrics["eval_loss"] == metrics["eval_nelbo"]
     assert metrics["eval_tokens"] == sum(len(r) for r in rows["input_ids"])  # every token once, no padding
     assert trainer.evaluate()["eval_nelbo"] == metrics["eval_nelbo"]  # same noise at every evaluation
+
+
+def test_end_of_run_metrics_block_states_each_metric_once(tmp_path, capsys):
+    trainer = make_trainer(tmp_path, eval_rows=ragged_rows(5, seed=3), per_device_eval_batch_size=4)
+    metrics = trainer.evaluate()
+    assert metrics["eval_loss"] == metrics["eval_nelbo"]  # kept for metric_for_best_model
+    capsys.readouterr()
+    trainer.log_metrics("eval", metrics)
+    printed = capsys.readouterr().out
+    assert printed.count("eval_nelbo ") == 1 and "eval_loss" not in printed
+    trainer.save_metrics("eval", metrics)
+    saved = json.loads((Path(trainer.args.output_dir) / "eval_results.json").read_text())
+    assert saved["eval_nelbo"] == metrics["eval_nelbo"] and "eval_loss" not in saved
+    assert "eval_loss" in metrics  # the caller's dict is left as it is
 
 
 def test_eval_nelbo_weights_tokens_not_sequences(tmp_path, monkeypatch):
@@ -439,6 +454,8 @@ def test_cli_trains_saves_a_loadable_checkpoint_and_generates(tmp_path):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.bin")) and not list(out.glob("*.pt"))  # a folder for the Hub holds no pickle
     assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 32
+    assert "held-out rows" in (out / "README.md").read_text()  # the card's exponent spread: validation rows
+    assert "eval_loss" not in json.loads((out / "eval_results.json").read_text())  # eval_nelbo, once
     model = AutoModelForMaskedLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert (

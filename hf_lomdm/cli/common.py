@@ -6,6 +6,7 @@
 - `run_cli`: runs a tool's `main`; bad input (`UsageError`, `ValueError`, `OSError`) becomes one line on stderr
   and exit status 2. `--debug` (or `LOMDM_DEBUG=1`) shows the traceback instead; other exceptions are bugs and
   keep theirs.
+- `integer_at_least`: an argparse `type` for integer flags with a lower bound.
 - `check_local_folder` / `from_pretrained`: a missing local folder is named as such, before anything is loaded
   (no Hub round trip), and a folder that cannot be loaded (e.g. a truncated `model.safetensors`) names the file.
 """
@@ -30,6 +31,7 @@ __all__ = [
     "UsageError",
     "check_local_folder",
     "from_pretrained",
+    "integer_at_least",
     "normalize_argv",
     "run_cli",
 ]
@@ -109,6 +111,22 @@ class DataclassArgumentParser(_Conventions, HfArgumentParser):
     def __init__(self, dataclass_types, **kwargs: Any):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(dataclass_types, **kwargs)
+
+
+def integer_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type`: the flag's value as an int, or "must be an integer >= minimum" (a usage error)."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = minimum - 1
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value!r}")
+        return number
+
+    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in its message
+    return parse
 
 
 def _one_line(error: BaseException) -> str:

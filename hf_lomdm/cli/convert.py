@@ -24,21 +24,11 @@ from ..configuration_lomdm import SCHEDULES
 from ..conversion_lomdm import load_causal_lm
 from ..modeling_lomdm import LoMDMForMaskedDiffusion
 from ..smollm2 import smollm2_gguf
-from .common import ArgumentParser, UsageError, check_local_folder, run_cli
+from .common import ArgumentParser, UsageError, check_local_folder, integer_at_least, run_cli
 
 __all__ = ["build_parser", "convert", "main"]
 
 _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
-    return number
 
 
 def build_parser() -> ArgumentParser:
@@ -54,7 +44,7 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--max_position_embeddings",
-        type=_positive_int,
+        type=integer_at_least(1),
         default=None,
         help="longest sequence of the LoMDM (default: the source's)",
     )

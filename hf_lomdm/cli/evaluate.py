@@ -37,7 +37,14 @@ from ..data import DataArguments, group_texts, load_text_datasets
 from ..evaluation import context_use, load_judge, nelbo_perplexity, sample_orders
 from ..generation_config_lomdm import ORDERS
 from ..units import bits, is_character_level
-from .common import ArgumentParser, UsageError, check_local_folder, from_pretrained, run_cli
+from .common import (
+    ArgumentParser,
+    UsageError,
+    check_local_folder,
+    from_pretrained,
+    integer_at_least,
+    run_cli,
+)
 
 __all__ = ["DEFAULT_ROWS", "build_parser", "evaluate_checkpoint", "main", "run"]
 
@@ -58,20 +65,6 @@ def _rows_value(value: str) -> int | None:
     if rows < 1:
         raise argparse.ArgumentTypeError(f"must be a positive number of rows or 'all', got {value!r}")
     return rows
-
-
-def _at_least(minimum: int) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            number = minimum - 1
-        if number < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value!r}")
-        return number
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
 
 
 def _rows(args: argparse.Namespace, tokenizer, block_size: int) -> list[list[int]]:
@@ -231,9 +224,11 @@ def build_parser() -> ArgumentParser:
         "job's model on a CPU), or 'all' for the whole split",
     )
     parser.add_argument(
-        "--time_samples", type=_at_least(1), default=8, help="importance-sampled times per sequence"
+        "--time_samples", type=integer_at_least(1), default=8, help="importance-sampled times per sequence"
     )
-    parser.add_argument("--batch_size", type=_at_least(1), default=64, help="rows x times per forward pass")
+    parser.add_argument(
+        "--batch_size", type=integer_at_least(1), default=64, help="rows x times per forward pass"
+    )
     parser.add_argument("--include_uniform_eps", action="store_true", help="also MDLM's ε-truncated estimate")
     parser.add_argument(
         "--context_use",
@@ -242,10 +237,10 @@ def build_parser() -> ArgumentParser:
         help="masked-token loss with one token / 15%% / 50%% / 85%% / all masked (64 rows at most)",
     )
     parser.add_argument(
-        "--generate", type=_at_least(0), default=0, help="unconditional samples per order (0: none)"
+        "--generate", type=integer_at_least(0), default=0, help="unconditional samples per order (0: none)"
     )
     parser.add_argument(
-        "--steps", type=_at_least(1), default=128, help="sampler steps (equal for every order)"
+        "--steps", type=integer_at_least(1), default=128, help="sampler steps (equal for every order)"
     )
     parser.add_argument("--orders", default="learned,random", help="comma-separated generation orders")
     parser.add_argument(

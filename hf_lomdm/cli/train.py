@@ -53,6 +53,7 @@ from ..model_card import write_model_card
 from ..modeling_lomdm import LoMDMForMaskedDiffusion
 from ..runtime import configure_threads
 from ..trainer import LoMDMTrainer, LoMDMTrainingArguments
+from ..trainer_logs import without_repeats
 from ..units import bits, is_character_level
 from .common import (
     run_cli,
@@ -183,10 +184,11 @@ def _token_rows(
 
 def _as_numbers(logs: dict[str, Any]) -> dict[str, Any]:
     """A log dict for the console: floats rounded to 4 significant digits but kept numbers (transformers'
-    `ProgressCallback` / `PrinterCallback` print them as strings, `'loss': '1.725'`)."""
+    `ProgressCallback` / `PrinterCallback` print them as strings, `'loss': '1.725'`), each quantity once
+    (`without_repeats`: no `eval_loss` beside `eval_nelbo`)."""
     return {
         key: float(f"{value:.4g}") if isinstance(value, float) else value
-        for key, value in logs.items()
+        for key, value in without_repeats(logs).items()
         if key != "total_flos"
     }
 
@@ -305,6 +307,7 @@ def _write_card(
             "stderr": report["eval_nelbo_stderr"],
         },
         context_use=context,
+        eval_rows=trainer.eval_dataset,
         repo_id=args.hub_model_id or args.output_dir,
         precision=report["precision"],
         training_seconds=report["train_runtime_s"],
