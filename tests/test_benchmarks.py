@@ -101,13 +101,13 @@ def test_order_headroom_patterns_reproduce_the_models_own_bound():
     import torch
     from helpers import tiny_model
 
-    from benchmarks.order_headroom import nelbo_with_scores
+    from benchmarks.order_headroom import nelbo_with_scores, tiled
     from hf_lomdm.objective import stratified_nelbo
 
     model = tiny_model()  # randomised schedulers: the exponents vary
     rows = torch.randint(4, 99, (3, 16))
     scores = model.forward_exponents(rows, return_scores=True)[1]
-    own = nelbo_with_scores(model, rows, scores, time_samples=4, seed=0)
+    own = nelbo_with_scores(model, rows, tiled(scores), time_samples=4, seed=0)
     with torch.no_grad():
         reference = stratified_nelbo(model, rows, time_samples=4, generator=torch.Generator().manual_seed(0))
     tokens = reference.num_tokens.double()
