@@ -1,5 +1,6 @@
 """Helpers the test modules share: the tiny config and model (LlamaModelTester-sized: CPU seconds), a word-level
-tokenizer that matches the tiny config's special ids, and the tiny `lomdm-train` recipe.
+tokenizer that matches the tiny config's special ids, the tiny `lomdm-train` recipe and the tests' default
+`LoMDMTrainingArguments`.
 
 Test modules import this file (`from helpers import tiny_model`); `conftest.py` holds only fixtures and hooks.
 Subprocesses started by the tests import it the same way, with `tests/` on their `PYTHONPATH`.
@@ -12,6 +13,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
+from hf_lomdm.trainer import LoMDMTrainingArguments
 
 MASK_ID = 0
 
@@ -76,6 +78,23 @@ def tiny_model(seed: int = 0, randomize_schedule: bool = True, **overrides) -> L
     return model
 
 
+def training_arguments(tmp_path, **overrides) -> LoMDMTrainingArguments:
+    """`LoMDMTrainingArguments` for a quiet, reproducible CPU run writing to `tmp_path / "out"` (no saving, no
+    reporting, a log every step, batches of 8 rows); `overrides` set any other field."""
+    defaults = {
+        "output_dir": str(tmp_path / "out"),
+        "report_to": [],
+        "disable_tqdm": True,
+        "use_cpu": True,
+        "save_strategy": "no",
+        "dataloader_pin_memory": False,
+        "logging_steps": 1,
+        "seed": 0,
+        "per_device_train_batch_size": 8,
+    }
+    return LoMDMTrainingArguments(**{**defaults, **overrides})
+
+
 def word_tokenizer() -> PreTrainedTokenizerFast:
     """Word-level tokenizer whose special ids match the tiny config (mask 0, pad 1, bos 2, eos 3)."""
     vocab = {"[MASK]": 0, "[PAD]": 1, "[BOS]": 2, "[EOS]": 3, "[UNK]": 4}
@@ -92,4 +111,13 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-__all__ = ["CLI_RECIPE", "MASK_ID", "SENTENCES", "WORDS", "tiny_config", "tiny_model", "word_tokenizer"]
+__all__ = [
+    "CLI_RECIPE",
+    "MASK_ID",
+    "SENTENCES",
+    "WORDS",
+    "tiny_config",
+    "tiny_model",
+    "training_arguments",
+    "word_tokenizer",
+]

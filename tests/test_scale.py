@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 from datasets import Dataset, IterableDataset
-from helpers import WORDS, tiny_model, word_tokenizer
+from helpers import WORDS, tiny_model, training_arguments, word_tokenizer
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
 from transformers.testing_utils import require_torch_multi_accelerator
@@ -21,7 +21,7 @@ from hf_lomdm.cli.train import train as train_recipe
 from hf_lomdm.data import DataArguments, DataCollatorForMaskedDiffusion, group_texts, load_text_datasets
 from hf_lomdm.generation_config_lomdm import ORDERS
 from hf_lomdm.objective import lomdm_loss
-from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
+from hf_lomdm.trainer import LoMDMTrainer
 
 PAD_ID = 1
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,21 +39,6 @@ def counting_rows(n: int, seed: int = 0) -> Dataset:
         )
         rows.append([4 + (start + i) % 16 for i in range(length)])
     return Dataset.from_dict({"input_ids": rows})
-
-
-def training_args(tmp_path, **overrides) -> LoMDMTrainingArguments:
-    defaults = {
-        "output_dir": str(tmp_path / "out"),
-        "report_to": [],
-        "disable_tqdm": True,
-        "use_cpu": True,
-        "save_strategy": "no",
-        "dataloader_pin_memory": False,
-        "logging_steps": 1,
-        "seed": 0,
-        "per_device_train_batch_size": 8,
-    }
-    return LoMDMTrainingArguments(**{**defaults, **overrides})
 
 
 def gradients(model, input_ids) -> dict[str, torch.Tensor]:
@@ -91,7 +76,7 @@ def _sgd_step_deltas(tmp_path, schedule: str, checkpointing: bool) -> dict[str, 
     """Weight change of one SGD step at learning rate 1 (= minus the gradient) through `LoMDMTrainer`."""
     model = tiny_model(schedule=schedule).train()
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = training_args(
+    args = training_arguments(
         tmp_path / str(checkpointing),
         max_steps=1,
         optim="sgd",
@@ -159,7 +144,7 @@ def test_compiled_training_saves_and_reloads_under_the_eager_parameter_names(tmp
 
     The `eager` dynamo backend: the compiled wrapper is the same as inductor's, without minutes of C++ compiling.
     """
-    args = training_args(
+    args = training_arguments(
         tmp_path,
         max_steps=2,
         per_device_train_batch_size=4,
@@ -262,7 +247,7 @@ def test_trainer_trains_on_a_streamed_corpus_for_max_steps(tmp_path, corpus):
     rows = group_texts(load_text_datasets(args)["train"], word_tokenizer(), 1024)
     trainer = LoMDMTrainer(
         model=tiny_model(randomize_schedule=False, max_position_embeddings=1024).train(),
-        args=training_args(tmp_path, max_steps=3, per_device_train_batch_size=2),
+        args=training_arguments(tmp_path, max_steps=3, per_device_train_batch_size=2),
         train_dataset=rows,
         data_collator=DataCollatorForMaskedDiffusion(pad_token_id=PAD_ID),
     )

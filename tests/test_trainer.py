@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from datasets import Dataset
-from helpers import CLI_RECIPE, tiny_model
+from helpers import CLI_RECIPE, tiny_model, training_arguments
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, AutoTokenizer, TrainerCallback
 
@@ -46,20 +46,10 @@ def ragged_rows(n: int, seed: int = 0, min_len: int = 3, max_len: int = 16) -> D
 
 
 def make_args(tmp_path, **overrides) -> LoMDMTrainingArguments:
-    defaults = {
-        "output_dir": str(tmp_path / "out"),
-        "report_to": [],
-        "disable_tqdm": True,
-        "use_cpu": True,
-        "save_strategy": "no",
-        "dataloader_pin_memory": False,
-        "logging_steps": 1,
-        "seed": 0,
-        "learning_rate": 3e-3,
-        "per_device_train_batch_size": 8,
-        "per_device_eval_batch_size": 8,
-    }
-    return LoMDMTrainingArguments(**{**defaults, **overrides})
+    """`helpers.training_arguments` with this module's learning rate and evaluation batch."""
+    return training_arguments(
+        tmp_path, **{"learning_rate": 3e-3, "per_device_eval_batch_size": 8, **overrides}
+    )
 
 
 def make_trainer(
