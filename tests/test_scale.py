@@ -497,3 +497,65 @@ def test_gpu_smoke_script_runs_every_stage_as_a_cpu_dry_run(tmp_path):
     assert set(orders) == set(ORDERS) and all(o["finished_fraction"] == 1.0 for o in orders.values())
     assert "| main | lomdm | float32 |" in record["throughput"]["table"]
     assert "skipped" in record["fsdp"]  # one CPU, no GPUs
+
+
+# ---- benchmarks/scaling.py: the FLOPs model and the projection (pure arithmetic, nothing timed) ------------
+
+
+@pytest.fixture
+def scaling(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))
+    import scaling
+
+    return scaling
+
+
+def test_step_flops_per_token_match_a_hand_count(scaling):
+    # d 4, 1 layer, 2 heads of which 1 kv head (k, v are 4 x 2), SwiGLU 8, V 10; scheduler SwiGLU 4, head 2; L 3.
+    arch = scaling.Architecture(4, 1, 2, 1, 8, 10, 4, 2)
+    layer = 2 * (2 * 16 + 2 * 4 * 2 + 3 * 4 * 8) + 4 * 3 * 4  # weights 144 -> 288, attention 48
+    head = 2 * 4 * 10 * 0.5  # masked positions only
+    scheduler = 3 * (2 * (2 * 16 + 2 * 4 * 2 + 3 * 4 * 4) + 4 * 3 * 4 + 2 * 4 * 2)
+    mdlm, lomdm = scaling.MODES["mdlm"], scaling.MODES["lomdm"]
+    assert scaling.step_flops_per_token(arch, 3, mdlm) == 3 * (layer + head) == 1128
+    assert scaling.step_flops_per_token(arch, 3, mdlm, lora=True) == 2 * (layer + head)
+    assert scaling.step_flops_per_token(arch, 3, mdlm, attention=False) == 3 * (layer - 48 + head)
+    # K = 2 noisy passes with g_ψ each, the clean pass without gradients, g_φ with gradients
+    assert (
+        scaling.step_flops_per_token(arch, 3, lomdm) == 2 * 3 * (layer + head) + layer + 3 * scheduler == 4896
+    )
+
+
+def test_projection_scales_linearly_in_work_and_inversely_in_gpus(scaling):
+    flops, peak = 3.6e18, 1e15
+    assert scaling.gpu_hours(flops, peak, 0.5) == pytest.approx(2.0)
+    assert scaling.wall_hours(2 * flops, peak, 0.5, 1, 1.0) == pytest.approx(
+        2 * scaling.wall_hours(flops, peak, 0.5, 1, 1.0)
+    )
+    assert scaling.wall_hours(flops, peak, 0.5, 8, 1.0) == pytest.approx(
+        scaling.wall_hours(flops, peak, 0.5, 1, 1.0) / 8
+    )
+    assert scaling.wall_hours(flops, peak, 0.5, 8, 0.8) == pytest.approx(2.0 / (8 * 0.8))
+    args = scaling.argparse.Namespace(
+        adapt_length=1024,
+        adapt_tokens=10**9,
+        masked_fraction=0.5,
+        gpus=["H100-SXM"],
+        mfu=[0.3, 0.45],
+        efficiency_8=0.9,
+    )
+    rows = {(r["run"], r["mode"]): r for r in scaling.project(args)}
+    doubled = {
+        (r["run"], r["mode"]): r
+        for r in scaling.project(scaling.argparse.Namespace(**{**vars(args), "adapt_tokens": 2 * 10**9}))
+    }
+    row = rows["SmolLM2-135M", "lomdm"]
+    assert doubled["SmolLM2-135M", "lomdm"]["H100-SXM x1 hours"] == pytest.approx(
+        [2 * h for h in row["H100-SXM x1 hours"]]
+    )
+    assert row["H100-SXM x1 hours"] == pytest.approx([8 * 0.9 * h for h in row["H100-SXM x8 hours"]])
+    assert row["H100-SXM x1 hours"][0] == pytest.approx(row["H100-SXM x1 hours"][1] * 0.45 / 0.3)  # 1 / MFU
+    paper = rows["OWT 12x768", "mdlm"]
+    assert paper["tokens"] == 1_000_000 * 512 * 1024
+    with pytest.raises(ValueError, match="mfu"):
+        scaling.gpu_hours(flops, peak, 0.0)
