@@ -380,20 +380,6 @@ def test_cli_refuses_non_positive_max_steps_and_abbreviations(tmp_path):
         parse_args([recipe, "--output_dir", str(tmp_path), "--max_step", "5"])
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_bf16_auto_follows_the_hardware(tmp_path, monkeypatch, fast):
-    from hf_lomdm import runtime
-
-    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: fast)
-    recipe = os.path.join(REPO, "training", "configs", "shakespeare-char.yaml")
-    args = parse_args([recipe, "--output_dir", str(tmp_path)])[2]
-    assert args.bf16 is fast
-    args = parse_args([recipe, "--output_dir", str(tmp_path), "--bf16", "false"])[2]
-    assert args.bf16 is False  # an explicit choice is kept
-    with pytest.raises(ValueError, match="bf16"):
-        runtime.resolve_bf16("maybe", "cpu")
-
-
 def test_one_thread_by_default_on_small_machines(monkeypatch):
     from hf_lomdm import runtime
 
