@@ -11,11 +11,13 @@ import sys
 import pytest
 import torch
 from datasets import Dataset, IterableDataset
-from helpers import WORDS, tiny_model, training_arguments, word_tokenizer
+from helpers import WORDS, tiny_causal_lm, tiny_model, training_arguments, word_tokenizer
+from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
 from transformers.testing_utils import require_torch_multi_accelerator
 
+from hf_lomdm import LoMDMForMaskedDiffusion
 from hf_lomdm.cli.train import parse_args
 from hf_lomdm.cli.train import train as train_recipe
 from hf_lomdm.data import DataArguments, DataCollatorForMaskedDiffusion, group_texts, load_text_datasets
@@ -559,3 +561,99 @@ def test_projection_scales_linearly_in_work_and_inversely_in_gpus(scaling):
     assert paper["tokens"] == 1_000_000 * 512 * 1024
     with pytest.raises(ValueError, match="mfu"):
         scaling.gpu_hours(flops, peak, 0.0)
+
+
+# ---- DDP on the causal-LM conversion path -----------------------------------------------------------------
+
+# A tiny Llama converted with `from_causal_lm`, wrapped in a LoRA adapter (`lomdm_lora_config`: LoRA on the backbone,
+# the new schedulers trained in full), trained 3 steps of 8 rows by `LoMDMTrainer`: on 2 processes (4 rows each) or
+# on one (two micro-batches of 4). Rows are taken in order, and the noise of global micro-batch j of a step is the
+# same in both runs (process j under DDP, micro-step j in one process), so the two must compute the same NELBO.
+# `rloo` keeps no per-process state (the `tcv` table is per process). The adapter is saved at the end.
+CAUSAL_DDP_SCRIPT = """\
+import json, os, sys, torch
+from datasets import Dataset
+from peft import get_peft_model
+sys.path.insert(0, {tests!r})
+from helpers import tiny_causal_lm
+from hf_lomdm import LoMDMForMaskedDiffusion
+from hf_lomdm.data import DataCollatorForMaskedDiffusion
+from hf_lomdm.lora import lomdm_lora_config
+from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
+torch.set_num_threads(1)
+out = sys.argv[1]
+
+
+class SameNoise(LoMDMTrainer):
+    def _training_generator(self, device):
+        super()._training_generator(device)  # counts the micro-steps
+        index = self.args.process_index + self._micro_step
+        return torch.Generator(device).manual_seed(1000 * self.state.global_step + index)
+
+
+model = LoMDMForMaskedDiffusion.from_causal_lm(tiny_causal_lm(), max_position_embeddings=16).train()
+model = get_peft_model(model, lomdm_lora_config(model, r=4, lora_alpha=8))
+world = int(os.environ.get("WORLD_SIZE", "1"))
+args = LoMDMTrainingArguments(output_dir=out, use_cpu=True, report_to=[], disable_tqdm=True, max_steps=3,
+                              per_device_train_batch_size=4, gradient_accumulation_steps=2 // world,
+                              learning_rate=1e-2, estimator="rloo", save_strategy="no", logging_steps=1, seed=0,
+                              train_sampling_strategy="sequential", dataloader_pin_memory=False)
+rows = [[4 + (s * 7 + i * 3) % 46 for i in range(16)] for s in range(24)]
+trainer = SameNoise(model=model, args=args, train_dataset=Dataset.from_dict({{"input_ids": rows}}),
+                    data_collator=DataCollatorForMaskedDiffusion(pad_token_id=0))
+trainer.train()
+trainer.save_model(out + "/adapter")
+if trainer.is_world_process_zero():
+    nelbo = [log["nelbo"] for log in trainer.state.log_history if "nelbo" in log]
+    with open(out + "/report.json", "w") as f:
+        json.dump({{"world": trainer.args.world_size, "nelbo": nelbo}}, f)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_ddp_on_a_converted_causal_lm_with_lora_matches_one_process_and_reloads(tmp_path):
+    script = tmp_path / "causal_ddp.py"
+    script.write_text(CAUSAL_DDP_SCRIPT.format(tests=os.path.join(REPO, "tests")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    config_file = os.path.join(REPO, "training", "accelerate", "cpu.yaml")
+    reports = {}
+    for name, command in (
+        ("one", [sys.executable, str(script)]),
+        ("ddp", [accelerate, "launch", "--config_file", config_file, "--num_processes", "2", str(script)]),
+    ):
+        result = subprocess.run(
+            [*command, str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=540,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+    assert (reports["one"]["world"], reports["ddp"]["world"]) == (1, 2)
+    assert len(reports["ddp"]["nelbo"]) == 3
+    assert reports["ddp"]["nelbo"] == pytest.approx(reports["one"]["nelbo"], rel=1e-5)
+    assert reports["ddp"]["nelbo"][0] != pytest.approx(reports["ddp"]["nelbo"][2], rel=1e-3)  # it trained
+
+    # The adapter reloads onto a fresh conversion of the same causal LM; merged, it is a plain LoMDM checkpoint.
+    def converted():
+        return LoMDMForMaskedDiffusion.from_causal_lm(tiny_causal_lm(), max_position_embeddings=16)
+
+    adapters = {
+        name: PeftModel.from_pretrained(converted(), tmp_path / name / "adapter").eval() for name in reports
+    }
+    trained = dict(adapters["one"].named_parameters())
+    for name, weight in adapters["ddp"].named_parameters():
+        torch.testing.assert_close(weight, trained[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert any(
+        "lora_B" in name and weight.abs().sum() > 0 for name, weight in trained.items()
+    )  # LoRA moved from its zero start
+    z = torch.tensor([[5, 50, 7, 50, 9, 50, 11, 12]])  # 50: the mask token the conversion appended
+    expected = adapters["ddp"](z).logits
+    merged = adapters["ddp"].merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    reloaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "merged").eval()
+    torch.testing.assert_close(reloaded(z).logits, expected, rtol=1e-5, atol=1e-5)
