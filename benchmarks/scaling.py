@@ -26,7 +26,8 @@ Projected: the paper's runs (12 x 768, 1M steps of 512 rows of 128 (LM1B) and 10
 SmolLM2-135M and TinyLlama-1.1B (a Llama 2 architecture without RoPE scaling, so `from_causal_lm` converts it)
 on `--adapt-tokens` tokens, in full and with LoRA, on 1 and 8 GPUs of each `--gpus` kind. Assumptions are
 written into the output: the MFU range (`--mfu`), the scaling efficiency from 1 to 8 GPUs (`--efficiency-8`),
-the masked fraction, dense bf16 peaks from NVIDIA's datasheets. Writes `benchmarks/results/scaling.{json,md}`.
+the masked fraction, dense bf16 peaks from NVIDIA's datasheets; the memory column is weights, gradients and Adam
+state only. Writes `benchmarks/results/scaling.{json,md}`.
 """
 
 from __future__ import annotations
@@ -63,11 +64,21 @@ class Architecture:
     vocab: int
     scheduler_ffn: int
     scheduler_head: int
+    tied_embeddings: bool = False
 
     @property
     def parameters(self) -> int:
-        """Backbone + input embedding + head parameters (untied), schedulers excluded."""
-        return self.layers * _layer_weights(self, self.ffn) + 2 * self.vocab * self.hidden
+        """N: the backbone's matmul weights, the input embedding and the head (one matrix when tied); no norms,
+        no schedulers."""
+        embeddings = (1 if self.tied_embeddings else 2) * self.vocab * self.hidden
+        return self.layers * _layer_weights(self, self.ffn) + embeddings
+
+    @property
+    def scheduler_parameters(self) -> int:
+        """The matmul weights of the two learned schedulers (LoMDM mode only)."""
+        return 2 * (
+            _layer_weights(self, self.scheduler_ffn) + self.hidden * self.scheduler_head + self.scheduler_head
+        )
 
 
 @dataclass(frozen=True)
@@ -140,7 +151,7 @@ PAPER_RUNS = {
 PAPER_STEPS, PAPER_BATCH = 1_000_000, 512
 # Causal LMs as `from_causal_lm` converts them (one mask token added; schedulers at the config defaults).
 CAUSAL_LMS = {
-    "SmolLM2-135M": Architecture(576, 30, 9, 3, 1536, 49153, 1536, 576),
+    "SmolLM2-135M": Architecture(576, 30, 9, 3, 1536, 49153, 1536, 576, tied_embeddings=True),
     "TinyLlama-1.1B": Architecture(2048, 22, 32, 4, 5632, 32001, 5632, 2048),
 }
 # Measured on this CPU: (layers, hidden); heads of 32 dimensions, feed-forward 3 x hidden, as `throughput.py`.
@@ -152,6 +163,12 @@ def cpu_architecture(layers: int, hidden: int, vocab: int) -> Architecture:
     return Architecture(
         hidden, layers, hidden // 32, hidden // 32, 3 * hidden, vocab, 2 * hidden, hidden // 2
     )
+
+
+def _state_bytes(arch: Architecture, mode: Mode, lora: bool) -> float:
+    """Bytes of fp32 weights, gradients and Adam moments (16 per trained parameter, 4 per frozen one)."""
+    schedulers = arch.scheduler_parameters if mode.clean_pass else 0
+    return (4 if lora else 16) * arch.parameters + 16 * schedulers
 
 
 def project(args: argparse.Namespace) -> list[dict]:
@@ -184,8 +201,9 @@ def project(args: argparse.Namespace) -> list[dict]:
                     "flops_per_token": per_token,
                     "flops_per_token_vs_6N": per_token / (6 * arch.parameters),
                     "total_flops": total,
-                    # fp32 weights + gradients + Adam's two moments; activations not included
-                    "weights_grads_adam_gib": 16 * arch.parameters / 2**30,
+                    # fp32 weights + gradients + Adam's two moments of what trains (LoRA: the frozen weights
+                    # only, 4 bytes each, and the schedulers); activations not included
+                    "weights_grads_adam_gib": _state_bytes(arch, mode, lora) / 2**30,
                     **cost,
                 }
             )
@@ -258,7 +276,9 @@ def measure(args: argparse.Namespace) -> dict:
 
 def _hours(values: list[float]) -> str:
     def one(hours: float) -> str:
-        return f"{hours:.0f} h" if hours < 48 else f"{hours / 24:.0f} d"
+        if hours < 1:
+            return f"{60 * hours:.0f} min"
+        return f"{hours:.1f} h" if hours < 10 else f"{hours:.0f} h" if hours < 48 else f"{hours / 24:.0f} d"
 
     low, high = sorted(values)
     return f"{one(low)} – {one(high)}"
@@ -292,13 +312,15 @@ def markdown(report: dict) -> str:
         + ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in a["gpu_peak_flops"].items())
         + "):",
         "",
-        "| run | mode | L | tokens | FLOPs/token (x 6N) | " + " | ".join(gpus) + " |",
-        "|---|---|---|---|---|" + "---|" * len(gpus),
+        "| run | mode | N | L | tokens | FLOPs/token (x 6N) | weights+grads+Adam | "
+        + " | ".join(gpus)
+        + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(gpus),
     ]
     for r in report["projections"]:
         lines.append(
-            f"| {r['run']} | {r['mode']} | {r['length']} | {r['tokens']:.3g} | "
-            f"{r['flops_per_token']:.3g} ({r['flops_per_token_vs_6N']:.2f}) | "
+            f"| {r['run']} | {r['mode']} | {r['parameters'] / 1e6:.0f}M | {r['length']} | {r['tokens']:.3g} | "
+            f"{r['flops_per_token']:.3g} ({r['flops_per_token_vs_6N']:.2f}) | {r['weights_grads_adam_gib']:.1f} GiB | "
             + " | ".join(_hours(r[g]) for g in gpus)
             + " |"
         )
@@ -329,7 +351,9 @@ def main(argv=None) -> None:
             "efficiency_8": args.efficiency_8,
             "masked_fraction": args.masked_fraction,
             "gpu_peak_flops": {gpu: GPU_PEAK_FLOPS[gpu] for gpu in args.gpus},
-            "flops_model": "matmuls only; backward = 2x forward (LoRA: 1x); head at masked positions only",
+            "flops_model": "matmuls and attention; backward = 2x forward (LoRA: 1x); head at masked positions only",
+            "state_memory": "16 bytes per trained parameter (fp32 weight, gradient, 2 Adam moments), 4 per frozen "
+            "one; activations excluded",
             "architectures": {
                 name: asdict(arch)
                 for name, arch in {**{k: v[0] for k, v in PAPER_RUNS.items()}, **CAUSAL_LMS}.items()
