@@ -11,6 +11,7 @@ import torch
 from helpers import CLI_RECIPE, tiny_model, training_arguments
 from huggingface_hub import ModelCard
 
+import hf_lomdm.cli.recipe as recipe_module
 import hf_lomdm.cli.train as train_module
 from hf_lomdm import runtime
 from hf_lomdm.cli.recipe import parse_recipe
@@ -98,6 +99,19 @@ def test_bf16_auto_calibrates_only_on_a_cpu_with_bf16_units(tmp_path, monkeypatc
         assert calibrate is False and args.bf16 is (value == "true")
     with pytest.raises(ValueError, match="bf16"):
         runtime.resolve_bf16("maybe", "cpu")
+
+
+def test_bf16_auto_on_a_gpu_keeps_the_hardware_rule(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)  # even where the host CPU has bf16 units
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: supported)
+        argv, calibrate = recipe_module._resolve_auto_bf16(["--bf16", "auto"])
+        assert argv == ["--bf16", "true" if supported else "false"] and calibrate is False
+    argv, calibrate = recipe_module._resolve_auto_bf16(
+        ["--bf16=auto", "--use_cpu", "true"]
+    )  # the CPU of a GPU machine
+    assert argv == ["--bf16=false", "--use_cpu", "true"] and calibrate is True
 
 
 @pytest.mark.parametrize(("fast", "speedup"), [(True, 1.5), (True, 1.02), (False, None)])
