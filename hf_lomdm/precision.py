@@ -1,14 +1,15 @@
 """bf16 autocast or float32 on a CPU with bf16 units, chosen by timing the run's own training step.
 
 On a CPU with bf16 matrix units (AMX, AVX512-BF16) what bf16 autocast gains depends on the model and the batch:
-on one AVX512-BF16 CPU, MDLM mode ran 2.26x faster at 4 x 256 but only 1.31x at the main job's 4 x 128, and a
-loaded A/B of the main job saw no gain. `bf16: auto` in `lomdm-train` therefore measures instead of guessing:
-before training, `calibrate_training_precision` times a few forward + backward passes of the training loss on the
-first batch (the model and batch shape of the run), in float32 and in bf16 autocast, interleaved, and chooses bf16
-only if it is at least `BF16_SPEEDUP_MARGIN` times faster (a smaller gain is within the noise of a shared machine
-and not worth bf16's rounding). The measurement and the choice are logged and stated in the model card. CPUs
-without bf16 units use float32 without calibrating (bf16 is several times slower there, `hf_lomdm.runtime`); GPUs
-keep the hardware rule (bf16 where supported).
+on one AVX512-BF16 CPU, MDLM mode ran 2.26x faster at 4 x 256 but only 1.31x at the main job's 4 x 128 (a loaded
+A/B of the main job saw no gain), and a 1 x 32 model ran 0.6x as fast (docs/scaling.md). `bf16: auto` in
+`lomdm-train` therefore measures instead of guessing: before training, `calibrate_training_precision` times a few
+forward + backward passes of the training loss on the first batch (the model and batch shape of the run), in
+float32 and in bf16 autocast, interleaved, and chooses bf16 only if it is at least `BF16_SPEEDUP_MARGIN` times
+faster (a smaller gain is within the noise of a shared machine and not worth bf16's rounding). The measurement and
+the choice are logged and stated in the model card; it costs about 8 forward + backward passes (7 s for the main
+job on that CPU). CPUs without bf16 units use float32 without calibrating (bf16 is several times slower there,
+`hf_lomdm.runtime`); GPUs keep the hardware rule (bf16 where supported).
 """
 
 from __future__ import annotations
