@@ -2,7 +2,9 @@
 
 CPUs differ: with bf16 matrix units (AMX, AVX512-BF16) bf16 autocast makes a training step 1.2-2x faster;
 on AVX2-only CPUs it makes it 6-8x *slower* than float32 (oneDNN emulates bf16 there). So recipes ask for
-`bf16: auto` and `resolve_bf16("auto", device)` decides from the hardware; the choice is logged.
+`bf16: auto` and `resolve_bf16("auto", device)` decides from the hardware; the choice is logged. On a CPU with
+bf16 units the gain also depends on the model size, so `lomdm-train` does not take this answer there: it times
+both precisions on the run's first batch (`hf_lomdm.precision`).
 
 Threads: on a 2-core machine shared with other work, two OpenMP threads were ~3x slower than one (each step
 waits for the slowest thread), while on an idle one two threads gain much less than 2x

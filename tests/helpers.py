@@ -1,5 +1,6 @@
 """Helpers the test modules share: the tiny config and model (LlamaModelTester-sized: CPU seconds), a word-level
-tokenizer that matches the tiny config's special ids, and the tiny `lomdm-train` recipe.
+tokenizer that matches the tiny config's special ids, a tiny Llama / Qwen2 causal LM to convert, the tiny
+`lomdm-train` recipe and the tests' default `LoMDMTrainingArguments`.
 
 Test modules import this file (`from helpers import tiny_model`); `conftest.py` holds only fixtures and hooks.
 Subprocesses started by the tests import it the same way, with `tests/` on their `PYTHONPATH`.
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
+from hf_lomdm.trainer import LoMDMTrainingArguments
 
 MASK_ID = 0
+CAUSAL_LM_VOCAB = 50  # the tiny causal LM's vocabulary (no mask token: conversion appends one)
 
 # The word tokenizer's corpus: the sentences the lm-eval checkpoint is overfit on, plus distractor words.
 SENTENCES = ["the cat sat on the mat .", "a dog ran in the park .", "the bird sang a sweet song ."]
@@ -76,6 +79,52 @@ def tiny_model(seed: int = 0, randomize_schedule: bool = True, **overrides) -> L
     return model
 
 
+def tiny_causal_lm(kind: str = "llama", seed: int = 0, **overrides):
+    """A tiny random causal LM with grouped-query attention (4 query, 2 key/value heads)."""
+    torch.manual_seed(seed)
+    config_class, model_class = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    }[kind]
+    kwargs = dict(
+        vocab_size=CAUSAL_LM_VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
+    )
+    kwargs.update(overrides)
+    model = model_class(config_class(**kwargs)).eval()
+    with torch.no_grad():  # random norms and biases, so a missed or swapped one cannot hide
+        for name, param in model.named_parameters():
+            if name.endswith(("bias", "norm.weight", "layernorm.weight")):
+                param.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+    return model
+
+
+def training_arguments(tmp_path, **overrides) -> LoMDMTrainingArguments:
+    """`LoMDMTrainingArguments` for a quiet, reproducible CPU run writing to `tmp_path / "out"` (no saving, no
+    reporting, a log every step, batches of 8 rows); `overrides` set any other field."""
+    defaults = {
+        "output_dir": str(tmp_path / "out"),
+        "report_to": [],
+        "disable_tqdm": True,
+        "use_cpu": True,
+        "save_strategy": "no",
+        "dataloader_pin_memory": False,
+        "logging_steps": 1,
+        "seed": 0,
+        "per_device_train_batch_size": 8,
+    }
+    return LoMDMTrainingArguments(**{**defaults, **overrides})
+
+
 def word_tokenizer() -> PreTrainedTokenizerFast:
     """Word-level tokenizer whose special ids match the tiny config (mask 0, pad 1, bos 2, eos 3)."""
     vocab = {"[MASK]": 0, "[PAD]": 1, "[BOS]": 2, "[EOS]": 3, "[UNK]": 4}
@@ -92,4 +141,15 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-__all__ = ["CLI_RECIPE", "MASK_ID", "SENTENCES", "WORDS", "tiny_config", "tiny_model", "word_tokenizer"]
+__all__ = [
+    "CAUSAL_LM_VOCAB",
+    "CLI_RECIPE",
+    "MASK_ID",
+    "SENTENCES",
+    "WORDS",
+    "tiny_causal_lm",
+    "tiny_config",
+    "tiny_model",
+    "training_arguments",
+    "word_tokenizer",
+]

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import CAUSAL_LM_VOCAB, tiny_causal_lm
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModelForMaskedLM,
     AutoTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
 )
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
@@ -22,36 +19,7 @@ from hf_lomdm.cli.convert import main as convert_main
 from hf_lomdm.modeling_lomdm import shift_right, subs_log_probs
 from hf_lomdm.objective import lomdm_loss
 
-VOCAB = 50
-
-
-def causal_lm(kind: str = "llama", seed: int = 0, **overrides):
-    """A tiny random causal LM with grouped-query attention (4 query, 2 key/value heads)."""
-    torch.manual_seed(seed)
-    config_class, model_class = {
-        "llama": (LlamaConfig, LlamaForCausalLM),
-        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-    }[kind]
-    kwargs = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        rope_parameters={"rope_type": "default", "rope_theta": 500.0},
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=None,
-    )
-    kwargs.update(overrides)
-    model = model_class(config_class(**kwargs)).eval()
-    with torch.no_grad():  # random norms and biases, so a missed or swapped one cannot hide
-        for name, param in model.named_parameters():
-            if name.endswith(("bias", "norm.weight", "layernorm.weight")):
-                param.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
-    return model
+VOCAB = CAUSAL_LM_VOCAB
 
 
 def word_tokenizer(with_mask: bool = False) -> PreTrainedTokenizerFast:
@@ -72,7 +40,7 @@ def causal_mask(batch: int, length: int) -> torch.Tensor:
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("tie", [True, False])
 def test_shifted_conversion_with_a_causal_mask_reproduces_the_causal_lm(kind, attn, tie):
-    source = causal_lm(kind, tie_word_embeddings=tie)
+    source = tiny_causal_lm(kind, tie_word_embeddings=tie)
     model = LoMDMForMaskedDiffusion.from_causal_lm(source, schedule="lomdm")
     model.config._attn_implementation = attn
     x = torch.randint(0, VOCAB, (3, 11), generator=torch.Generator().manual_seed(1))
@@ -98,7 +66,7 @@ def test_shifted_conversion_with_a_causal_mask_reproduces_the_causal_lm(kind, at
 
 
 def test_weights_are_copied_one_to_one_and_the_mask_row_is_the_mean_embedding():
-    source = causal_lm("qwen2", tie_word_embeddings=False)
+    source = tiny_causal_lm("qwen2", tie_word_embeddings=False)
     tokenizer = word_tokenizer()
     model = LoMDMForMaskedDiffusion.from_causal_lm(source, tokenizer=tokenizer)
     assert (
@@ -119,14 +87,14 @@ def test_weights_are_copied_one_to_one_and_the_mask_row_is_the_mean_embedding():
 
 def test_existing_mask_token_is_used_and_the_vocabulary_kept():
     tokenizer = word_tokenizer(with_mask=True)
-    model = LoMDMForMaskedDiffusion.from_causal_lm(causal_lm(), tokenizer=tokenizer, shift=False)
+    model = LoMDMForMaskedDiffusion.from_causal_lm(tiny_causal_lm(), tokenizer=tokenizer, shift=False)
     assert model.config.mask_token_id == 3 and model.config.vocab_size == VOCAB and not model.config.shift
     assert len(tokenizer) == VOCAB
 
 
 def test_converted_model_trains_saves_and_reloads(tmp_path):
     model = LoMDMForMaskedDiffusion.from_causal_lm(
-        causal_lm(), schedule="lomdm", max_position_embeddings=16, c1=0.8
+        tiny_causal_lm(), schedule="lomdm", max_position_embeddings=16, c1=0.8
     )
     assert model.config.max_position_embeddings == 16 and model.config.c1 == 0.8
     x = torch.randint(4, VOCAB, (2, 16))
@@ -144,7 +112,7 @@ def test_converted_model_trains_saves_and_reloads(tmp_path):
 
 def test_lomdm_convert_cli_saves_model_tokenizer_and_generation_config(tmp_path):
     source_dir, out = tmp_path / "causal", tmp_path / "lomdm"
-    causal_lm().save_pretrained(source_dir)
+    tiny_causal_lm().save_pretrained(source_dir)
     word_tokenizer().save_pretrained(source_dir)
     convert_main([str(source_dir), str(out), "--schedule", "per_position", "--max_position_embeddings", "32"])
     tokenizer = AutoTokenizer.from_pretrained(out)
@@ -175,16 +143,20 @@ def test_lomdm_convert_refuses_a_non_positive_length_before_loading(value, tmp_p
             "model_type='gpt2'",
         ),
         (
-            lambda: causal_lm(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}),
+            lambda: tiny_causal_lm(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}),
             {},
             "rope_type",
         ),
-        (lambda: causal_lm(hidden_act="gelu"), {}, "hidden_act"),
-        (lambda: causal_lm(mlp_bias=True), {}, "mlp_bias"),
-        (lambda: causal_lm(head_dim=16), {}, "head_dim"),
-        (lambda: causal_lm("qwen2", use_sliding_window=True, sliding_window=8), {}, "use_sliding_window"),
-        (causal_lm, {"hidden_size": 64}, "cannot be overridden"),
-        (causal_lm, {"c1": 0.5, "c2": 0.6}, "c1"),
+        (lambda: tiny_causal_lm(hidden_act="gelu"), {}, "hidden_act"),
+        (lambda: tiny_causal_lm(mlp_bias=True), {}, "mlp_bias"),
+        (lambda: tiny_causal_lm(head_dim=16), {}, "head_dim"),
+        (
+            lambda: tiny_causal_lm("qwen2", use_sliding_window=True, sliding_window=8),
+            {},
+            "use_sliding_window",
+        ),
+        (tiny_causal_lm, {"hidden_size": 64}, "cannot be overridden"),
+        (tiny_causal_lm, {"c1": 0.5, "c2": 0.6}, "c1"),
     ],
 )
 def test_unsupported_sources_and_overrides_raise_value_error(make_source, overrides, message):

@@ -11,17 +11,19 @@ import sys
 import pytest
 import torch
 from datasets import Dataset, IterableDataset
-from helpers import WORDS, tiny_model, word_tokenizer
+from helpers import WORDS, tiny_causal_lm, tiny_model, training_arguments, word_tokenizer
+from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
 from transformers.testing_utils import require_torch_multi_accelerator
 
+from hf_lomdm import LoMDMForMaskedDiffusion
 from hf_lomdm.cli.train import parse_args
 from hf_lomdm.cli.train import train as train_recipe
 from hf_lomdm.data import DataArguments, DataCollatorForMaskedDiffusion, group_texts, load_text_datasets
 from hf_lomdm.generation_config_lomdm import ORDERS
 from hf_lomdm.objective import lomdm_loss
-from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
+from hf_lomdm.trainer import LoMDMTrainer
 
 PAD_ID = 1
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,21 +41,6 @@ def counting_rows(n: int, seed: int = 0) -> Dataset:
         )
         rows.append([4 + (start + i) % 16 for i in range(length)])
     return Dataset.from_dict({"input_ids": rows})
-
-
-def training_args(tmp_path, **overrides) -> LoMDMTrainingArguments:
-    defaults = {
-        "output_dir": str(tmp_path / "out"),
-        "report_to": [],
-        "disable_tqdm": True,
-        "use_cpu": True,
-        "save_strategy": "no",
-        "dataloader_pin_memory": False,
-        "logging_steps": 1,
-        "seed": 0,
-        "per_device_train_batch_size": 8,
-    }
-    return LoMDMTrainingArguments(**{**defaults, **overrides})
 
 
 def gradients(model, input_ids) -> dict[str, torch.Tensor]:
@@ -91,7 +78,7 @@ def _sgd_step_deltas(tmp_path, schedule: str, checkpointing: bool) -> dict[str, 
     """Weight change of one SGD step at learning rate 1 (= minus the gradient) through `LoMDMTrainer`."""
     model = tiny_model(schedule=schedule).train()
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = training_args(
+    args = training_arguments(
         tmp_path / str(checkpointing),
         max_steps=1,
         optim="sgd",
@@ -159,7 +146,7 @@ def test_compiled_training_saves_and_reloads_under_the_eager_parameter_names(tmp
 
     The `eager` dynamo backend: the compiled wrapper is the same as inductor's, without minutes of C++ compiling.
     """
-    args = training_args(
+    args = training_arguments(
         tmp_path,
         max_steps=2,
         per_device_train_batch_size=4,
@@ -262,7 +249,7 @@ def test_trainer_trains_on_a_streamed_corpus_for_max_steps(tmp_path, corpus):
     rows = group_texts(load_text_datasets(args)["train"], word_tokenizer(), 1024)
     trainer = LoMDMTrainer(
         model=tiny_model(randomize_schedule=False, max_position_embeddings=1024).train(),
-        args=training_args(tmp_path, max_steps=3, per_device_train_batch_size=2),
+        args=training_arguments(tmp_path, max_steps=3, per_device_train_batch_size=2),
         train_dataset=rows,
         data_collator=DataCollatorForMaskedDiffusion(pad_token_id=PAD_ID),
     )
@@ -512,3 +499,161 @@ def test_gpu_smoke_script_runs_every_stage_as_a_cpu_dry_run(tmp_path):
     assert set(orders) == set(ORDERS) and all(o["finished_fraction"] == 1.0 for o in orders.values())
     assert "| main | lomdm | float32 |" in record["throughput"]["table"]
     assert "skipped" in record["fsdp"]  # one CPU, no GPUs
+
+
+# ---- benchmarks/scaling.py: the FLOPs model and the projection (pure arithmetic, nothing timed) ------------
+
+
+@pytest.fixture
+def scaling(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))
+    import scaling
+
+    return scaling
+
+
+def test_step_flops_per_token_match_a_hand_count(scaling):
+    # d 4, 1 layer, 2 heads of which 1 kv head (k, v are 4 x 2), SwiGLU 8, V 10; scheduler SwiGLU 4, head 2; L 3.
+    arch = scaling.Architecture(4, 1, 2, 1, 8, 10, 4, 2)
+    layer = 2 * (2 * 16 + 2 * 4 * 2 + 3 * 4 * 8) + 4 * 3 * 4  # weights 144 -> 288, attention 48
+    head = 2 * 4 * 10 * 0.5  # masked positions only
+    scheduler = 3 * (2 * (2 * 16 + 2 * 4 * 2 + 3 * 4 * 4) + 4 * 3 * 4 + 2 * 4 * 2)
+    mdlm, lomdm = scaling.MODES["mdlm"], scaling.MODES["lomdm"]
+    assert scaling.step_flops_per_token(arch, 3, mdlm) == 3 * (layer + head) == 1128
+    assert scaling.step_flops_per_token(arch, 3, mdlm, lora=True) == 2 * (layer + head)
+    assert scaling.step_flops_per_token(arch, 3, mdlm, attention=False) == 3 * (layer - 48 + head)
+    # K = 2 noisy passes with g_ψ each, the clean pass without gradients, g_φ with gradients
+    assert (
+        scaling.step_flops_per_token(arch, 3, lomdm) == 2 * 3 * (layer + head) + layer + 3 * scheduler == 4896
+    )
+
+
+def test_projection_scales_linearly_in_work_and_inversely_in_gpus(scaling):
+    flops, peak = 3.6e18, 1e15
+    assert scaling.gpu_hours(flops, peak, 0.5) == pytest.approx(2.0)
+    assert scaling.wall_hours(2 * flops, peak, 0.5, 1, 1.0) == pytest.approx(
+        2 * scaling.wall_hours(flops, peak, 0.5, 1, 1.0)
+    )
+    assert scaling.wall_hours(flops, peak, 0.5, 8, 1.0) == pytest.approx(
+        scaling.wall_hours(flops, peak, 0.5, 1, 1.0) / 8
+    )
+    assert scaling.wall_hours(flops, peak, 0.5, 8, 0.8) == pytest.approx(2.0 / (8 * 0.8))
+    args = scaling.argparse.Namespace(
+        adapt_length=1024,
+        adapt_tokens=10**9,
+        masked_fraction=0.5,
+        gpus=["H100-SXM"],
+        mfu=[0.3, 0.45],
+        efficiency_8=0.9,
+    )
+    rows = {(r["run"], r["mode"]): r for r in scaling.project(args)}
+    doubled = {
+        (r["run"], r["mode"]): r
+        for r in scaling.project(scaling.argparse.Namespace(**{**vars(args), "adapt_tokens": 2 * 10**9}))
+    }
+    row = rows["SmolLM2-135M", "lomdm"]
+    assert doubled["SmolLM2-135M", "lomdm"]["H100-SXM x1 hours"] == pytest.approx(
+        [2 * h for h in row["H100-SXM x1 hours"]]
+    )
+    assert row["H100-SXM x1 hours"] == pytest.approx([8 * 0.9 * h for h in row["H100-SXM x8 hours"]])
+    assert row["H100-SXM x1 hours"][0] == pytest.approx(row["H100-SXM x1 hours"][1] * 0.45 / 0.3)  # 1 / MFU
+    paper = rows["OWT 12x768", "mdlm"]
+    assert paper["tokens"] == 1_000_000 * 512 * 1024
+    with pytest.raises(ValueError, match="mfu"):
+        scaling.gpu_hours(flops, peak, 0.0)
+
+
+# ---- DDP on the causal-LM conversion path -----------------------------------------------------------------
+
+# A tiny Llama converted with `from_causal_lm`, wrapped in a LoRA adapter (`lomdm_lora_config`: LoRA on the backbone,
+# the new schedulers trained in full), trained 3 steps of 8 rows by `LoMDMTrainer`: on 2 processes (4 rows each) or
+# on one (two micro-batches of 4). Rows are taken in order, and the noise of global micro-batch j of a step is the
+# same in both runs (process j under DDP, micro-step j in one process), so the two must compute the same NELBO.
+# `rloo` keeps no per-process state (the `tcv` table is per process). The adapter is saved at the end.
+CAUSAL_DDP_SCRIPT = """\
+import json, os, sys, torch
+from datasets import Dataset
+from peft import get_peft_model
+sys.path.insert(0, {tests!r})
+from helpers import tiny_causal_lm
+from hf_lomdm import LoMDMForMaskedDiffusion
+from hf_lomdm.data import DataCollatorForMaskedDiffusion
+from hf_lomdm.lora import lomdm_lora_config
+from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
+torch.set_num_threads(1)
+out = sys.argv[1]
+
+
+class SameNoise(LoMDMTrainer):
+    def _training_generator(self, device):
+        super()._training_generator(device)  # counts the micro-steps
+        index = self.args.process_index + self._micro_step
+        return torch.Generator(device).manual_seed(1000 * self.state.global_step + index)
+
+
+model = LoMDMForMaskedDiffusion.from_causal_lm(tiny_causal_lm(), max_position_embeddings=16).train()
+model = get_peft_model(model, lomdm_lora_config(model, r=4, lora_alpha=8))
+world = int(os.environ.get("WORLD_SIZE", "1"))
+args = LoMDMTrainingArguments(output_dir=out, use_cpu=True, report_to=[], disable_tqdm=True, max_steps=3,
+                              per_device_train_batch_size=4, gradient_accumulation_steps=2 // world,
+                              learning_rate=1e-2, estimator="rloo", save_strategy="no", logging_steps=1, seed=0,
+                              train_sampling_strategy="sequential", dataloader_pin_memory=False)
+rows = [[4 + (s * 7 + i * 3) % 46 for i in range(16)] for s in range(24)]
+trainer = SameNoise(model=model, args=args, train_dataset=Dataset.from_dict({{"input_ids": rows}}),
+                    data_collator=DataCollatorForMaskedDiffusion(pad_token_id=0))
+trainer.train()
+trainer.save_model(out + "/adapter")
+if trainer.is_world_process_zero():
+    nelbo = [log["nelbo"] for log in trainer.state.log_history if "nelbo" in log]
+    with open(out + "/report.json", "w") as f:
+        json.dump({{"world": trainer.args.world_size, "nelbo": nelbo}}, f)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_ddp_on_a_converted_causal_lm_with_lora_matches_one_process_and_reloads(tmp_path):
+    script = tmp_path / "causal_ddp.py"
+    script.write_text(CAUSAL_DDP_SCRIPT.format(tests=os.path.join(REPO, "tests")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    config_file = os.path.join(REPO, "training", "accelerate", "cpu.yaml")
+    reports = {}
+    for name, command in (
+        ("one", [sys.executable, str(script)]),
+        ("ddp", [accelerate, "launch", "--config_file", config_file, "--num_processes", "2", str(script)]),
+    ):
+        result = subprocess.run(
+            [*command, str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=540,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+    assert (reports["one"]["world"], reports["ddp"]["world"]) == (1, 2)
+    assert len(reports["ddp"]["nelbo"]) == 3
+    assert reports["ddp"]["nelbo"] == pytest.approx(reports["one"]["nelbo"], rel=1e-5)
+    assert reports["ddp"]["nelbo"][0] != pytest.approx(reports["ddp"]["nelbo"][2], rel=1e-3)  # it trained
+
+    # The adapter reloads onto a fresh conversion of the same causal LM; merged, it is a plain LoMDM checkpoint.
+    def converted():
+        return LoMDMForMaskedDiffusion.from_causal_lm(tiny_causal_lm(), max_position_embeddings=16)
+
+    adapters = {
+        name: PeftModel.from_pretrained(converted(), tmp_path / name / "adapter").eval() for name in reports
+    }
+    trained = dict(adapters["one"].named_parameters())
+    for name, weight in adapters["ddp"].named_parameters():
+        torch.testing.assert_close(weight, trained[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert any(
+        "lora_B" in name and weight.abs().sum() > 0 for name, weight in trained.items()
+    )  # LoRA moved from its zero start
+    z = torch.tensor([[5, 50, 7, 50, 9, 50, 11, 12]])  # 50: the mask token the conversion appended
+    expected = adapters["ddp"](z).logits
+    merged = adapters["ddp"].merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    reloaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "merged").eval()
+    torch.testing.assert_close(reloaded(z).logits, expected, rtol=1e-5, atol=1e-5)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from datasets import Dataset
-from helpers import CLI_RECIPE, tiny_model
+from helpers import CLI_RECIPE, tiny_model, training_arguments
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, AutoTokenizer, TrainerCallback
 
@@ -47,20 +47,10 @@ def ragged_rows(n: int, seed: int = 0, min_len: int = 3, max_len: int = 16) -> D
 
 
 def make_args(tmp_path, **overrides) -> LoMDMTrainingArguments:
-    defaults = {
-        "output_dir": str(tmp_path / "out"),
-        "report_to": [],
-        "disable_tqdm": True,
-        "use_cpu": True,
-        "save_strategy": "no",
-        "dataloader_pin_memory": False,
-        "logging_steps": 1,
-        "seed": 0,
-        "learning_rate": 3e-3,
-        "per_device_train_batch_size": 8,
-        "per_device_eval_batch_size": 8,
-    }
-    return LoMDMTrainingArguments(**{**defaults, **overrides})
+    """`helpers.training_arguments` with this module's learning rate and evaluation batch."""
+    return training_arguments(
+        tmp_path, **{"learning_rate": 3e-3, "per_device_eval_batch_size": 8, **overrides}
+    )
 
 
 def make_trainer(
@@ -403,20 +393,6 @@ def test_cli_refuses_non_positive_max_steps_and_abbreviations(tmp_path):
     assert args.max_steps == -1 and args.num_train_epochs == 1
     with pytest.raises(ValueError, match="--max_step'"):  # prefix matching would read it as --max_steps
         parse_args([recipe, "--output_dir", str(tmp_path), "--max_step", "5"])
-
-
-@pytest.mark.parametrize("fast", [True, False])
-def test_bf16_auto_follows_the_hardware(tmp_path, monkeypatch, fast):
-    from hf_lomdm import runtime
-
-    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: fast)
-    recipe = os.path.join(REPO, "training", "configs", "shakespeare-char.yaml")
-    args = parse_args([recipe, "--output_dir", str(tmp_path)])[2]
-    assert args.bf16 is fast
-    args = parse_args([recipe, "--output_dir", str(tmp_path), "--bf16", "false"])[2]
-    assert args.bf16 is False  # an explicit choice is kept
-    with pytest.raises(ValueError, match="bf16"):
-        runtime.resolve_bf16("maybe", "cpu")
 
 
 def test_one_thread_by_default_on_small_machines(monkeypatch):

@@ -1,6 +1,7 @@
 """The `lomdm-train` recipe: its dataclasses (`ModelArguments`, `SampleArguments`, beside
 `hf_lomdm.data.DataArguments` and `hf_lomdm.trainer.LoMDMTrainingArguments`), the YAML file turned into flags, and
-every check that can run before any data or model work (`parse_args`). `hf_lomdm.cli.train` runs the recipe.
+every check that can run before any data or model work (`parse_args`, `parse_recipe`). `hf_lomdm.cli.train` runs the
+recipe.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from transformers.utils import logging
 from ..configuration_lomdm import LoMDMConfig
 from ..data import DEFAULT_SPECIAL_TOKENS, DataArguments
 from ..lora import BACKBONE_TARGET_MODULES
-from ..runtime import resolve_bf16
+from ..runtime import has_fast_bf16, resolve_bf16
 from ..schedule_lomdm import SCHEDULES
 from ..trainer import LoMDMTrainingArguments
 from .common import (
@@ -220,17 +221,18 @@ def _check_arguments(
         LoMDMConfig(max_position_embeddings=data_args.block_size, **architecture(model_args))
 
 
-def parse_args(
+def parse_recipe(
     argv: list[str],
-) -> tuple[ModelArguments, DataArguments, LoMDMTrainingArguments, SampleArguments]:
-    """Parse `[CONFIG.yaml] [--key value ...]`; flags after the file override it, unknown keys raise. Everything
-    that can be checked without data is checked here (`UsageError` / `ValueError`)."""
+) -> tuple[ModelArguments, DataArguments, LoMDMTrainingArguments, SampleArguments, bool]:
+    """`parse_args`, and whether `bf16: auto` is left to a calibration of the training step
+    (`hf_lomdm.precision.calibrate_training_precision`): on a CPU with bf16 units, where the gain depends on the
+    model size. The training arguments then say float32 until the calibration decides."""
     # allow_abbrev=False: `--max_step 5` must not silently mean `--max_steps 5`.
     parser = DataclassArgumentParser(_DATACLASSES)
     argv = _without_bare_debug(list(argv))
     if argv and not argv[0].startswith("-"):
         argv = _yaml_to_argv(_recipe(argv[0])) + argv[1:]
-    argv = _resolve_auto_bf16(normalize_argv(parser, argv))
+    argv, calibrate = _resolve_auto_bf16(normalize_argv(parser, argv))
     model_args, data_args, training_args, sample_args = parser.parse_args_into_dataclasses(args=argv)
     if model_args.lora_r is not None and model_args.model_name_or_path is None:
         raise UsageError(f"`lora_r={model_args.lora_r}` adapts a trained model: set `model_name_or_path`.")
@@ -240,7 +242,15 @@ def parse_args(
             "explicitly to train by epochs."
         )
     _check_arguments(model_args, data_args, training_args, sample_args)
-    return model_args, data_args, training_args, sample_args
+    return model_args, data_args, training_args, sample_args, calibrate
+
+
+def parse_args(
+    argv: list[str],
+) -> tuple[ModelArguments, DataArguments, LoMDMTrainingArguments, SampleArguments]:
+    """Parse `[CONFIG.yaml] [--key value ...]`; flags after the file override it, unknown keys raise. Everything
+    that can be checked without data is checked here (`UsageError` / `ValueError`)."""
+    return parse_recipe(argv)[:4]
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:
@@ -254,9 +264,11 @@ def _flag_value(argv: list[str], name: str) -> str | None:
     return found
 
 
-def _resolve_auto_bf16(argv: list[str]) -> list[str]:
+def _resolve_auto_bf16(argv: list[str]) -> tuple[list[str], bool]:
     """Every `--bf16 auto` -> `--bf16 true|false` for the device the run will use (logged once; see
-    `hf_lomdm.runtime`). A later explicit `--bf16 true|false` still wins, as for any flag.
+    `hf_lomdm.runtime`), and whether the choice is left to a calibration: `auto` on a CPU with bf16 units is
+    `false` until `hf_lomdm.precision` has timed both precisions. A later explicit `--bf16 true|false` still wins,
+    as for any flag.
 
     `TrainingArguments.bf16` is a bool and configures accelerate in `__post_init__`, so the choice is made on the
     command line before parsing. The device is the CPU with `--use_cpu true` or without CUDA, else the GPU.
@@ -268,17 +280,24 @@ def _resolve_auto_bf16(argv: list[str]) -> list[str]:
         or (arg == "--bf16" and i + 1 < len(argv) and argv[i + 1].lower() == "auto")
     ]
     if not auto:
-        return argv
+        return argv, False
     use_cpu = _flag_value(argv, "use_cpu")
     on_cpu = (use_cpu or "").lower() in ("true", "1", "yes") or not torch.cuda.is_available()
-    value = "true" if resolve_bf16("auto", "cpu" if on_cpu else "cuda") else "false"
+    calibrate = on_cpu and has_fast_bf16("cpu") and (_flag_value(argv, "bf16") or "").lower() == "auto"
+    if calibrate:
+        logger.warning(
+            "bf16=auto on cpu: bf16 matrix units -> timing bf16 autocast against float32 on the first batch."
+        )
+        value = "false"
+    else:
+        value = "true" if resolve_bf16("auto", "cpu" if on_cpu else "cuda") else "false"
     argv = list(argv)
     for index in auto:
         if argv[index] == "--bf16":
             argv[index + 1] = value
         else:
             argv[index] = f"--bf16={value}"
-    return argv
+    return argv, calibrate
 
 
 # The `LoMDMConfig` fields (its constructor's parameters): a `ModelArguments` field of the same name sets one.
@@ -294,4 +313,4 @@ def architecture(model_args: ModelArguments) -> dict[str, Any]:
     }
 
 
-__all__ = ["ModelArguments", "SampleArguments", "architecture", "parse_args"]
+__all__ = ["ModelArguments", "SampleArguments", "architecture", "parse_args", "parse_recipe"]

@@ -8,8 +8,9 @@ Steps (keep in sync with `train`):
     1. Load the documents (default: the built-in Shakespeare corpus) and the tokenizer (trained with
        `tokenizers` on the training split unless one is given).
     2. Tokenize and pack rows of `block_size` tokens.
-    3. Build the model (a new `LoMDMConfig`, or `model_name_or_path`) and train with `LoMDMTrainer`
-       (`accelerate launch` for several processes; `resume_from_checkpoint` to continue).
+    3. Build the model (a new `LoMDMConfig`, or `model_name_or_path`); with `bf16: auto` on a CPU with bf16 units,
+       time bf16 autocast against float32 on the first batch and keep the faster (`hf_lomdm.precision`); train
+       with `LoMDMTrainer` (`accelerate launch` for several processes; `resume_from_checkpoint` to continue).
     4. Save model + tokenizer + generation config to `output_dir`, evaluate the validation NELBO / PPL bound and
        the context use (`hf_lomdm.evaluation.context_use`), print a few unconditional samples and a short report;
        write the model card.
@@ -20,10 +21,13 @@ for multi-process training.
 
 from __future__ import annotations
 
+import itertools
 import time
+from dataclasses import asdict
 from typing import Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 from transformers import (
     AutoModelForMaskedLM,
     AutoTokenizer,
@@ -51,6 +55,7 @@ from ..evaluation import ContextUseResult, context_use, unconditional_samples
 from ..lora import lomdm_lora_config
 from ..model_card import write_model_card
 from ..modeling_lomdm import LoMDMForMaskedDiffusion
+from ..precision import Bf16Calibration, calibrate_training_precision
 from ..runtime import configure_threads
 from ..trainer import LoMDMTrainer, LoMDMTrainingArguments
 from ..trainer_logs import without_repeats
@@ -58,7 +63,7 @@ from ..units import bits, is_character_level
 from .common import (
     run_cli,
 )
-from .recipe import ModelArguments, SampleArguments, architecture, parse_args
+from .recipe import ModelArguments, SampleArguments, architecture, parse_args, parse_recipe
 
 logger = logging.get_logger(__name__)
 
@@ -182,6 +187,21 @@ def _token_rows(
     return splits
 
 
+def _calibrated_bf16(
+    model, tokenizer: PreTrainedTokenizerBase, train_rows, args: LoMDMTrainingArguments
+) -> Bf16Calibration:
+    """`bf16: auto` on a CPU with bf16 units: time both precisions on the first training batch
+    (`hf_lomdm.precision`) and set `args` to the choice. Every process times its own (under the load of the
+    others); all follow the main process's choice."""
+    rows = list(itertools.islice(iter(train_rows), args.per_device_train_batch_size))
+    batch = DataCollatorForMaskedDiffusion(tokenizer.pad_token_id)(rows)
+    calibration = calibrate_training_precision(model, {k: v.to(args.device) for k, v in batch.items()}, args)
+    calibration = broadcast_object_list([calibration])[0]
+    # What `TrainingArguments.__post_init__` derives from `bf16`; the Trainer's accelerator reads it.
+    args.bf16, args.mixed_precision = calibration.use_bf16, "bf16" if calibration.use_bf16 else "no"
+    return calibration
+
+
 def _as_numbers(logs: dict[str, Any]) -> dict[str, Any]:
     """A log dict for the console: floats rounded to 4 significant digits but kept numbers (transformers'
     `ProgressCallback` / `PrinterCallback` print them as strings, `'loss': '1.725'`), each quantity once
@@ -237,7 +257,10 @@ def _fit(
 
 
 def _save_and_evaluate(
-    trainer: LoMDMTrainer, train_result: TrainOutput, threads: int | None
+    trainer: LoMDMTrainer,
+    train_result: TrainOutput,
+    threads: int | None,
+    calibration: Bf16Calibration | None,
 ) -> dict[str, Any]:
     """Step 4 on every process: save model, tokenizer and state, evaluate the validation NELBO; the report."""
     trainer.save_model()
@@ -257,7 +280,8 @@ def _save_and_evaluate(
         "eval_tokens": eval_metrics["eval_tokens"],
         "eval_nelbo_stderr": eval_metrics["eval_nelbo_stderr"],
         "character_level": is_character_level(trainer.processing_class),
-        "precision": "bf16 autocast" if args.bf16 else "float32",
+        "precision": calibration.precision if calibration else ("bf16 autocast" if args.bf16 else "float32"),
+        "bf16_calibration": None if calibration is None else asdict(calibration),
         "cpu_threads": threads,
     }
 
@@ -349,7 +373,7 @@ def _print_report(
 
 def train(argv: list[str]) -> dict[str, Any]:
     """Run a recipe: `train(["CONFIG.yaml", "--key", "value"])`; returns the final report (also printed)."""
-    model_args, data_args, training_args, sample_args = parse_args(argv)
+    model_args, data_args, training_args, sample_args, calibrate_bf16 = parse_recipe(argv)
     logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
     threads = configure_threads() if training_args.device.type == "cpu" else None
@@ -365,9 +389,12 @@ def train(argv: list[str]) -> dict[str, Any]:
     splits = _token_rows(raw, tokenizer, data_args, training_args)
     # 3. Model and training.
     model = _trainable_model(model_args, tokenizer, data_args.block_size)
+    calibration = (
+        _calibrated_bf16(model, tokenizer, splits["train"], training_args) if calibrate_bf16 else None
+    )
     trainer, train_result = _fit(model, tokenizer, splits, training_args, checkpoint)
     # 4. Save, evaluate, sample, report.
-    report = _save_and_evaluate(trainer, train_result, threads)
+    report = _save_and_evaluate(trainer, train_result, threads, calibration)
     if trainer.is_world_process_zero():
         context, samples = _context_and_samples(trainer, tokenizer, splits["validation"], sample_args)
         report["context_use"] = context.to_dict()
