@@ -173,11 +173,13 @@ def train_main(args, char_rows, start: float) -> None:
             "k": k,
             "e_sd": float(res["e_sd"]),
             "nelbo": float(res["total"].mean()),
+            "velocity": float((res["total"] - res["main"]).mean()),
         }
         if base is not None:
-            diff = res["total"] - base["total"]
-            row["total_minus_constant"] = float(diff.mean())
-            row["total_minus_constant_se"] = float(diff.std() / math.sqrt(len(diff)))
+            for part in ("main", "total"):
+                diff = res[part] - base[part]
+                row[f"{part}_minus_constant"] = float(diff.mean())
+                row[f"{part}_minus_constant_se"] = float(diff.std() / math.sqrt(len(diff)))
         table.append(row)
         print(
             f"trained with whitespace k {k:+g}: "
