@@ -143,6 +143,7 @@ RUNS = {
     # The paper's estimator (RLOO, K = 2), and the token control variate with one noisy pass (the cheaper step).
     "lomdm-rloo": {"schedule": "lomdm", "c1": 0.7, "c2": 0.65, "num_noise_samples": 2, "estimator": "rloo"},
     "lomdm-tcv1": {"schedule": "lomdm", "c1": 0.7, "c2": 0.65, "num_noise_samples": 1, "estimator": "tcv"},
+    "lomdm-ptcv": {"schedule": "lomdm", "c1": 0.7, "c2": 0.65, "num_noise_samples": 2, "estimator": "ptcv"},
     # Diagnostic variant (not in the default list): the schedulers at 10x the backbone's learning rate.
     "lomdm-slr10": {
         "schedule": "lomdm", "c1": 0.7, "c2": 0.65, "num_noise_samples": 2, "estimator": "rloo",

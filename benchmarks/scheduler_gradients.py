@@ -21,6 +21,11 @@ e with the denoiser's confidence at masked positions: the curriculum signal).
     python benchmarks/scheduler_gradients.py                 # ~15 min on one core: init and step 300
     python benchmarks/scheduler_gradients.py --steps 50 --batches 6 --output /tmp/g.json   # smoke run
     python benchmarks/scheduler_gradients.py --checkpoint runs/shakespeare-char   # a trained model's spread only
+    python benchmarks/scheduler_gradients.py --task max --output benchmarks/results/scheduler_gradients_max.json
+
+`--task max` runs the same measurement on a synthetic order task whose right order is known (causes before
+effects; a 2 x 64 LoMDM, rows of 16 tokens) and adds the cause contrast of e: the contrast to text, where the
+order is worth little.
 
 Spread scan (`--checkpoint` mode): the held-out NELBO of the trained model when its learned deviations from c1 are
 scaled by α (c2 -> α c2, forward and reverse together; α = 0 is the fixed `polynomial` schedule on the same
@@ -146,20 +151,54 @@ def measure(model, rows, args, state_seed):
     return out
 
 
+def task_rows(name: str):
+    """`--task`: the synthetic order task `name` (8 causes, 8 symbols: `benchmarks/order_tasks.py`'s default) and
+    its 2 x 64 LoMDM; rows without BOS, 20k training rows and 512 held-out ones."""
+    from order_zoo.synthetic import MASK_ID, order_task
+
+    task = order_task(name)
+    rows = {
+        split: torch.tensor(task.training_rows(n, torch.Generator().manual_seed(seed))["input_ids"])[:, 1:]
+        for split, n, seed in (("train", 20_000, 1000), ("val", 512, 99))
+    }
+    config = LoMDMConfig(
+        vocab_size=task.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=task.length + 1,
+        mask_token_id=MASK_ID,
+        pad_token_id=1,
+        bos_token_id=2,
+        eos_token_id=3,
+        schedule="lomdm",
+        scheduler_intermediate_size=128,
+        scheduler_head_size=32,
+    )
+    return task, rows["train"], rows["val"], config
+
+
 @torch.no_grad()
-def schedule_spread(model, rows):
-    """Within-row sd of e (clean rows), of ê (half-masked rows), and r(e, confidence) at masked positions."""
+def schedule_spread(model, rows, task=None):
+    """Within-row sd of e (clean rows), of ê (half-masked rows), and r(e, confidence) at masked positions; for an
+    order task also the contrast mean e(causes) - mean e(effects) (> 0: causes first, the right order)."""
     generator = torch.Generator().manual_seed(0)
     half = torch.rand(rows.shape, generator=generator) < 0.5
     e = model.forward_exponents(rows)
     out = model(rows.masked_fill(half, model.config.mask_token_id))
     confidence = out.logits.gather(-1, rows[..., None]).squeeze(-1).exp()[half]
     pair = torch.stack([e[half].double(), confidence.double()])
-    return {
+    spread = {
         "e_sd": float(e.std(-1).mean()),
         "e_hat_sd": float(out.reverse_exponents.std(-1).mean()),
         "r_e_confidence": float(torch.corrcoef(pair)[0, 1]) if float(e[half].std()) > 0 else math.nan,
     }
+    if task is not None:
+        from order_zoo.synthetic import exponent_contrast
+
+        spread["cause_contrast"] = exponent_contrast(e, task.cause_mask)
+    return spread
 
 
 @torch.no_grad()
@@ -256,13 +295,24 @@ def main(argv=None) -> None:
     parser.add_argument("--run-dir", "--run_dir", default="/tmp/scheduler_gradients_run")
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument(
+        "--task",
+        default=None,
+        choices=["max", "sort", "add"],
+        help="measure on this synthetic order task (benchmarks/order_zoo/synthetic.py) instead of the main job's text",
+    )
+    parser.add_argument(
         "--checkpoint",
         default=None,
         help="only report the schedule spread of this trained main-job checkpoint",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    tokenizer, train_rows, val_rows = char_rows(args.seed)
+    if args.task is not None:
+        task, train_rows, val_rows, config = task_rows(args.task)
+    else:
+        task = None
+        tokenizer, train_rows, val_rows = char_rows(args.seed)
+        config = LoMDMConfig(**tokenizer_config_kwargs(tokenizer), schedule="lomdm", **ARCH)
     if args.checkpoint is not None:
         trained = LoMDMForMaskedDiffusion.from_pretrained(args.checkpoint).eval()
         spread = schedule_spread(trained, val_rows[:64])
@@ -282,19 +332,17 @@ def main(argv=None) -> None:
             )
         return
     torch.manual_seed(args.seed)
-    model = LoMDMForMaskedDiffusion(
-        LoMDMConfig(**tokenizer_config_kwargs(tokenizer), schedule="lomdm", **ARCH)
-    ).train()
+    model = LoMDMForMaskedDiffusion(config).train()
     held_out = val_rows[:64]
     start = time.perf_counter()
     record = {"args": vars(args), "states": {}}
     record["states"]["init"] = {
         "gradients": measure(model, train_rows, args, 0),
-        **schedule_spread(model, held_out),
+        **schedule_spread(model, held_out, task),
     }
     s2, logs = train(model, train_rows, args)
     model.train()
-    after = {"gradients": measure(model, train_rows, args, 1), **schedule_spread(model, held_out)}
+    after = {"gradients": measure(model, train_rows, args, 1), **schedule_spread(model, held_out, task)}
     after["predicted_e_sd_random_walk"] = random_walk_prediction(model, held_out, s2)
     after["train_logs"] = logs
     record["states"][f"step {args.steps}"] = after
@@ -319,6 +367,8 @@ def main(argv=None) -> None:
             f"{state}: within-row sd e {res['e_sd']:.5f}, ê {res['e_hat_sd']:.5f}, "
             f"r(e, conf) {res['r_e_confidence']:+.3f}"
         )
+        if "cause_contrast" in res:
+            line += f", cause contrast of e {res['cause_contrast']:+.4f}"
         if "predicted_e_sd_random_walk" in res:
             line += f"; Adam random walk predicts e sd {res['predicted_e_sd_random_walk']:.5f}"
         print(line)
