@@ -118,15 +118,23 @@ def nelbo_with_scores(model, rows, score_fn, time_samples: int, seed: int) -> di
     }
 
 
+def minus_constant(res: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> dict[str, float]:
+    """L_main and the total NELBO of `res` minus those of the constant exponent, mean ± s.e. over the rows."""
+    out = {}
+    for part in ("main", "total"):
+        diff = res[part] - base[part]
+        out[f"{part}_minus_constant"] = float(diff.mean())
+        out[f"{part}_minus_constant_se"] = float(diff.std() / math.sqrt(len(diff)))
+    return out
+
+
 def train_with_designed_order(tokenizer, train_rows, val_rows, k: float, args) -> dict[str, torch.Tensor]:
     """Train the main-job model from scratch with the `whitespace` forward pattern at contrast k (0: the constant
     c1, i.e. `polynomial` with a reverse scheduler that learns ê = c1), then its held-out NELBO."""
-    from datasets import Dataset
-    from scheduler_gradients import ARCH
+    from scheduler_gradients import ARCH, main_job_trainer
 
     from hf_lomdm import LoMDMConfig
-    from hf_lomdm.data import DataCollatorForMaskedDiffusion, tokenizer_config_kwargs
-    from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
+    from hf_lomdm.data import tokenizer_config_kwargs
 
     ids = torch.tensor([tokenizer.convert_tokens_to_ids(c) for c in (" ", "\n")])
     score_fn = None if k == 0 else (lambda x: k * torch.isin(x, ids).float())
@@ -134,25 +142,7 @@ def train_with_designed_order(tokenizer, train_rows, val_rows, k: float, args) -
     model = LoMDMForMaskedDiffusion(
         LoMDMConfig(**tokenizer_config_kwargs(tokenizer), schedule="lomdm", **ARCH)
     )
-    trainer = LoMDMTrainer(
-        model=model,
-        args=LoMDMTrainingArguments(
-            output_dir=f"/tmp/order_headroom_k{k:g}",
-            max_steps=args.train_steps,
-            per_device_train_batch_size=16,
-            learning_rate=2e-3,
-            warmup_steps=40,
-            lr_scheduler_type="cosine",
-            logging_steps=100,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            disable_tqdm=True,
-            seed=args.seed,
-        ),
-        train_dataset=Dataset.from_dict({"input_ids": train_rows.tolist()}),
-        data_collator=DataCollatorForMaskedDiffusion(pad_token_id=model.config.pad_token_id),
-    )
+    trainer = main_job_trainer(model, train_rows, f"/tmp/order_headroom_k{k:g}", args.train_steps, args.seed)
     with designed_exponents(model, score_fn):
         trainer.train()
     model.eval()
@@ -176,10 +166,7 @@ def train_main(args, char_rows, start: float) -> None:
             "velocity": float((res["total"] - res["main"]).mean()),
         }
         if base is not None:
-            for part in ("main", "total"):
-                diff = res[part] - base[part]
-                row[f"{part}_minus_constant"] = float(diff.mean())
-                row[f"{part}_minus_constant_se"] = float(diff.std() / math.sqrt(len(diff)))
+            row |= minus_constant(res, base)
         table.append(row)
         print(
             f"trained with whitespace k {k:+g}: "
@@ -229,11 +216,7 @@ def main(argv=None) -> None:
         s = pattern_scores(model, tokenizer, rows, name)
         for k in contrasts:
             res = nelbo_with_scores(model, rows, tiled(k * s), args.time_samples, args.seed)
-            row = {"pattern": name, "k": k, "e_sd": float(res["e_sd"])}
-            for part in ("main", "total"):
-                diff = res[part] - base[part]
-                row[f"{part}_minus_constant"] = float(diff.mean())
-                row[f"{part}_minus_constant_se"] = float(diff.std() / math.sqrt(len(diff)))
+            row = {"pattern": name, "k": k, "e_sd": float(res["e_sd"]), **minus_constant(res, base)}
             table.append(row)
             print(
                 f"{name:14s} k {k:+5.1f}: e sd {row['e_sd']:.3f}, L_main − constant "

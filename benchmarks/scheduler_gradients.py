@@ -248,29 +248,43 @@ def random_walk_prediction(model, rows, s2: float, draws: int = 4):
     return sum(sds) / len(sds)
 
 
-def train(model, rows, args):
-    collate = DataCollatorForMaskedDiffusion(pad_token_id=model.config.pad_token_id)
-    trainer = LoMDMTrainer(
+def main_job_trainer(
+    model, rows: torch.Tensor, output_dir: str, steps: int, seed: int, **extra
+) -> LoMDMTrainer:
+    """`LoMDMTrainer` with the main job's optimisation (16 rows, AdamW 2e-3, 40 warm-up steps, cosine), no saving;
+    `extra` overrides training arguments (estimator, K, scheduler start)."""
+    return LoMDMTrainer(
         model=model,
         args=LoMDMTrainingArguments(
-            output_dir=args.run_dir,
-            max_steps=args.steps,
+            output_dir=output_dir,
+            max_steps=steps,
             per_device_train_batch_size=16,
             learning_rate=2e-3,
             warmup_steps=40,
             lr_scheduler_type="cosine",
-            estimator=args.train_estimator,
-            num_noise_samples=1 if args.train_estimator == "tcv" else 2,
-            scheduler_start_step=args.scheduler_start_step,
             logging_steps=50,
             save_strategy="no",
             report_to=[],
             use_cpu=True,
             disable_tqdm=True,
-            seed=args.seed,
+            seed=seed,
+            **extra,
         ),
         train_dataset=Dataset.from_dict({"input_ids": rows.tolist()}),
-        data_collator=collate,
+        data_collator=DataCollatorForMaskedDiffusion(pad_token_id=model.config.pad_token_id),
+    )
+
+
+def train(model, rows, args):
+    trainer = main_job_trainer(
+        model,
+        rows,
+        args.run_dir,
+        args.steps,
+        args.seed,
+        estimator=args.train_estimator,
+        num_noise_samples=1 if args.train_estimator == "tcv" else 2,
+        scheduler_start_step=args.scheduler_start_step,
     )
     # The schedulers' learning rate per step, as the Trainer runs it: 0 before the start, then the common schedule.
     dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-3)
