@@ -30,17 +30,20 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from order_zoo import ZOO, zoo_task
+from order_zoo.order_likelihood import ORDERS, order_likelihoods
 from order_zoo.synthetic import BOS_ID, EOS_ID, FIRST_ID, MASK_ID, PAD_ID
+from order_zoo.training import training_arguments
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments, set_seed
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
 from hf_lomdm.data import DataCollatorForMaskedDiffusion
 from hf_lomdm.evaluation import context_use
 from hf_lomdm.runtime import configure_threads
-from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
+from hf_lomdm.trainer import LoMDMTrainer
 
 RESULTS = Path(__file__).parent / "results"
 SCHEDULES = ("linear", "per_position", "lomdm")
+MIXED_WEIGHTS = (0.1, 0.3, 1.0)  # λ of the rules that rank by the denoiser's score + λ · standardised log ê
 SAMPLERS = {
     "random": {"order": "random"},  # schedule-driven with ê ≡ 1 (MDLM): a random number of reveals per step
     "random_ranked": {"order": "learned_ranked", "order_temperature": math.inf},  # fixed quotas, random order
@@ -50,9 +53,12 @@ SAMPLERS = {
     "learned": {"order": "learned"},  # schedule-driven with ê
     "ranked_t0": {"order": "learned_ranked", "order_temperature": 0.0},  # highest ê first
     "ranked_t1": {"order": "learned_ranked", "order_temperature": 1.0},  # Plackett-Luce draw with weights ê
+    **{f"confidence_e{w}": {"order": "confidence_learned", "order_weight": w} for w in MIXED_WEIGHTS},
+    **{f"margin_e{w}": {"order": "margin_learned", "order_weight": w} for w in MIXED_WEIGHTS},
 }
 LEARNED = ("learned", "ranked_t0", "ranked_t1")
 HEURISTICS = ("confidence", "margin", "entropy")
+MIXED = tuple(f"{score}_e{w}" for score in ("confidence", "margin") for w in MIXED_WEIGHTS)
 
 
 def binomial(solved: torch.Tensor) -> dict[str, float]:
@@ -69,25 +75,6 @@ def _training_data(task, args, seed: int) -> tuple[Dataset, DataCollatorForMaske
     puzzles = task.train_puzzles(args.steps * args.batch_size, torch.Generator().manual_seed(1000 + seed))
     return Dataset.from_dict(task.training_rows(*puzzles)), DataCollatorForMaskedDiffusion(
         pad_token_id=PAD_ID
-    )
-
-
-def _training_arguments(cls, name: str, seed: int, args, **extra):
-    return cls(
-        output_dir=f"/tmp/order_zoo/{name}-{seed}",
-        max_steps=args.steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        warmup_steps=args.steps // 10,
-        lr_scheduler_type="cosine",
-        logging_steps=max(args.steps // 10, 1),
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        use_cpu=True,
-        disable_tqdm=True,
-        **extra,
     )
 
 
@@ -138,46 +125,9 @@ def exponent_diagnostics(model, task, solutions, givens) -> dict[str, float]:
     }
 
 
-def confidence_times_exponent(
-    model, task, solutions, givens, steps: int, temperature: float, generator: torch.Generator
-) -> torch.Tensor:
-    """A prototype reveal rule (not in the package): fill each step's quota (as `confidence`) with the blanks of
-    highest p(sampled token) · ê, so the denoiser's state and the learned schedule both rank. Tokens are drawn
-    over the task's ids only (ids >= FIRST_ID). Returns the filled rows `(N, length)`."""
-    canvas = task.canvas(solutions, givens)
-    noise_mask = canvas == MASK_ID  # the set M, as `generate` passes it
-    total = noise_mask.sum(-1)  # (N,)
-    with torch.no_grad():
-        for k in range(steps):
-            masked = canvas == MASK_ID
-            out = model(canvas, noise_mask=noise_mask, output_exponents=True)
-            probs = out.logits[..., FIRST_ID : task.vocab_size].double().softmax(-1)  # (N, L, V')
-            probs = torch.where(masked[..., None], probs, 1.0 / probs.shape[-1])  # known cells: never read
-            if temperature == 0:
-                tokens = probs.argmax(-1)
-            else:
-                flat = (probs.reshape(-1, probs.shape[-1]) ** (1 / temperature)).clamp(min=1e-300)
-                tokens = torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:2])
-            confidence = probs.gather(-1, tokens[..., None]).squeeze(-1)
-            score = (confidence.log() + out.reverse_exponents.double().log()).masked_fill(~masked, -math.inf)
-            quota = (k + 1) * total // steps - k * total // steps  # (N,)
-            ranks = score.argsort(-1, descending=True).argsort(-1)
-            chosen = masked & (ranks < quota[:, None])
-            canvas = torch.where(chosen, tokens + FIRST_ID, canvas)
-    return canvas[:, 1:]
-
-
 def solve_rates(model, task, solutions, givens, args, seed: int) -> dict:
     rates = {}
     for steps in step_counts(task):
-        start = time.perf_counter()
-        rows = confidence_times_exponent(
-            model, task, solutions, givens, steps, args.temperature, torch.Generator().manual_seed(seed)
-        )
-        rates[f"conf_x_e@{steps}"] = {
-            **binomial(task.is_solved(rows, solutions, givens)),
-            "s_per_pass": (time.perf_counter() - start) / steps,
-        }
         for label, settings in SAMPLERS.items():
             start = time.perf_counter()
             out = model.generate(
@@ -211,7 +161,7 @@ def run_diffusion(task, schedule: str, seed: int, args, test) -> dict:
     data, collator = _training_data(task, args, seed)
     trainer = LoMDMTrainer(
         model=model,
-        args=_training_arguments(LoMDMTrainingArguments, f"{task.name}-{schedule}", seed, args),
+        args=training_arguments(f"order_zoo/{task.name}-{schedule}", seed, args),
         train_dataset=data,
         data_collator=collator,
     )
@@ -228,7 +178,7 @@ def run_diffusion(task, schedule: str, seed: int, args, test) -> dict:
         max_sequences=128,
         generator=torch.Generator().manual_seed(0),
     )
-    return {
+    record = {
         "task": task.name,
         "model": schedule,
         "seed": seed,
@@ -240,6 +190,9 @@ def run_diffusion(task, schedule: str, seed: int, args, test) -> dict:
         "exponents": exponent_diagnostics(model, task, solutions, givens),
         "solved": solve_rates(model, task, solutions, givens, args, seed),
     }
+    if args.order_nll:
+        record["order_nll"] = order_likelihoods(model, task, solutions, givens, seed)
+    return record
 
 
 def ar_fill(model, task, solutions, givens, temperature: float, generator) -> torch.Tensor:
@@ -266,7 +219,7 @@ def run_ar(task, seed: int, args, test) -> dict:
     data, collator = _training_data(task, args, seed)
     trainer = Trainer(
         model=model,
-        args=_training_arguments(TrainingArguments, f"{task.name}-ar", seed, args),
+        args=training_arguments(f"order_zoo/{task.name}-ar", seed, args, cls=TrainingArguments),
         train_dataset=data,
         data_collator=collator,
     )
@@ -317,6 +270,76 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
+def _seed_stat(values: list[float]) -> str:
+    """`mean ± seed-level s.e.` (the mean alone for one seed)."""
+    mean = statistics.fmean(values)
+    return f"{mean:+.3f}" + (
+        f" ± {statistics.stdev(values) / math.sqrt(len(values)):.3f}" if len(values) > 1 else ""
+    )
+
+
+def verdicts(summary: list[dict]) -> list[str]:
+    """Markdown rows: per task, model and step count, the best sampler of each family (by seed mean) and its
+    per-seed difference to the best heuristic, mean ± seed-level s.e."""
+    lines = [
+        "| task | model | steps | best heuristic | best learned − it | best mixed − it | random_ranked − it |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = {(r["task"], r["model"], r["sampler"]): r for r in summary}
+    for task, model, key in rows:
+        label, steps = key.split("@")
+        if label != "confidence":
+            continue
+
+        def best(family) -> dict | None:
+            found = [rows.get((task, model, f"{name}@{steps}")) for name in family]
+            found = [r for r in found if r is not None]
+            return max(found, key=lambda r: r["mean"]) if found else None
+
+        heuristic = best(HEURISTICS)
+        cells = []
+        for family in (LEARNED, MIXED, ("random_ranked",)):
+            other = best(family)
+            if other is None:
+                cells.append("—")
+                continue
+            difference = [a[1] - b[1] for a, b in zip(other["per_seed"], heuristic["per_seed"])]
+            cells.append(f"{other['sampler'].split('@')[0]}: {_seed_stat(difference)}")
+        lines.append(
+            f"| {task} | {model} | {steps} | {heuristic['sampler'].split('@')[0]} {heuristic['mean']:.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
+
+
+def order_nll_lines(records: list[dict]) -> list[str]:
+    """Markdown rows: per task and model, each order's teacher-forced NLL per puzzle and its gap to a random
+    order, seed mean ± seed-level s.e. (per seed: ± the s.e. over puzzles in the JSON)."""
+    runs = [r for r in records if "order_nll" in r]
+    if not runs:
+        return []
+    gapped = [o for o in ORDERS if o != "random"]
+    lines = [
+        "",
+        "Teacher-forced NLL of the held-out solutions (nats per puzzle, one blank per pass; exact denoiser: 0 for "
+        "every order), seed mean ± seed-level s.e.; gap = order − random, per seed then averaged:",
+        "",
+        "| task | model | seeds | "
+        + " | ".join(ORDERS)
+        + " | "
+        + " | ".join(f"gap {o}" for o in gapped)
+        + " |",
+        "|---|---|---|" + "---|" * (len(ORDERS) + len(gapped)),
+    ]
+    for task, model in dict.fromkeys((r["task"], r["model"]) for r in runs):
+        group = [r for r in runs if r["task"] == task and r["model"] == model]
+        nll = [_seed_stat([r["order_nll"][o]["nll"] for r in group]) for o in ORDERS]
+        gap = [_seed_stat([r["order_nll"][o]["gap_to_random"] for r in group]) for o in gapped]
+        lines.append(f"| {task} | {model} | {len(group)} | " + " | ".join(nll + gap) + " |")
+    return lines
+
+
 def markdown(summary: list[dict], records: list[dict]) -> str:
     lines = [
         "| task | model | sampler @ steps | solved per seed (± binomial s.e.) | seed mean ± s.e. | ms / pass |",
@@ -348,7 +371,13 @@ def markdown(summary: list[dict], records: list[dict]) -> str:
             f"{r['final_loss']} | {use} | {e.get('spearman_with_known_order', nan):+.3f} | "
             f"{e.get('sd_across_puzzles_at_a_cell', nan):.4f} | {e.get('sd_within_puzzle', nan):.4f} |"
         )
-    return "\n".join(lines)
+    lines += [
+        "",
+        "Best of each family against the best heuristic (per-seed differences):",
+        "",
+        *verdicts(summary),
+    ]
+    return "\n".join(lines + order_nll_lines(records))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -364,6 +393,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument(
+        "--order_nll",
+        action="store_true",
+        help="also the teacher-forced NLL of the solutions under each order",
+    )
     parser.add_argument("--output", default=str(RESULTS / "order_zoo"))
     args = parser.parse_args(argv)
     unknown = set(args.tasks.split(",")) - set(ZOO)
