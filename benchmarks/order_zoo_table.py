@@ -161,7 +161,16 @@ def run_diffusion(task, schedule: str, seed: int, args, test) -> dict:
     data, collator = _training_data(task, args, seed)
     trainer = LoMDMTrainer(
         model=model,
-        args=training_arguments(f"order_zoo/{task.name}-{schedule}", seed, args),
+        args=training_arguments(
+            f"order_zoo/{task.name}-{schedule}",
+            seed,
+            args,
+            **(
+                {"scheduler_learning_rate": args.scheduler_learning_rate}
+                if args.scheduler_learning_rate
+                else {}
+            ),
+        ),
         train_dataset=data,
         data_collator=collator,
     )
@@ -399,6 +408,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument(
+        "--scheduler_learning_rate",
+        type=float,
+        default=None,
+        help="default: the package's LoMDMTrainingArguments default",
+    )
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument(
