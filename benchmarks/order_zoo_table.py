@@ -14,7 +14,12 @@ only it masked over loss with every blank masked: ≈ 1 means the denoiser ignor
 order can help), and for the reverse exponents ê on the puzzle's canvas: their Spearman correlation with the
 task's known order (`known_order`, over the blanks of each puzzle) and their spread across puzzles at one cell
 (a state-dependent schedule adapts to the givens only if that spread is not 0). Writes
-`benchmarks/results/order_zoo.{json,md}`.
+`benchmarks/results/order_zoo.{json,md}`; `--combine a.json,b.json` tables the runs of earlier files together.
+
+The samplers `confidence_e{λ}` / `margin_e{λ}` are the package's `confidence_learned` / `margin_learned` rules
+(score + λ · standardised log ê). With `--order_nll`, each diffusion model also gets the teacher-forced NLL of
+the held-out solutions under the orders of `order_zoo.order_likelihood` and its NELBO per puzzle: how much the
+likelihood, hence the scheduler's training signal, depends on the order.
 """
 
 from __future__ import annotations
@@ -422,10 +427,22 @@ def main(argv: list[str] | None = None) -> dict:
         help="also the teacher-forced NLL of the solutions under each order",
     )
     parser.add_argument("--output", default=str(RESULTS / "order_zoo"))
+    parser.add_argument(
+        "--combine",
+        default=None,
+        help="comma-separated result JSONs: table their runs together, train nothing",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.tasks.split(",")) - set(ZOO)
     if unknown:
         parser.error(f"unknown tasks {sorted(unknown)}; choose from {tuple(ZOO)}")
+    command = "python benchmarks/order_zoo_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.combine:  # no training: table the runs of earlier result files together
+        records = [r for path in args.combine.split(",") for r in json.loads(Path(path).read_text())["runs"]]
+        result = {"command": command, "summary": summarize(records), "runs": records}
+        Path(args.output + ".json").write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.output + ".md").write_text(markdown(result["summary"], records) + "\n")
+        return result
     threads = configure_threads()
     records = []
     for name in args.tasks.split(","):
@@ -447,8 +464,7 @@ def main(argv: list[str] | None = None) -> dict:
                     flush=True,
                 )
                 result = {
-                    "command": "python benchmarks/order_zoo_table.py "
-                    + " ".join(sys.argv[1:] if argv is None else argv),
+                    "command": command,
                     "threads": threads,
                     "args": vars(args),
                     "summary": summarize(records),
