@@ -17,9 +17,11 @@ task's known order (`known_order`, over the blanks of each puzzle) and their spr
 `benchmarks/results/order_zoo.{json,md}`; `--combine a.json,b.json` tables the runs of earlier files together.
 
 The samplers `confidence_e{λ}` / `margin_e{λ}` are the package's `confidence_learned` / `margin_learned` rules
-(score + λ · standardised log ê). With `--order_nll`, each diffusion model also gets the teacher-forced NLL of
-the held-out solutions under the orders of `order_zoo.order_likelihood` and its NELBO per puzzle: how much the
-likelihood, hence the scheduler's training signal, depends on the order.
+(score + λ · standardised log ê); `confidence_noise{λ}` is their control, the same rule with ê replaced by
+uniform noise (a perturbation of the confidence order with no learned order in it). With `--order_nll`, each
+diffusion model also gets the teacher-forced NLL of the held-out solutions under the orders of
+`order_zoo.order_likelihood` and its NELBO per puzzle: how much the likelihood, hence the scheduler's training
+signal, depends on the order. `--forward_reads_givens` trains `GivensForwardLoMDM` (a research variant).
 """
 
 from __future__ import annotations
@@ -130,10 +132,29 @@ def exponent_diagnostics(model, task, solutions, givens) -> dict[str, float]:
     }
 
 
+def _random_exponents(generator: torch.Generator):
+    """A forward hook that replaces the model's ê by uniform draws in [0.5, 1.5): the control of the mixed rules
+    (same perturbation of the score, no learned order in it)."""
+
+    def hook(module, inputs, output):
+        if output.reverse_exponents is not None:
+            shape = output.reverse_exponents.shape
+            output.reverse_exponents = 0.5 + torch.rand(shape, generator=generator).to(
+                output.reverse_exponents
+            )
+        return output
+
+    return hook
+
+
 def solve_rates(model, task, solutions, givens, args, seed: int) -> dict:
     rates = {}
+    controls = {f"confidence_noise{w}": SAMPLERS[f"confidence_e{w}"] for w in MIXED_WEIGHTS[:2]}
     for steps in step_counts(task):
-        for label, settings in SAMPLERS.items():
+        for label, settings in {**SAMPLERS, **controls}.items():
+            hook = None
+            if label in controls:
+                hook = model.register_forward_hook(_random_exponents(torch.Generator().manual_seed(seed + 7)))
             start = time.perf_counter()
             out = model.generate(
                 task.canvas(solutions, givens),
@@ -145,6 +166,8 @@ def solve_rates(model, task, solutions, givens, args, seed: int) -> dict:
                 **settings,
             )
             seconds = time.perf_counter() - start
+            if hook is not None:
+                hook.remove()
             rows = out.sequences[:, 1:]
             rates[f"{label}@{steps}"] = {
                 **binomial(task.is_solved(rows, solutions, givens)),
