@@ -28,13 +28,14 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from order_zoo.synthetic import MASK_ID, TASKS, exponent_contrast, order_task
+from order_zoo.training import training_arguments
 from transformers import TrainerCallback, set_seed
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
 from hf_lomdm.data import DataCollatorForMaskedDiffusion
 from hf_lomdm.evaluation import nelbo_perplexity
 from hf_lomdm.runtime import configure_threads
-from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
+from hf_lomdm.trainer import LoMDMTrainer
 
 RESULTS = Path(__file__).parent / "results"
 SCHEDULES = ("linear", "polynomial", "per_position", "lomdm")
@@ -98,20 +99,10 @@ def run(task_name: str, schedule: str, seed: int, args) -> dict:
     train_rows = task.training_rows(args.steps * args.batch_size, torch.Generator().manual_seed(1000 + seed))
     val = task.training_rows(args.eval_rows, torch.Generator().manual_seed(99))  # the same for every run
     val_rows = torch.tensor(val["input_ids"])[:, 1:]
-    training_args = LoMDMTrainingArguments(
-        output_dir=f"/tmp/order_tasks/{task_name}-{schedule}-{seed}",
-        max_steps=args.steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        warmup_steps=args.steps // 10,
-        lr_scheduler_type="cosine",
-        logging_steps=max(args.steps // 10, 1),
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        use_cpu=True,
-        disable_tqdm=True,
+    training_args = training_arguments(
+        f"order_tasks/{task_name}-{schedule}",
+        seed,
+        args,
         **({"scheduler_learning_rate": args.scheduler_learning_rate} if args.scheduler_learning_rate else {}),
     )
     log = _ContrastLog(model, task, val_rows[:256], every=max(args.steps // 10, 1))

@@ -14,7 +14,14 @@ only it masked over loss with every blank masked: ≈ 1 means the denoiser ignor
 order can help), and for the reverse exponents ê on the puzzle's canvas: their Spearman correlation with the
 task's known order (`known_order`, over the blanks of each puzzle) and their spread across puzzles at one cell
 (a state-dependent schedule adapts to the givens only if that spread is not 0). Writes
-`benchmarks/results/order_zoo.{json,md}`.
+`benchmarks/results/order_zoo.{json,md}`; `--combine a.json,b.json` tables the runs of earlier files together.
+
+The samplers `confidence_e{λ}` / `margin_e{λ}` are the package's `confidence_learned` / `margin_learned` rules
+(score + λ · standardised log ê); `confidence_noise{λ}` is their control, the same rule with ê replaced by
+uniform noise (a perturbation of the confidence order with no learned order in it). With `--order_nll`, each
+diffusion model also gets the teacher-forced NLL of the held-out solutions under the orders of
+`order_zoo.order_likelihood` and its NELBO per puzzle: how much the likelihood, hence the scheduler's training
+signal, depends on the order. `--forward_reads_givens` trains `GivensForwardLoMDM` (a research variant).
 """
 
 from __future__ import annotations
@@ -30,17 +37,20 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from order_zoo import ZOO, zoo_task
+from order_zoo.order_likelihood import ORDERS, order_likelihoods
 from order_zoo.synthetic import BOS_ID, EOS_ID, FIRST_ID, MASK_ID, PAD_ID
+from order_zoo.training import training_arguments
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments, set_seed
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
 from hf_lomdm.data import DataCollatorForMaskedDiffusion
-from hf_lomdm.evaluation import context_use
+from hf_lomdm.evaluation import context_use, nelbo_perplexity
 from hf_lomdm.runtime import configure_threads
-from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
+from hf_lomdm.trainer import LoMDMTrainer
 
 RESULTS = Path(__file__).parent / "results"
 SCHEDULES = ("linear", "per_position", "lomdm")
+MIXED_WEIGHTS = (0.1, 0.3, 1.0)  # λ of the rules that rank by the denoiser's score + λ · standardised log ê
 SAMPLERS = {
     "random": {"order": "random"},  # schedule-driven with ê ≡ 1 (MDLM): a random number of reveals per step
     "random_ranked": {"order": "learned_ranked", "order_temperature": math.inf},  # fixed quotas, random order
@@ -50,9 +60,12 @@ SAMPLERS = {
     "learned": {"order": "learned"},  # schedule-driven with ê
     "ranked_t0": {"order": "learned_ranked", "order_temperature": 0.0},  # highest ê first
     "ranked_t1": {"order": "learned_ranked", "order_temperature": 1.0},  # Plackett-Luce draw with weights ê
+    **{f"confidence_e{w}": {"order": "confidence_learned", "order_weight": w} for w in MIXED_WEIGHTS},
+    **{f"margin_e{w}": {"order": "margin_learned", "order_weight": w} for w in MIXED_WEIGHTS},
 }
 LEARNED = ("learned", "ranked_t0", "ranked_t1")
 HEURISTICS = ("confidence", "margin", "entropy")
+MIXED = tuple(f"{score}_e{w}" for score in ("confidence", "margin") for w in MIXED_WEIGHTS)
 
 
 def binomial(solved: torch.Tensor) -> dict[str, float]:
@@ -69,25 +82,6 @@ def _training_data(task, args, seed: int) -> tuple[Dataset, DataCollatorForMaske
     puzzles = task.train_puzzles(args.steps * args.batch_size, torch.Generator().manual_seed(1000 + seed))
     return Dataset.from_dict(task.training_rows(*puzzles)), DataCollatorForMaskedDiffusion(
         pad_token_id=PAD_ID
-    )
-
-
-def _training_arguments(cls, name: str, seed: int, args, **extra):
-    return cls(
-        output_dir=f"/tmp/order_zoo/{name}-{seed}",
-        max_steps=args.steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        warmup_steps=args.steps // 10,
-        lr_scheduler_type="cosine",
-        logging_steps=max(args.steps // 10, 1),
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        use_cpu=True,
-        disable_tqdm=True,
-        **extra,
     )
 
 
@@ -138,47 +132,29 @@ def exponent_diagnostics(model, task, solutions, givens) -> dict[str, float]:
     }
 
 
-def confidence_times_exponent(
-    model, task, solutions, givens, steps: int, temperature: float, generator: torch.Generator
-) -> torch.Tensor:
-    """A prototype reveal rule (not in the package): fill each step's quota (as `confidence`) with the blanks of
-    highest p(sampled token) · ê, so the denoiser's state and the learned schedule both rank. Tokens are drawn
-    over the task's ids only (ids >= FIRST_ID). Returns the filled rows `(N, length)`."""
-    canvas = task.canvas(solutions, givens)
-    noise_mask = canvas == MASK_ID  # the set M, as `generate` passes it
-    total = noise_mask.sum(-1)  # (N,)
-    with torch.no_grad():
-        for k in range(steps):
-            masked = canvas == MASK_ID
-            out = model(canvas, noise_mask=noise_mask, output_exponents=True)
-            probs = out.logits[..., FIRST_ID : task.vocab_size].double().softmax(-1)  # (N, L, V')
-            probs = torch.where(masked[..., None], probs, 1.0 / probs.shape[-1])  # known cells: never read
-            if temperature == 0:
-                tokens = probs.argmax(-1)
-            else:
-                flat = (probs.reshape(-1, probs.shape[-1]) ** (1 / temperature)).clamp(min=1e-300)
-                tokens = torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:2])
-            confidence = probs.gather(-1, tokens[..., None]).squeeze(-1)
-            score = (confidence.log() + out.reverse_exponents.double().log()).masked_fill(~masked, -math.inf)
-            quota = (k + 1) * total // steps - k * total // steps  # (N,)
-            ranks = score.argsort(-1, descending=True).argsort(-1)
-            chosen = masked & (ranks < quota[:, None])
-            canvas = torch.where(chosen, tokens + FIRST_ID, canvas)
-    return canvas[:, 1:]
+def _random_exponents(generator: torch.Generator):
+    """A forward hook that replaces the model's ê by uniform draws in [0.5, 1.5): the control of the mixed rules
+    (same perturbation of the score, no learned order in it)."""
+
+    def hook(module, inputs, output):
+        if output.reverse_exponents is not None:
+            shape = output.reverse_exponents.shape
+            output.reverse_exponents = 0.5 + torch.rand(shape, generator=generator).to(
+                output.reverse_exponents
+            )
+        return output
+
+    return hook
 
 
 def solve_rates(model, task, solutions, givens, args, seed: int) -> dict:
     rates = {}
+    controls = {f"confidence_noise{w}": SAMPLERS[f"confidence_e{w}"] for w in MIXED_WEIGHTS[:2]}
     for steps in step_counts(task):
-        start = time.perf_counter()
-        rows = confidence_times_exponent(
-            model, task, solutions, givens, steps, args.temperature, torch.Generator().manual_seed(seed)
-        )
-        rates[f"conf_x_e@{steps}"] = {
-            **binomial(task.is_solved(rows, solutions, givens)),
-            "s_per_pass": (time.perf_counter() - start) / steps,
-        }
-        for label, settings in SAMPLERS.items():
+        for label, settings in {**SAMPLERS, **controls}.items():
+            hook = None
+            if label in controls:
+                hook = model.register_forward_hook(_random_exponents(torch.Generator().manual_seed(seed + 7)))
             start = time.perf_counter()
             out = model.generate(
                 task.canvas(solutions, givens),
@@ -190,12 +166,27 @@ def solve_rates(model, task, solutions, givens, args, seed: int) -> dict:
                 **settings,
             )
             seconds = time.perf_counter() - start
+            if hook is not None:
+                hook.remove()
             rows = out.sequences[:, 1:]
             rates[f"{label}@{steps}"] = {
                 **binomial(task.is_solved(rows, solutions, givens)),
                 "s_per_pass": seconds / max(int(out.nfe.max()), 1),
             }
     return rates
+
+
+class GivensForwardLoMDM(LoMDMForMaskedDiffusion):
+    """A research variant (`--forward_reads_givens`), not in the package: the forward scheduler reads the features
+    of the puzzle (x with its blanks masked) instead of those of the clean row x. In the package g_φ reads f(x),
+    and a clean row shows no givens, so e(x) can depend on which cells are given only through NormSig's centring
+    over M; ê, trained to match e, then has no reason to follow the givens either. Here e is still a function of
+    x (the NELBO stays a bound), but one that sees the givens, as ê does."""
+
+    def forward_exponents(self, input_ids, attention_mask=None, noise_mask=None, position_ids=None, **kwargs):
+        if noise_mask is not None:
+            input_ids = input_ids.masked_fill(noise_mask.bool(), self.config.mask_token_id)
+        return super().forward_exponents(input_ids, attention_mask, noise_mask, position_ids, **kwargs)
 
 
 def run_diffusion(task, schedule: str, seed: int, args, test) -> dict:
@@ -207,11 +198,20 @@ def run_diffusion(task, schedule: str, seed: int, args, test) -> dict:
         scheduler_intermediate_size=2 * args.hidden_size,
         scheduler_head_size=args.hidden_size // 2,
     )
-    model = LoMDMForMaskedDiffusion(config)
+    model = (GivensForwardLoMDM if args.forward_reads_givens else LoMDMForMaskedDiffusion)(config)
     data, collator = _training_data(task, args, seed)
     trainer = LoMDMTrainer(
         model=model,
-        args=_training_arguments(LoMDMTrainingArguments, f"{task.name}-{schedule}", seed, args),
+        args=training_arguments(
+            f"order_zoo/{task.name}-{schedule}",
+            seed,
+            args,
+            **(
+                {"scheduler_learning_rate": args.scheduler_learning_rate}
+                if args.scheduler_learning_rate
+                else {}
+            ),
+        ),
         train_dataset=data,
         data_collator=collator,
     )
@@ -228,9 +228,9 @@ def run_diffusion(task, schedule: str, seed: int, args, test) -> dict:
         max_sequences=128,
         generator=torch.Generator().manual_seed(0),
     )
-    return {
+    record = {
         "task": task.name,
-        "model": schedule,
+        "model": schedule + ("+givens" if args.forward_reads_givens else ""),
         "seed": seed,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_s_per_step": seconds / args.steps,
@@ -240,6 +240,19 @@ def run_diffusion(task, schedule: str, seed: int, args, test) -> dict:
         "exponents": exponent_diagnostics(model, task, solutions, givens),
         "solved": solve_rates(model, task, solutions, givens, args, seed),
     }
+    if args.order_nll:
+        record["order_nll"] = order_likelihoods(model, task, solutions, givens, seed)
+        bound = nelbo_perplexity(  # an expectation over reveal orders: `random`'s NLL for `linear`
+            model,
+            [{"input_ids": i, "labels": label} for i, label in zip(rows["input_ids"], rows["labels"])],
+            time_samples=16,
+            generator=torch.Generator().manual_seed(0),
+        )
+        record["nelbo_per_puzzle"] = {
+            "nelbo": bound.nelbo * task.num_blanks,
+            "se": bound.stderr * task.num_blanks,
+        }
+    return record
 
 
 def ar_fill(model, task, solutions, givens, temperature: float, generator) -> torch.Tensor:
@@ -266,7 +279,7 @@ def run_ar(task, seed: int, args, test) -> dict:
     data, collator = _training_data(task, args, seed)
     trainer = Trainer(
         model=model,
-        args=_training_arguments(TrainingArguments, f"{task.name}-ar", seed, args),
+        args=training_arguments(f"order_zoo/{task.name}-ar", seed, args, cls=TrainingArguments),
         train_dataset=data,
         data_collator=collator,
     )
@@ -317,6 +330,74 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
+def _seed_stat(values: list[float]) -> str:
+    """`mean ± seed-level s.e.` (the mean alone for one seed)."""
+    mean = statistics.fmean(values)
+    return f"{mean:+.3f}" + (
+        f" ± {statistics.stdev(values) / math.sqrt(len(values)):.3f}" if len(values) > 1 else ""
+    )
+
+
+def verdicts(summary: list[dict]) -> list[str]:
+    """Markdown rows: per task, model and step count, the best sampler of each family (by seed mean) and its
+    per-seed difference to the best heuristic, mean ± seed-level s.e."""
+    lines = [
+        "| task | model | steps | best heuristic | best learned − it | best mixed − it | random_ranked − it |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = {(r["task"], r["model"], r["sampler"]): r for r in summary}
+    for task, model, key in rows:
+        label, steps = key.split("@")
+        if label != "confidence":
+            continue
+
+        def best(family) -> dict | None:
+            found = [rows.get((task, model, f"{name}@{steps}")) for name in family]
+            found = [r for r in found if r is not None]
+            return max(found, key=lambda r: r["mean"]) if found else None
+
+        heuristic = best(HEURISTICS)
+        cells = []
+        for family in (LEARNED, MIXED, ("random_ranked",)):
+            other = best(family)
+            if other is None:
+                cells.append("—")
+                continue
+            difference = [a[1] - b[1] for a, b in zip(other["per_seed"], heuristic["per_seed"])]
+            cells.append(f"{other['sampler'].split('@')[0]}: {_seed_stat(difference)}")
+        lines.append(
+            f"| {task} | {model} | {steps} | {heuristic['sampler'].split('@')[0]} {heuristic['mean']:.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
+
+
+def order_nll_lines(records: list[dict]) -> list[str]:
+    """Markdown rows: per task and model, each order's teacher-forced NLL per puzzle and its gap to a random
+    order, seed mean ± seed-level s.e. (per seed: ± the s.e. over puzzles in the JSON)."""
+    runs = [r for r in records if "order_nll" in r]
+    if not runs:
+        return []
+    gapped = [o for o in ORDERS if o != "random"]
+    lines = [
+        "",
+        "Teacher-forced NLL of the held-out solutions (nats per puzzle, one blank per pass; exact denoiser: 0 for "
+        "every order) beside the model's NELBO per puzzle, seed mean ± seed-level s.e.; gap = order − random, per "
+        "seed then averaged:",
+        "",
+        "| task | model | seeds | NELBO | " + " | ".join([*ORDERS, *(f"gap {o}" for o in gapped)]) + " |",
+        "|---|---|---|---|" + "---|" * (len(ORDERS) + len(gapped)),
+    ]
+    for task, model in dict.fromkeys((r["task"], r["model"]) for r in runs):
+        group = [r for r in runs if r["task"] == task and r["model"] == model]
+        nll = [_seed_stat([r["order_nll"][o]["nll"] for r in group]) for o in ORDERS]
+        gap = [_seed_stat([r["order_nll"][o]["gap_to_random"] for r in group]) for o in gapped]
+        nelbo = _seed_stat([r["nelbo_per_puzzle"]["nelbo"] for r in group])
+        lines.append(f"| {task} | {model} | {len(group)} | {nelbo} | " + " | ".join(nll + gap) + " |")
+    return lines
+
+
 def markdown(summary: list[dict], records: list[dict]) -> str:
     lines = [
         "| task | model | sampler @ steps | solved per seed (± binomial s.e.) | seed mean ± s.e. | ms / pass |",
@@ -348,7 +429,13 @@ def markdown(summary: list[dict], records: list[dict]) -> str:
             f"{r['final_loss']} | {use} | {e.get('spearman_with_known_order', nan):+.3f} | "
             f"{e.get('sd_across_puzzles_at_a_cell', nan):.4f} | {e.get('sd_within_puzzle', nan):.4f} |"
         )
-    return "\n".join(lines)
+    lines += [
+        "",
+        "Best of each family against the best heuristic (per-seed differences):",
+        "",
+        *verdicts(summary),
+    ]
+    return "\n".join(lines + order_nll_lines(records))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -362,13 +449,41 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument(
+        "--scheduler_learning_rate",
+        type=float,
+        default=None,
+        help="default: the package's LoMDMTrainingArguments default",
+    )
+    parser.add_argument(
+        "--forward_reads_givens",
+        action="store_true",
+        help="research variant: the forward scheduler reads the puzzle, not the clean row (`GivensForwardLoMDM`)",
+    )
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument(
+        "--order_nll",
+        action="store_true",
+        help="also the teacher-forced NLL of the solutions under each order",
+    )
     parser.add_argument("--output", default=str(RESULTS / "order_zoo"))
+    parser.add_argument(
+        "--combine",
+        default=None,
+        help="comma-separated result JSONs: table their runs together, train nothing",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.tasks.split(",")) - set(ZOO)
     if unknown:
         parser.error(f"unknown tasks {sorted(unknown)}; choose from {tuple(ZOO)}")
+    command = "python benchmarks/order_zoo_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.combine:  # no training: table the runs of earlier result files together
+        records = [r for path in args.combine.split(",") for r in json.loads(Path(path).read_text())["runs"]]
+        result = {"command": command, "summary": summarize(records), "runs": records}
+        Path(args.output + ".json").write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.output + ".md").write_text(markdown(result["summary"], records) + "\n")
+        return result
     threads = configure_threads()
     records = []
     for name in args.tasks.split(","):
@@ -390,8 +505,7 @@ def main(argv: list[str] | None = None) -> dict:
                     flush=True,
                 )
                 result = {
-                    "command": "python benchmarks/order_zoo_table.py "
-                    + " ".join(sys.argv[1:] if argv is None else argv),
+                    "command": command,
                     "threads": threads,
                     "args": vars(args),
                     "summary": summarize(records),

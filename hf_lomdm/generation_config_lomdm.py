@@ -4,9 +4,9 @@ Hub-facing: this file ships inside checkpoints (trust_remote_code), so it import
 its `*_lomdm.py` siblings, through single-dot imports (`from .x import y`): transformers copies exactly those
 into a saved folder.
 
-The valid `order` values, and the settings only some orders take (`eps`, `threshold`, `order_temperature`), are
-declared by the reveal-rule registry (`reveal_lomdm.REVEAL_RULES`, `REVEAL_OPTIONS`); the config asks it and
-holds no list of its own, so the config and the sampler cannot disagree on them.
+The valid `order` values, and the settings only some orders take (`eps`, `threshold`, `order_temperature`,
+`order_weight`), are declared by the reveal-rule registry (`reveal_lomdm.REVEAL_RULES`, `REVEAL_OPTIONS`); the
+config asks it and holds no list of its own, so the config and the sampler cannot disagree on them.
 
 The argument names of other diffusion LMs' samplers (Dream's `diffusion_generate`, LLaDA's `generate`) are
 translated here, in `SETTING_ALIASES`, into the LoMDM settings of the same meaning; a value with no LoMDM
@@ -130,19 +130,24 @@ class LoMDMGenerationConfig(GenerationConfig):
             `random` and one token per pass for the other orders. Never more passes than `steps` per row.
         order (`str`, defaults to `"learned"`): `learned` (the model's reverse schedule ê), `random` (ê ≡ 1,
             MDLM), `confidence` (probability of the sampled token), `margin` (top-1 minus top-2 probability),
-            `entropy` (lowest entropy first), `left_to_right`, or `learned_ranked` (a fixed number of reveals per
-            step, in the order the learned exponents ê rank the positions; see `order_temperature`).
+            `entropy` (lowest entropy first), `left_to_right`, `learned_ranked` (a fixed number of reveals per
+            step, in the order the learned exponents ê rank the positions; see `order_temperature`), or
+            `confidence_learned` / `margin_learned` (the same quotas, ranked by the confidence / margin score plus
+            `order_weight` times the standardised log ê).
         order_temperature (`float`, *optional*): Only with `order="learned_ranked"`: 0 (the default) reveals the
             highest ê first (the learned schedule's most likely order), 1 draws the order from the learned order
             distribution (Plackett-Luce with weights ê), values in between sharpen it (weights ê^(1/τ)), and
             `float("inf")` ignores ê (a uniformly random order with the same number of reveals per step).
+        order_weight (`float`, *optional*): Only with `order="confidence_learned"` / `"margin_learned"`: λ ≥ 0,
+            the weight of log ê (standardised over the row's masked positions) against the score; 1 by default, 0
+            is plain `confidence` / `margin`, `float("inf")` ranks by ê (the score breaks ties).
         threshold (`float`, *optional*): Only with `order="confidence"`: also reveal every position whose
             sampled token has probability ≥ `threshold`; at least one token per row per step.
         block_length (`int`, *optional*): Semi-autoregressive blocks of this many new tokens, generated left
             to right (`max_new_tokens` and `steps` must split evenly). Not available with infilling.
         eps (`float`, defaults to 0.0): Only with `order="learned"` / `"random"`: MDLM's time truncation; once t
             would fall below `eps`, every remaining position is revealed at once. 0 keeps the sampler exact.
-            (Which order takes which of these three settings is declared by `reveal_lomdm.REVEAL_RULES`; setting
+            (Which order takes which of these four settings is declared by `reveal_lomdm.REVEAL_RULES`; setting
             one for another order raises.)
 
         > Caches
@@ -196,6 +201,7 @@ class LoMDMGenerationConfig(GenerationConfig):
         self.order: str = kwargs.pop("order", "learned")
         self.threshold: float | None = kwargs.pop("threshold", None)
         self.order_temperature: float | None = kwargs.pop("order_temperature", None)
+        self.order_weight: float | None = kwargs.pop("order_weight", None)
         self.block_length: int | None = kwargs.pop("block_length", None)
         self.eps: float = kwargs.pop("eps", 0.0)
         self.use_cache: bool = kwargs.pop("use_cache", True)

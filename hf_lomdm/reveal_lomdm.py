@@ -7,8 +7,8 @@ into a saved folder. It imports neither the generation config nor the sampler; b
 Shapes: B = batch, L = canvas length, V = vocabulary, K = number of positions sampled in one step.
 
 `REVEAL_RULES` is the one place where an `order` name means something: `LoMDMGenerationConfig` accepts exactly
-its keys and checks the settings only some orders take (`REVEAL_OPTIONS`: `eps`, `threshold`,
-`order_temperature`) with `check_reveal_options`; `LoMDMSampler` builds its rule with `build_reveal_rule`.
+its keys and checks the settings only some orders take (`REVEAL_OPTIONS`: `eps`, `threshold`, `order_temperature`,
+`order_weight`) with `check_reveal_options`; `LoMDMSampler` builds its rule with `build_reveal_rule`.
 
 - `learned`, `steps=S` ([`LearnedReveal`]): the τ-grid 1 = t_0 > ... > t_S = 0 (LoMDM §4, reverse process);
   every masked position is revealed with probability `schedule_lomdm.unmask_prob(log s, log t, ê)`.
@@ -21,6 +21,8 @@ its keys and checks the settings only some orders take (`REVEAL_OPTIONS`: `eps`,
   every token whose probability reaches it (parallel decoding).
 - `learned_ranked` ([`LearnedRankedReveal`]): the same quotas filled in the learned order, ranked by ê (its most
   likely order with `order_temperature=0`, a draw from the learned order distribution with 1).
+- `confidence_learned` / `margin_learned` ([`MixedReveal`]): the same quotas filled by the denoiser's score plus
+  `order_weight` times the row's standardised log ê: the denoiser's state and the learned order rank together.
 
 A rule reads a [`RevealContext`] (what the sampler knows at this step) and returns a [`Reveal`] (the positions,
 their tokens and, for the first-hitting sampler, the rows' new time); it never writes the sampler's state.
@@ -101,6 +103,11 @@ def _check_order_temperature(value: Any) -> None:
         raise ValueError(f"`order_temperature` must be a number in [0, inf], got {value!r}.")
 
 
+def _check_order_weight(value: Any) -> None:
+    if not _is_number(value) or not 0.0 <= value <= math.inf:
+        raise ValueError(f"`order_weight` must be a number in [0, inf], got {value!r}.")
+
+
 @dataclass(frozen=True)
 class RevealOption:
     """A generation setting that only the rules listing it in `options` take.
@@ -118,6 +125,7 @@ REVEAL_OPTIONS: dict[str, RevealOption] = {
     "eps": RevealOption(0.0, _check_eps),
     "threshold": RevealOption(None, _check_threshold),
     "order_temperature": RevealOption(None, _check_order_temperature),
+    "order_weight": RevealOption(None, _check_order_weight),
 }
 
 
@@ -370,6 +378,72 @@ class LearnedRankedReveal(RankedReveal):
         return Reveal(chosen, sample(chosen, u[..., 1])[0])
 
 
+class MixedReveal(RankedReveal):
+    """Fill each row's quota by the denoiser's score and the learned order together (`confidence_learned`,
+    `margin_learned`).
+
+    A masked position i scores s_i + λ·z_i: s_i is the heuristic's score (`confidence`: the probability of the
+    sampled token; `margin`: top-1 minus top-2 probability), z_i = (log ê_i - mean) / sd its reverse exponent
+    standardised over the row's masked positions (z ≡ 0 where they all share one ê), and λ = `order_weight`, in
+    units of s per standard deviation of log ê. λ = 0 is the heuristic's order (ties to the leftmost), λ = inf
+    ranks by ê with s breaking ties: `learned_ranked` at `order_temperature=0` wherever ê has no ties. Only the
+    model's outputs are read, so it is an honest sampler.
+
+    Args:
+        weight (`float`, defaults to 1.0): λ in [0, inf].
+    """
+
+    needs_exponents = True
+    options = ("order_weight",)
+    heuristic: ClassVar[RankedReveal]
+
+    def __init__(self, weight: float = 1.0):
+        self.weight = weight
+
+    @classmethod
+    def from_options(cls, order_weight: float | None = None) -> MixedReveal:
+        return cls(1.0 if order_weight is None else order_weight)
+
+    def reveal(self, context: RevealContext, u: torch.Tensor, sample: SampleFn) -> Reveal:
+        masked = context.masked
+        tokens, probs = sample(masked, u[..., 1])  # (K,), (K, V): every masked position is a candidate
+        scores = torch.full(masked.shape, -math.inf, dtype=torch.float64, device=masked.device)
+        scores[masked] = self.heuristic.score(tokens, probs)  # (B, L)
+        standard = self.standardised_log_exponents(context)  # (B, L)
+        if self.weight == math.inf:  # by ê, the heuristic breaks ties: rank by ê along the heuristic's order
+            by_score = scores.argsort(dim=-1, descending=True, stable=True)
+            ranked = self.choose(context, standard.gather(-1, by_score), masked.gather(-1, by_score))
+            chosen = torch.zeros_like(masked).scatter_(-1, by_score, ranked)
+        else:
+            chosen = self.choose(context, scores + self.weight * standard, masked)
+        placed = torch.zeros(masked.shape, dtype=tokens.dtype, device=masked.device)  # read only at chosen
+        placed[masked] = tokens
+        return Reveal(chosen, placed[chosen])
+
+    @staticmethod
+    def standardised_log_exponents(context: RevealContext) -> torch.Tensor:
+        """`(B, L)` float64 z: log ê standardised over each row's masked positions (0 elsewhere, and where the
+        row's masked positions share one ê)."""
+        masked = context.masked
+        log_e = context.reverse_exponents.double().log().masked_fill(~masked, 0.0)
+        count = masked.sum(-1, keepdim=True).clamp(min=1)
+        centred = (log_e - log_e.sum(-1, keepdim=True) / count).masked_fill(~masked, 0.0)
+        sd = (centred.square().sum(-1, keepdim=True) / count).sqrt()
+        return torch.where(sd > 0, centred / sd.clamp(min=1e-300), 0.0)
+
+
+class ConfidenceLearnedReveal(MixedReveal):
+    """`order="confidence_learned"`: the probability of the sampled token plus λ·z (see [`MixedReveal`])."""
+
+    heuristic = ConfidenceReveal()
+
+
+class MarginLearnedReveal(MixedReveal):
+    """`order="margin_learned"`: top-1 minus top-2 probability plus λ·z (see [`MixedReveal`])."""
+
+    heuristic = MarginReveal()
+
+
 # The one place where an `order` name means something; `LoMDMGenerationConfig` accepts exactly these keys.
 REVEAL_RULES: dict[str, type[RevealRule]] = {
     "learned": LearnedReveal,
@@ -379,6 +453,8 @@ REVEAL_RULES: dict[str, type[RevealRule]] = {
     "entropy": EntropyReveal,
     "left_to_right": LeftToRightReveal,
     "learned_ranked": LearnedRankedReveal,
+    "confidence_learned": ConfidenceLearnedReveal,
+    "margin_learned": MarginLearnedReveal,
 }
 
 
@@ -406,12 +482,15 @@ def build_reveal_rule(order: str, settings: Mapping[str, Any]) -> RevealRule:
 __all__ = [
     "REVEAL_OPTIONS",
     "REVEAL_RULES",
+    "ConfidenceLearnedReveal",
     "ConfidenceReveal",
     "EntropyReveal",
     "LearnedRankedReveal",
     "LearnedReveal",
     "LeftToRightReveal",
+    "MarginLearnedReveal",
     "MarginReveal",
+    "MixedReveal",
     "RandomReveal",
     "RankedReveal",
     "Reveal",

@@ -29,6 +29,8 @@ SAMPLERS = [
     ("left_to_right", 2, {}),
     ("learned_ranked", 3, {}),
     ("learned_ranked", None, {"order_temperature": 1.0}),
+    ("margin_learned", 3, {}),
+    ("confidence_learned", None, {"order_weight": 0.5}),
     ("confidence", None, {"threshold": 0.02}),
     ("learned", 4, {"block_length": 3}),
     # Rows finish blocks at different passes here: a row must stop drawing randomness when its block is done.
@@ -158,6 +160,64 @@ def test_learned_ranked_breaks_ties_at_random_not_left_to_right(make_model):
     model = make_model(schedule="linear")
     rate, _ = first_reveal_rate(model, 4000, steps=None, seed=2, order="learned_ranked")
     assert abs(rate - 0.5) < 4 * math.sqrt(0.25 / 4000), rate
+
+
+@pytest.mark.parametrize(
+    ("order", "heuristic"), [("confidence_learned", "confidence"), ("margin_learned", "margin")]
+)
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_mixed_order_is_its_heuristic_at_weight_zero_and_the_learned_ranking_at_weight_inf(
+    make_model, order, heuristic, temperature
+):
+    model = make_model()  # `lomdm`, randomised scheduler: ê differs between positions and between states
+    prompt = torch.tensor([[2, 5, 6], [2, 7, 8], [2, 9, 9]])
+
+    def run(**settings):
+        out = model.generate(
+            prompt,
+            max_new_tokens=8,
+            steps=4,
+            temperature=temperature,
+            return_dict_in_generate=True,
+            output_order=True,
+            generator=torch.Generator().manual_seed(3),
+            **settings,
+        )
+        return out.sequences, out.order
+
+    at_zero, plain = run(order=order, order_weight=0.0), run(order=heuristic)
+    at_inf, ranked = (
+        run(order=order, order_weight=math.inf),
+        run(order="learned_ranked", order_temperature=0.0),
+    )
+    assert torch.equal(at_zero[0], plain[0]) and torch.equal(at_zero[1], plain[1])
+    assert torch.equal(at_inf[0], ranked[0]) and torch.equal(at_inf[1], ranked[1])
+    assert not torch.equal(plain[1], ranked[1])  # the two limits are different orders: both checks can fail
+
+
+def test_mixed_order_swaps_two_positions_where_the_weighted_exponent_outweighs_the_score():
+    # Two masked positions, one revealed: position 0 is more confident (0.9 vs 0.6), position 1 has the larger ê.
+    # Standardised over two positions, log ê is -1 / +1, so the scores 0.9 - λ and 0.6 + λ cross at λ = 0.15.
+    masked = torch.tensor([[True, True]])
+    context = RevealContext(
+        masked=masked,
+        log_t=torch.zeros(1, dtype=torch.float64),
+        step_index=0,
+        num_steps=2,
+        block_total=torch.tensor([2]),
+        reverse_exponents=torch.tensor([[0.3, 0.8]]),
+    )
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4]], dtype=torch.float64)
+
+    def sample(positions, u):
+        return torch.zeros(int(positions.sum()), dtype=torch.long), probs[positions[0]]
+
+    u = torch.full((1, 2, 2), 0.5, dtype=torch.float64)
+    for weight, first in ((0.0, 0), (0.149, 0), (0.151, 1), (math.inf, 1)):
+        revealed = build_reveal_rule("confidence_learned", {"order_weight": weight}).reveal(
+            context, u, sample
+        )
+        assert revealed.positions[0].tolist() == [first == 0, first == 1], weight
 
 
 def test_exact_sampler_reveals_first_in_proportion_to_reverse_exponents(make_model):
@@ -458,6 +518,11 @@ def test_bad_inputs_raise(make_model):
     for bad in (-0.1, float("nan"), True):
         with pytest.raises(ValueError, match=r"must be a number in \[0, inf\]"):
             LoMDMGenerationConfig(order="learned_ranked", order_temperature=bad)
+    for bad in (-1.0, float("nan"), True, "1"):
+        with pytest.raises(ValueError, match=r"`order_weight` must be a number in \[0, inf\], got"):
+            LoMDMGenerationConfig(order="margin_learned", order_weight=bad)
+    with pytest.raises(ValueError, match=r"`order_weight` is a setting of order='confidence_learned' or"):
+        LoMDMGenerationConfig(order="confidence", order_weight=1.0)
 
 
 def test_generation_config_round_trips_as_lomdm_class(make_model, tmp_path):
@@ -514,7 +579,7 @@ def test_constrained_infilling_draws_only_allowed_tokens(make_model):
 
 
 # A valid value other than the default for each setting only some orders take.
-OPTION_VALUES = {"eps": 0.3, "threshold": 0.5, "order_temperature": 1.0}
+OPTION_VALUES = {"eps": 0.3, "threshold": 0.5, "order_temperature": 1.0, "order_weight": 0.5}
 
 
 @pytest.mark.parametrize("order", sorted(REVEAL_RULES))

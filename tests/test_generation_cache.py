@@ -26,6 +26,8 @@ ORDERS = [
     ("left_to_right", 6, {}),
     ("learned_ranked", None, {}),
     ("learned_ranked", 6, {"order_temperature": 1.0}),
+    ("margin_learned", 6, {"order_weight": 0.5}),
+    ("confidence_learned", None, {}),
 ]
 ORDER_IDS = [f"{order}-{steps}-{'-'.join(extra) or 'plain'}" for order, steps, extra in ORDERS]
 

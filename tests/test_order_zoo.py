@@ -11,6 +11,7 @@ from datasets import Dataset
 
 from benchmarks.order_zoo import ZOO, Addition, StarGraph, sudoku4, zoo_task
 from benchmarks.order_zoo.infilling import TEST_SIZE
+from benchmarks.order_zoo.order_likelihood import ORDERS, order_nll
 from benchmarks.order_zoo.sudoku import is_valid_grid
 from benchmarks.order_zoo.synthetic import BOS_ID, FIRST_ID, MASK_ID
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
@@ -136,6 +137,66 @@ def test_a_star_graph_path_must_follow_the_edges_to_the_goal():
 def test_unknown_zoo_task_is_rejected():
     with pytest.raises(ValueError, match="unknown zoo task 'sudoku9'"):
         zoo_task("sudoku9")
+
+
+def _untrained(task, seed: int = 0) -> LoMDMForMaskedDiffusion:
+    """A 1 × 32 `lomdm` model with a random reverse scheduler head (ê differs between cells and states)."""
+    torch.manual_seed(seed)
+    config = LoMDMConfig(
+        vocab_size=task.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=task.length + 1,
+        mask_token_id=MASK_ID,
+        bos_token_id=BOS_ID,
+        schedule="lomdm",
+        scheduler_intermediate_size=32,
+        scheduler_head_size=16,
+    )
+    model = LoMDMForMaskedDiffusion(config).eval()
+    with torch.no_grad():
+        model.reverse_scheduler.score_proj.weight.normal_(0.0, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("name", ["sudoku4", "add4"])
+def test_every_order_reveals_each_blank_once_and_its_nll_is_the_sum_of_its_passes(name):
+    task = zoo_task(name)
+    model = _untrained(task)
+    solutions, givens = task.test_puzzles(16)
+    for order in ORDERS:
+        nll, revealed_at = order_nll(model, task, solutions, givens, order, torch.Generator().manual_seed(0))
+        assert (revealed_at[givens] == -1).all(), order
+        steps = revealed_at.masked_fill(givens, task.length).sort(-1).values[:, : task.num_blanks]
+        assert torch.equal(steps, torch.arange(task.num_blanks).expand_as(steps)), order
+        # Replay the recorded order: pass k sees the blanks revealed before k, with their true tokens.
+        replayed = torch.zeros(solutions.shape[0], dtype=torch.float64)
+        for k in range(task.num_blanks):
+            shown = givens | ((revealed_at < k) & (revealed_at >= 0))
+            canvas = task.canvas(solutions, shown)
+            with torch.no_grad():
+                log_probs = model(canvas, noise_mask=task.canvas(solutions, givens) == MASK_ID).logits[:, 1:]
+            at_k = revealed_at == k
+            replayed -= log_probs.gather(-1, solutions[..., None]).squeeze(-1).double()[at_k]
+        assert torch.allclose(nll, replayed, atol=1e-9), order
+
+
+def test_solver_order_reveals_a_most_constrained_cell_first():
+    task = sudoku4()
+    solutions, givens = task.test_puzzles(64)
+    _, revealed_at = order_nll(
+        _untrained(task), task, solutions, givens, "solver", torch.Generator().manual_seed(0)
+    )
+    ruled_out = task.known_order(solutions, givens).masked_fill(givens, -1.0)  # digits the givens rule out
+    first = (revealed_at == 0).float().argmax(-1)
+    assert torch.equal(ruled_out.gather(-1, first[:, None]).squeeze(-1), ruled_out.max(-1).values)
+    assert (
+        ruled_out.max(-1).values == task.n - 1
+    ).float().mean() > 0.9  # naked singles: what a solver starts with
+    with pytest.raises(ValueError, match="`order` must be one of .* got 'reading'"):
+        order_nll(_untrained(task), task, solutions, givens, "reading", torch.Generator())
 
 
 @pytest.fixture(scope="module")
