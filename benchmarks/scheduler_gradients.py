@@ -203,12 +203,15 @@ def schedule_spread(model, rows, task=None):
 
 @torch.no_grad()
 def spread_scan(model, rows, scales, time_samples: int = 8, seed: int = 0):
-    """Per-token held-out NELBO (nats) and its parts at c2 -> α c2; paired differences to α = 1 (± s.e. over rows)."""
+    """Per-token held-out NELBO (nats) and its parts at c2 -> α c2; paired differences to α = 1 (± s.e. over rows).
+    Scales that push an exponent below the schedule's floor c1 - c2 are skipped."""
     c2 = model.c2
     parts = {}
     try:
         for scale in scales:
             model.c2 = scale * c2
+            if float(model.forward_exponents(rows).min()) < model.c1 - c2:  # below the schedule's own floor
+                continue
             res = stratified_nelbo(
                 model, rows, time_samples=time_samples, generator=torch.Generator().manual_seed(seed)
             )
