@@ -63,6 +63,26 @@ def tiny_config(**overrides) -> LoMDMConfig:
     return LoMDMConfig(**kwargs)
 
 
+def task_model(task, schedule: str, num_hidden_layers: int = 1, **overrides) -> LoMDMForMaskedDiffusion:
+    """A 32-wide model for an order-zoo / synthetic task (`benchmarks/order_zoo`), with room for the `<bos>`
+    anchor; `overrides` set other `LoMDMConfig` fields."""
+    from benchmarks.order_zoo.synthetic import BOS_ID
+    from benchmarks.order_zoo.synthetic import MASK_ID as TASK_MASK_ID
+
+    kwargs = dict(
+        vocab_size=task.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=task.length + 1,
+        mask_token_id=TASK_MASK_ID,
+        bos_token_id=BOS_ID,
+        schedule=schedule,
+    )
+    return LoMDMForMaskedDiffusion(LoMDMConfig(**(kwargs | overrides)))
+
+
 def tiny_model(seed: int = 0, randomize_schedule: bool = True, **overrides) -> LoMDMForMaskedDiffusion:
     """A tiny model in eval mode. With `randomize_schedule`, the scheduler heads / position scores get
     non-zero weights (they start at zero, i.e. at the polynomial schedule) so the exponents vary."""

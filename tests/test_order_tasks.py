@@ -7,27 +7,11 @@ import math
 import pytest
 import torch
 from datasets import Dataset
+from helpers import task_model
 
 from benchmarks.order_zoo.synthetic import BOS_ID, MASK_ID, TASKS, exponent_contrast, order_task
-from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
 from hf_lomdm.data import DataCollatorForMaskedDiffusion
 from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
-
-
-def task_model(task, schedule: str) -> LoMDMForMaskedDiffusion:
-    """A one-layer, 32-wide model for `task` with room for the `<bos>` anchor."""
-    config = LoMDMConfig(
-        vocab_size=task.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=task.length + 1,
-        mask_token_id=MASK_ID,
-        bos_token_id=BOS_ID,
-        schedule=schedule,
-    )
-    return LoMDMForMaskedDiffusion(config)
 
 
 @pytest.mark.parametrize("name", TASKS)

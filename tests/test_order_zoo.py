@@ -8,13 +8,14 @@ import math
 import pytest
 import torch
 from datasets import Dataset
+from helpers import task_model
 
 from benchmarks.order_zoo import ZOO, Addition, StarGraph, sudoku4, zoo_task
 from benchmarks.order_zoo.infilling import TEST_SIZE
 from benchmarks.order_zoo.order_likelihood import ORDERS, order_nll
 from benchmarks.order_zoo.sudoku import is_valid_grid
 from benchmarks.order_zoo.synthetic import BOS_ID, FIRST_ID, MASK_ID
-from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
+from hf_lomdm import LoMDMForMaskedDiffusion
 from hf_lomdm.data import DataCollatorForMaskedDiffusion
 from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
 
@@ -142,20 +143,7 @@ def test_unknown_zoo_task_is_rejected():
 def _untrained(task, seed: int = 0) -> LoMDMForMaskedDiffusion:
     """A 1 × 32 `lomdm` model with a random reverse scheduler head (ê differs between cells and states)."""
     torch.manual_seed(seed)
-    config = LoMDMConfig(
-        vocab_size=task.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=task.length + 1,
-        mask_token_id=MASK_ID,
-        bos_token_id=BOS_ID,
-        schedule="lomdm",
-        scheduler_intermediate_size=32,
-        scheduler_head_size=16,
-    )
-    model = LoMDMForMaskedDiffusion(config).eval()
+    model = task_model(task, "lomdm", scheduler_intermediate_size=32, scheduler_head_size=16).eval()
     with torch.no_grad():
         model.reverse_scheduler.score_proj.weight.normal_(0.0, 2.0)
     return model
@@ -204,18 +192,7 @@ def sudoku_model(tmp_path_factory):
     """`per_position`, 2 × 32, 500 steps of 64 training puzzles on 4 × 4 Sudoku (~17 s on a shared core)."""
     task = sudoku4()
     torch.manual_seed(0)
-    config = LoMDMConfig(
-        vocab_size=task.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=task.length + 1,
-        mask_token_id=MASK_ID,
-        bos_token_id=BOS_ID,
-        schedule="per_position",
-    )
-    model = LoMDMForMaskedDiffusion(config)
+    model = task_model(task, "per_position", num_hidden_layers=2)
     steps = 500
     args = LoMDMTrainingArguments(
         output_dir=str(tmp_path_factory.mktemp("sudoku")),
