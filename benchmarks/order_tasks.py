@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from order_zoo.synthetic import MASK_ID, TASKS, exponent_contrast, order_task
-from order_zoo.training import training_arguments
+from order_zoo.training import add_training_flags, training_arguments
 from transformers import TrainerCallback, set_seed
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
@@ -99,12 +99,7 @@ def run(task_name: str, schedule: str, seed: int, args) -> dict:
     train_rows = task.training_rows(args.steps * args.batch_size, torch.Generator().manual_seed(1000 + seed))
     val = task.training_rows(args.eval_rows, torch.Generator().manual_seed(99))  # the same for every run
     val_rows = torch.tensor(val["input_ids"])[:, 1:]
-    training_args = training_arguments(
-        f"order_tasks/{task_name}-{schedule}",
-        seed,
-        args,
-        **({"scheduler_learning_rate": args.scheduler_learning_rate} if args.scheduler_learning_rate else {}),
-    )
+    training_args = training_arguments(f"order_tasks/{task_name}-{schedule}", seed, args)
     log = _ContrastLog(model, task, val_rows[:256], every=max(args.steps // 10, 1))
     trainer = LoMDMTrainer(
         model=model,
@@ -247,17 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--size", type=int, default=8)
     parser.add_argument("--symbols", type=int, default=8)
-    parser.add_argument("--hidden_size", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument(
-        "--scheduler_learning_rate",
-        type=float,
-        default=None,
-        help="default: the package's LoMDMTrainingArguments default",
-    )
+    add_training_flags(parser, steps=400)
     parser.add_argument("--eval_rows", type=int, default=512)
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--output", default=str(RESULTS / "order_tasks"))

@@ -39,7 +39,7 @@ from datasets import Dataset
 from order_zoo import ZOO, zoo_task
 from order_zoo.order_likelihood import ORDERS, order_likelihoods
 from order_zoo.synthetic import BOS_ID, EOS_ID, FIRST_ID, MASK_ID, PAD_ID
-from order_zoo.training import training_arguments
+from order_zoo.training import add_training_flags, training_arguments
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments, set_seed
 
 from hf_lomdm import LoMDMConfig, LoMDMForMaskedDiffusion
@@ -202,16 +202,7 @@ def run_diffusion(task, schedule: str, seed: int, args, test) -> dict:
     data, collator = _training_data(task, args, seed)
     trainer = LoMDMTrainer(
         model=model,
-        args=training_arguments(
-            f"order_zoo/{task.name}-{schedule}",
-            seed,
-            args,
-            **(
-                {"scheduler_learning_rate": args.scheduler_learning_rate}
-                if args.scheduler_learning_rate
-                else {}
-            ),
-        ),
+        args=training_arguments(f"order_zoo/{task.name}-{schedule}", seed, args),
         train_dataset=data,
         data_collator=collator,
     )
@@ -444,17 +435,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--schedules", default=",".join(SCHEDULES))
     parser.add_argument("--ar", action="store_true", help="also train a same-size LlamaForCausalLM")
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--hidden_size", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument(
-        "--scheduler_learning_rate",
-        type=float,
-        default=None,
-        help="default: the package's LoMDMTrainingArguments default",
-    )
+    add_training_flags(parser, steps=1000)
     parser.add_argument(
         "--forward_reads_givens",
         action="store_true",

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 from datasets import Dataset
-from helpers import task_model
+from helpers import task_model, training_arguments
 
 from benchmarks.order_zoo.synthetic import BOS_ID, MASK_ID, TASKS, exponent_contrast, order_task
 from hf_lomdm.data import DataCollatorForMaskedDiffusion
-from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
+from hf_lomdm.trainer import LoMDMTrainer
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -52,17 +52,12 @@ def trained_per_position(tmp_path_factory):
     torch.manual_seed(0)
     model = task_model(task, "per_position")
     steps = 400
-    args = LoMDMTrainingArguments(  # the package's defaults, apart from size and bookkeeping
-        output_dir=str(tmp_path_factory.mktemp("order")),
+    args = training_arguments(  # the package's defaults, apart from size and bookkeeping
+        tmp_path_factory.mktemp("order"),
         max_steps=steps,
         per_device_train_batch_size=64,
         learning_rate=2e-3,
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=True,
-        save_strategy="no",
         logging_steps=steps,
-        seed=0,
     )
     data = Dataset.from_dict(task.training_rows(64 * steps, torch.Generator().manual_seed(1)))
     LoMDMTrainer(

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from datasets import Dataset
-from helpers import task_model
+from helpers import task_model, training_arguments
 
 from benchmarks.order_zoo import ZOO, Addition, StarGraph, sudoku4, zoo_task
 from benchmarks.order_zoo.infilling import TEST_SIZE
@@ -17,7 +17,7 @@ from benchmarks.order_zoo.sudoku import is_valid_grid
 from benchmarks.order_zoo.synthetic import BOS_ID, FIRST_ID, MASK_ID
 from hf_lomdm import LoMDMForMaskedDiffusion
 from hf_lomdm.data import DataCollatorForMaskedDiffusion
-from hf_lomdm.trainer import LoMDMTrainer, LoMDMTrainingArguments
+from hf_lomdm.trainer import LoMDMTrainer
 
 
 @pytest.fixture(scope="module", params=list(ZOO))
@@ -194,17 +194,12 @@ def sudoku_model(tmp_path_factory):
     torch.manual_seed(0)
     model = task_model(task, "per_position", num_hidden_layers=2)
     steps = 500
-    args = LoMDMTrainingArguments(
-        output_dir=str(tmp_path_factory.mktemp("sudoku")),
+    args = training_arguments(
+        tmp_path_factory.mktemp("sudoku"),
         max_steps=steps,
         per_device_train_batch_size=64,
         learning_rate=3e-3,
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=True,
-        save_strategy="no",
         logging_steps=steps,
-        seed=0,
     )
     puzzles = task.train_puzzles(64 * steps, torch.Generator().manual_seed(1))
     data = Dataset.from_dict(task.training_rows(*puzzles))
