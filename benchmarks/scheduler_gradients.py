@@ -210,7 +210,8 @@ def spread_scan(model, rows, scales, time_samples: int = 8, seed: int = 0):
     try:
         for scale in scales:
             model.c2 = scale * c2
-            if float(model.forward_exponents(rows).min()) < model.c1 - c2:  # below the schedule's own floor
+            e = model.forward_exponents(rows)
+            if float(e.min()) < model.c1 - c2:  # below the schedule's own floor
                 continue
             res = stratified_nelbo(
                 model, rows, time_samples=time_samples, generator=torch.Generator().manual_seed(seed)
@@ -219,7 +220,7 @@ def spread_scan(model, rows, scales, time_samples: int = 8, seed: int = 0):
                 name: getattr(res, name).double().mean(0) / res.num_tokens.double()
                 for name in ("nelbo", "loss_main", "loss_velocity")
             }  # (B,) nats per token of each row
-            parts[scale] = {**per_row, "e_sd": float(model.forward_exponents(rows).std(-1).mean())}
+            parts[scale] = {**per_row, "e_sd": float(e.std(-1).mean())}
     finally:
         model.c2 = c2
     reference = parts[1.0]["nelbo"] if 1.0 in parts else None
